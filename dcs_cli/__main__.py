@@ -1,0 +1,3 @@
+from dcs_cli.cli.app import main
+
+main()

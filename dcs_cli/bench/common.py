@@ -1,0 +1,53 @@
+"""Shared plumbing of `dcs bench` scenarios: machine description, peak memory, table + JSON report.
+
+    report("select-speed", params, rows, json_path)   # prints a rich table, writes JSON if asked
+
+Benchmarks compare contenders side by side in one run; ratios matter, absolute times are context.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from dcs_cli.console import print_table
+from dcs_cli.fsutil import write_json_atomic
+
+
+def machine() -> dict:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "device": device,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def timed(fn: Callable[[], object], repeat: int = 1) -> float:
+    """Mean seconds per call of `fn` over `repeat` calls."""
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def report(scenario: str, params: dict, rows: list[dict], json_path: str | Path | None = None) -> dict:
+    """Print the rows as a table and, with `json_path`, write the BENCHMARKS.md JSON object."""
+    result = {"scenario": scenario, "params": params, "machine": machine(), "rows": rows}
+    print_table(f"dcs bench {scenario}  " + "  ".join(f"{k}={v}" for k, v in params.items()), rows)
+    if json_path:
+        write_json_atomic(json_path, result)
+    return result

@@ -1,0 +1,78 @@
+"""The `dcs` console entry: global options, command registration and error mapping.
+
+Commands live one per module in this package and expose `register(app)`; a command parses its options,
+loads the config and makes one call into library code. A `DcsError` becomes one red line and its exit
+code; `--verbose` shows the traceback too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import traceback
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from dcs_cli import __version__
+from dcs_cli.console import console, error_line, is_verbose, set_quiet, set_verbose
+from dcs_cli.errors import DcsError
+
+# One line per command module; a module registers only commands that work.
+COMMANDS = [
+    "dcs_cli.cli.convert",
+    "dcs_cli.cli.bench",
+]
+
+
+class DcsGroup(TyperGroup):
+    """Maps user errors to one-line messages and exit codes instead of tracebacks."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DcsError as exc:
+            if is_verbose():
+                console.print(traceback.format_exc(), markup=False)
+            error_line(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            error_line("interrupted")
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=DcsGroup,
+    name="dcs",
+    help="Train classifiers over millions of classes with dynamic class selection (HF-Softmax).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dcs {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks with errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info lines.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    set_verbose(verbose)
+    set_quiet(quiet)
+
+
+for _module in COMMANDS:
+    importlib.import_module(_module).register(app)
+
+
+def main() -> None:
+    app()

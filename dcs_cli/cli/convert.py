@@ -1,0 +1,5 @@
+"""`dcs convert` (placeholder registration until the data layer lands)."""
+
+
+def register(app) -> None:
+    pass

@@ -1,0 +1,21 @@
+"""Option types shared by several commands (Typer `Annotated` aliases)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", "-c", help="YAML config file (see configs/).", show_default=False)
+]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a config key: --set selection.sample_num=1000 (repeatable).",
+                 show_default=False),
+]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace a finished output folder.")]
+JsonOpt = Annotated[
+    Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.", show_default=False)
+]

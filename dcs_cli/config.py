@@ -1,0 +1,259 @@
+"""One typed config shared by every command.
+
+    cfg = load_config("configs/synthetic.yaml", overrides=["selection.sample_num=500"])
+    cfg.selection.sample_num  # 500
+    save_resolved(cfg, out_dir)  # writes out_dir/config.yaml
+
+Each component owns its section (a dataclass in its own package, every field documented with `opt`);
+this module composes them, loads YAML, applies `--set a.b=value` overrides and validates. Unknown keys
+and wrong types raise `ConfigError` naming the dotted key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from dcs_cli.errors import ConfigError
+
+
+def opt(default: Any, help: str, **kwargs) -> Any:
+    """A config field with its documentation (shown by `dcs --help` texts and the README)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kwargs)
+    if dataclasses.is_dataclass(default):
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata={"help": help})
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    """Raise ConfigError("key message") unless `ok`: `require(n > 0, f"{key}.sample_num", "must be > 0")`."""
+    if not ok:
+        raise ConfigError(f"{key} {message}")
+
+
+# Sections are imported late so that each component's module owns its own section.
+from dcs_cli.data.config import DataConfig  # noqa: E402
+from dcs_cli.models.config import HeadConfig, ModelConfig  # noqa: E402
+from dcs_cli.paramserver.config import ParamServerConfig  # noqa: E402
+from dcs_cli.selection.config import SelectionConfig  # noqa: E402
+from dcs_cli.train.config import DistConfig, OptimConfig, OutputConfig  # noqa: E402
+
+
+@dataclass
+class Config:
+    """The whole configuration; one section per component."""
+
+    data: DataConfig = opt(DataConfig(), "where training and validation data come from")
+    model: ModelConfig = opt(ModelConfig(), "backbone and embedding size")
+    head: HeadConfig = opt(HeadConfig(), "classifier head: softmax, cosface or arcface")
+    selection: SelectionConfig = opt(SelectionConfig(), "which classes each mini-batch trains")
+    optim: OptimConfig = opt(OptimConfig(), "optimiser, schedule and epochs")
+    paramserver: ParamServerConfig = opt(ParamServerConfig(), "the class store as a server")
+    dist: DistConfig = opt(DistConfig(), "multi-process and multi-node settings")
+    output: OutputConfig = opt(OutputConfig(), "where results go and how often")
+
+
+# --------------------------------------------------------------------------------------------- typing
+
+
+def _type_name(tp) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it (ints widen to float) or raise ConfigError."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key} = {value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key} = {value!r} has the wrong type; expected {_type_name(tp)}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} = {value!r} has the wrong type; expected {_type_name(tp)}")
+        (item_tp,) = get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of keys; got {value!r}")
+        return _from_dict(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif tp is Any:
+        return value
+    raise ConfigError(f"{key} = {value!r} has the wrong type; expected {_type_name(tp)}")
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _from_dict(cls, data: dict, prefix: str = ""):
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{dotted}'; valid keys{' in ' + prefix if prefix else ''}: "
+                              f"{', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a missing required field
+        raise ConfigError(f"{prefix or 'config'}: {exc}") from exc
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` → (['a', 'b'], value); the value is read as YAML (`1e-3`, `true`, `[21, 27]`)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set selection.sample_num=1000")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: the key must be dotted names like optim.lr")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, model:, ...)")
+    return data
+
+
+def config_from_dict(data: dict) -> Config:
+    cfg = _from_dict(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict | None = None) -> Config:
+    """Defaults ← `base` (e.g. a checkpoint's config) ← YAML file ← `--set` overrides, then validate."""
+    data: dict = dict(base or {})
+    if path is not None:
+        data = _merge(data, read_yaml(path))
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        patch: dict = value
+        for key in reversed(keys):
+            patch = {key: patch}
+        data = _merge(data, patch)
+    return config_from_dict(data)
+
+
+def validate(cfg) -> None:
+    """Run every section's `validate(key)` so that impossible values are named by their dotted key."""
+
+    def walk(obj, prefix: str):
+        check = getattr(obj, "validate", None)
+        if callable(check):
+            check(prefix)
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}.{f.name}" if prefix else f.name)
+
+    walk(cfg, "")
+
+
+def dump_yaml(cfg) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save_resolved(cfg, folder: str | Path) -> Path:
+    """Write the resolved config as `folder/config.yaml` (atomically)."""
+    from dcs_cli.fsutil import write_text_atomic
+
+    target = Path(folder) / "config.yaml"
+    write_text_atomic(target, dump_yaml(cfg))
+    return target
+
+
+def describe(cls=Config, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type, default, help) for every field: used by docs and `dcs config --show`."""
+    rows = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe(tp, key))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
+        rows.append((key, _type_name(tp), default, f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,44 @@
+"""User-facing errors.
+
+Every mistake a user can make (missing file, corrupt record, bad config value) raises a `DcsError`
+subclass whose message says what was wrong, where (file, record, key) and what to do. The CLI prints it
+as one red line and exits with the class's `exit_code`; `--verbose` adds the traceback.
+
+    raise DataError(f"{path}: record at offset {off}: bad magic 0x{magic:08x}; the file is not RecordIO")
+"""
+
+from __future__ import annotations
+
+
+class DcsError(Exception):
+    """Base of every error meant for the user rather than for a developer."""
+
+    exit_code = 1
+
+
+class UsageError(DcsError):
+    """Options that contradict each other or a command used the wrong way."""
+
+    exit_code = 2
+
+
+class ConfigError(DcsError):
+    """A config key that does not exist, has the wrong type or an impossible value."""
+
+    exit_code = 2
+
+
+class DataError(DcsError):
+    """Input data that cannot be read: missing, corrupt or inconsistent files."""
+
+
+class OutputExistsError(DcsError):
+    """A finished output would be overwritten without `--overwrite`."""
+
+
+class ServerError(DcsError):
+    """The parameter server refused a request or could not be reached."""
+
+
+class DistError(DcsError):
+    """Distributed start-up or communication failed."""

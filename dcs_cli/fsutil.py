@@ -1,0 +1,68 @@
+"""Atomic outputs: write to a temporary name beside the target, rename when complete.
+
+    with atomic_path(out / "train_list.txt") as tmp:
+        tmp.write_text(...)
+    guard_output_folder(out, overwrite=False, marker="meta.json")
+
+An interrupted run therefore never leaves a half-written file under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from dcs_cli.errors import OutputExistsError
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `target`; on success fsync + rename it onto `target`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        if tmp.exists():
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(target: str | os.PathLike, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(target: str | os.PathLike, obj) -> None:
+    write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def guard_output_folder(folder: str | os.PathLike, overwrite: bool, marker: str) -> Path:
+    """Refuse to reuse a finished output folder (one holding `marker`) unless `overwrite`.
+
+    With `overwrite`, the old folder's contents are removed first so no stale file survives.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputExistsError(f"{folder} exists and is not a folder; choose another --out-folder")
+    if (folder / marker).exists():
+        if not overwrite:
+            raise OutputExistsError(
+                f"{folder} already holds a finished output ({marker}); pass --overwrite to replace it"
+            )
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -1,0 +1,39 @@
+"""`model:` and `head:` sections — backbone and classifier head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from dcs_cli.config import opt, require
+
+
+@dataclass
+class ModelConfig:
+    """Backbone that turns an input into a `feature_dim` embedding."""
+
+    backbone: str = opt("iresnet50", "registered backbone: iresnet18/34/50, mobilefacenet, mlp")
+    feature_dim: int = opt(256, "embedding size")
+    dropout: float = opt(0.0, "dropout before the embedding layer")
+    mlp_hidden: int = opt(256, "hidden width of the mlp backbone")
+
+    def validate(self, key: str) -> None:
+        require(self.feature_dim > 0, f"{key}.feature_dim", "must be > 0")
+        require(0.0 <= self.dropout < 1.0, f"{key}.dropout", "must be in [0, 1)")
+        require(self.mlp_hidden > 0, f"{key}.mlp_hidden", "must be > 0")
+
+
+@dataclass
+class HeadConfig:
+    """Logits over the active classes' rows."""
+
+    type: Literal["softmax", "cosface", "arcface"] = opt("softmax", "head type")
+    bias: bool = opt(False, "learn a per-class bias (softmax head only)")
+    scale: float = opt(64.0, "logit scale s (cosface, arcface)")
+    margin: float = opt(0.35, "margin m: cosine margin (cosface) or angular margin in radians (arcface)")
+
+    def validate(self, key: str) -> None:
+        require(self.scale > 0, f"{key}.scale", "must be > 0")
+        require(self.margin >= 0, f"{key}.margin", "must be >= 0")
+        require(not (self.bias and self.type != "softmax"), f"{key}.bias",
+                "is only supported with head.type=softmax (margin heads use normalised rows)")

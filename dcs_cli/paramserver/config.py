@@ -1,0 +1,25 @@
+"""`paramserver:` section — the class store as a server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dcs_cli.config import opt, require
+
+
+@dataclass
+class ParamServerConfig:
+    """Where the class store lives when it is not in process."""
+
+    address: str = opt("", "client side: tcp://host:port of a running server; empty = in-process store")
+    bind: str = opt("tcp://127.0.0.1:5570", "server side: address to bind (loopback unless a token is set)")
+    token_file: str = opt("", "file holding the shared secret; required for a non-loopback bind")
+    snapshot_dir: str = opt("", "folder for server snapshots; empty = no periodic snapshots")
+    snapshot_every: float = opt(0.0, "seconds between periodic snapshots; 0 = only on exit")
+    heartbeat_timeout: float = opt(30.0, "seconds of silence after which a client leaves the barrier")
+    request_timeout: float = opt(60.0, "client side: seconds to wait for a reply before failing")
+
+    def validate(self, key: str) -> None:
+        require(self.snapshot_every >= 0, f"{key}.snapshot_every", "must be >= 0")
+        require(self.heartbeat_timeout > 0, f"{key}.heartbeat_timeout", "must be > 0")
+        require(self.request_timeout > 0, f"{key}.request_timeout", "must be > 0")

@@ -1,0 +1,36 @@
+"""`selection:` section — which classes each mini-batch trains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from dcs_cli.config import opt, require
+
+
+@dataclass
+class SelectionConfig:
+    """Dynamic class selection (the paper's HF-Softmax and its alternatives)."""
+
+    mode: Literal["full", "hf", "hnsw", "random", "exact"] = opt(
+        "full", "full softmax, or sampled: hf (Annoy forest), hnsw, random (Partial-FC style), exact (oracle)")
+    sample_num: int = opt(1000, "active classes per mini-batch (positives included)")
+    interval: int = opt(100, "steps between index refreshes (hf, hnsw)")
+    ntrees: int = opt(10, "Annoy trees in the hashing forest (hf)")
+    search_k: int = opt(-1, "Annoy search_k; -1 = ntrees * neighbours")
+    build_jobs: int = opt(-1, "threads for the Annoy build; -1 = all cores")
+    hnsw_m: int = opt(16, "hnswlib M (hnsw)")
+    hnsw_ef_construction: int = opt(100, "hnswlib ef_construction (hnsw)")
+    hnsw_ef: int = opt(64, "hnswlib ef at query time (hnsw)")
+    adaptive: bool = opt(False, "refresh on weight drift and give hard samples a larger share of sample_num")
+    drift_threshold: float = opt(0.05, "adaptive: refresh when updated rows moved this much (relative)")
+    seed: int = opt(0, "seed of the random fill")
+
+    def validate(self, key: str) -> None:
+        require(self.sample_num > 0, f"{key}.sample_num", "must be > 0")
+        require(self.interval > 0, f"{key}.interval", "must be > 0")
+        require(self.ntrees > 0, f"{key}.ntrees", "must be > 0")
+        require(self.hnsw_m > 0, f"{key}.hnsw_m", "must be > 0")
+        require(self.hnsw_ef_construction > 0, f"{key}.hnsw_ef_construction", "must be > 0")
+        require(self.hnsw_ef > 0, f"{key}.hnsw_ef", "must be > 0")
+        require(self.drift_threshold > 0, f"{key}.drift_threshold", "must be > 0")

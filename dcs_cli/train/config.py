@@ -1,0 +1,64 @@
+"""`optim:`, `dist:` and `output:` sections — optimisation, processes and outputs of `dcs train`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from dcs_cli.config import opt, require
+
+
+@dataclass
+class OptimConfig:
+    """SGD with momentum for the backbone and the class store, and its learning-rate schedule."""
+
+    lr: float = opt(0.1, "base learning rate")
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(1e-4, "L2 weight decay")
+    epochs: int = opt(30, "training epochs")
+    schedule: Literal["multistep", "cosine"] = opt("multistep", "multistep (the original) or warmup + cosine")
+    lr_steps: list[int] = opt([21, 27], "multistep: epochs at which the LR is multiplied by lr_gamma")
+    lr_gamma: float = opt(0.1, "multistep: LR factor at each step")
+    warmup_epochs: float = opt(0.0, "cosine: linear warm-up length in epochs")
+    amp: bool = opt(True, "mixed precision (autocast) when training on a GPU")
+    seed: int = opt(0, "seed of initialisation and data order")
+
+    def validate(self, key: str) -> None:
+        require(self.lr > 0, f"{key}.lr", "must be > 0")
+        require(0 <= self.momentum < 1, f"{key}.momentum", "must be in [0, 1)")
+        require(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
+        require(self.epochs > 0, f"{key}.epochs", "must be > 0")
+        require(self.lr_gamma > 0, f"{key}.lr_gamma", "must be > 0")
+        require(self.warmup_epochs >= 0, f"{key}.warmup_epochs", "must be >= 0")
+
+
+@dataclass
+class DistConfig:
+    """Process layout; one worker per device."""
+
+    nproc: int = opt(1, "workers per node (one per device)")
+    nnodes: int = opt(1, "number of nodes")
+    node_rank: int = opt(0, "rank of this node")
+    master_addr: str = opt("127.0.0.1", "address of node 0")
+    master_port: int = opt(29500, "port on node 0 for the rendezvous; 0 = pick a free one")
+    backend: Literal["auto", "gloo", "nccl"] = opt("auto", "auto = nccl with CUDA, gloo otherwise")
+
+    def validate(self, key: str) -> None:
+        require(self.nproc > 0, f"{key}.nproc", "must be > 0")
+        require(self.nnodes > 0, f"{key}.nnodes", "must be > 0")
+        require(0 <= self.node_rank < self.nnodes, f"{key}.node_rank", "must be in [0, nnodes)")
+        require(0 <= self.master_port < 65536, f"{key}.master_port", "must be a port number")
+
+
+@dataclass
+class OutputConfig:
+    """Where a run writes and how often it reports."""
+
+    dir: str = opt("runs/default", "output folder (config.yaml, metrics.jsonl, curves.png, checkpoints)")
+    print_freq: int = opt(50, "steps between log lines")
+    keep_checkpoints: int = opt(3, "most recent epoch checkpoints to keep; 0 = all")
+    overwrite: bool = opt(False, "replace a finished run in the same folder")
+
+    def validate(self, key: str) -> None:
+        require(self.print_freq > 0, f"{key}.print_freq", "must be > 0")
+        require(self.keep_checkpoints >= 0, f"{key}.keep_checkpoints", "must be >= 0")
