@@ -11,40 +11,24 @@ and wrong types raise `ConfigError` naming the dotted key and the valid choices.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+# Each component's package owns its section; `opt`/`require` live in config_fields to avoid import cycles.
+from dcs_cli.config_fields import opt, require  # noqa: F401 - re-exported for section modules
+from dcs_cli.data.config import DataConfig
 from dcs_cli.errors import ConfigError
-
-
-def opt(default: Any, help: str, **kwargs) -> Any:
-    """A config field with its documentation (shown by `dcs --help` texts and the README)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kwargs)
-    if dataclasses.is_dataclass(default):
-        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata={"help": help})
-    return field(default=default, metadata={"help": help}, **kwargs)
-
-
-def require(ok: bool, key: str, message: str) -> None:
-    """Raise ConfigError("key message") unless `ok`: `require(n > 0, f"{key}.sample_num", "must be > 0")`."""
-    if not ok:
-        raise ConfigError(f"{key} {message}")
-
-
-# Sections are imported late so that each component's module owns its own section.
-from dcs_cli.data.config import DataConfig  # noqa: E402
-from dcs_cli.models.config import HeadConfig, ModelConfig  # noqa: E402
-from dcs_cli.paramserver.config import ParamServerConfig  # noqa: E402
-from dcs_cli.selection.config import SelectionConfig  # noqa: E402
-from dcs_cli.train.config import DistConfig, OptimConfig, OutputConfig  # noqa: E402
+from dcs_cli.models.config import HeadConfig, ModelConfig
+from dcs_cli.paramserver.config import ParamServerConfig
+from dcs_cli.selection.config import SelectionConfig
+from dcs_cli.train.config import DistConfig, OptimConfig, OutputConfig
 
 
 @dataclass
@@ -62,6 +46,9 @@ class Config:
 
 
 # --------------------------------------------------------------------------------------------- typing
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _type_name(tp) -> str:
@@ -89,14 +76,13 @@ def _coerce(value: Any, tp, key: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue
         raise ConfigError(f"{key} = {value!r} has the wrong type; expected {_type_name(tp)}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
@@ -116,6 +102,8 @@ def _coerce(value: Any, tp, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)  # PyYAML (YAML 1.1) reads `1e-4` as a string
     elif tp is str:
         if isinstance(value, str):
             return value

@@ -7,7 +7,13 @@ import importlib
 import typer
 
 # One line per scenario module; each exposes `register(bench_app)`.
-SCENARIOS: list[str] = []
+SCENARIOS: list[str] = [
+    "dcs_cli.bench.verify",
+    "dcs_cli.bench.convert",
+    "dcs_cli.bench.select_speed",
+    "dcs_cli.bench.select_quality",
+    "dcs_cli.bench.paramserver",
+]
 
 bench_app = typer.Typer(
     help="Benchmarks that compare contenders side by side in one run; prints a table, --json writes it.",

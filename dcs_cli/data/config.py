@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from dcs_cli.config import opt, require
+from dcs_cli.config_fields import opt, require
 
 
 @dataclass

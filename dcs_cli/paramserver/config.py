@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dcs_cli.config import opt, require
+from dcs_cli.config_fields import opt, require
 
 
 @dataclass
@@ -18,8 +18,14 @@ class ParamServerConfig:
     snapshot_every: float = opt(0.0, "seconds between periodic snapshots; 0 = only on exit")
     heartbeat_timeout: float = opt(30.0, "seconds of silence after which a client leaves the barrier")
     request_timeout: float = opt(60.0, "client side: seconds to wait for a reply before failing")
+    torch_threads: int = opt(
+        1,
+        "server side: torch intra-op threads for the updates; 1 avoids fighting the "
+        "training processes on the same host for cores, 0 = torch's default",
+    )
 
     def validate(self, key: str) -> None:
         require(self.snapshot_every >= 0, f"{key}.snapshot_every", "must be >= 0")
         require(self.heartbeat_timeout > 0, f"{key}.heartbeat_timeout", "must be > 0")
         require(self.request_timeout > 0, f"{key}.request_timeout", "must be > 0")
+        require(self.torch_threads >= 0, f"{key}.torch_threads", "must be >= 0")

@@ -32,6 +32,16 @@ class Selector(ABC):
     @abstractmethod
     def select(self, features: torch.Tensor, labels: torch.Tensor) -> Selection: ...
 
+    def attach(self, store: ClassStore) -> None:  # noqa: B027 - optional hook
+        """Give the selector the store it selects over; index selectors build their first index here."""
+
+    def set_metric(self, metric: str) -> None:  # noqa: B027 - optional hook
+        """Resolve `selection.metric=auto` from the head: "dot" (softmax) or "angular" (cosface, arcface)."""
+
+    def neighbours(self, features: torch.Tensor, k: int) -> torch.Tensor:
+        """The `k` classes this selector would retrieve for each sample (B×k int64, -1 = none): quality probes."""
+        raise TypeError(f"selector {self.name!r} has no neighbour query")
+
     def refresh(self, store: ClassStore, step: int) -> None:  # noqa: B027 - optional hook
         """Called once per step after the store update; index-based selectors rebuild or update here."""
 

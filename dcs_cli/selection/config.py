@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from dcs_cli.config import opt, require
+from dcs_cli.config_fields import opt, require
 
 
 @dataclass
@@ -17,7 +17,7 @@ class SelectionConfig:
     sample_num: int = opt(1000, "active classes per mini-batch (positives included)")
     interval: int = opt(100, "steps between index refreshes (hf, hnsw)")
     ntrees: int = opt(10, "Annoy trees in the hashing forest (hf)")
-    search_k: int = opt(-1, "Annoy search_k; -1 = ntrees * neighbours")
+    search_k: int = opt(-1, "Annoy search_k; -1 = 10 * ntrees * neighbours")
     build_jobs: int = opt(-1, "threads for the Annoy build; -1 = all cores")
     hnsw_m: int = opt(16, "hnswlib M (hnsw)")
     hnsw_ef_construction: int = opt(100, "hnswlib ef_construction (hnsw)")
@@ -25,6 +25,13 @@ class SelectionConfig:
     adaptive: bool = opt(False, "refresh on weight drift and give hard samples a larger share of sample_num")
     drift_threshold: float = opt(0.05, "adaptive: refresh when updated rows moved this much (relative)")
     seed: int = opt(0, "seed of the random fill")
+    metric: Literal["auto", "dot", "angular"] = opt(
+        "auto", "similarity the index ranks by; auto = dot for a softmax head, angular for cosface/arcface")
+    background: bool = opt(True, "build refreshed indexes in a background thread (old index serves meanwhile); "
+                                 "false = refresh in place (deterministic, stalls the step)")
+    drift_check: int = opt(10, "adaptive: steps between drift measurements")
+    hard_factor: float = opt(2.0, "adaptive: the hardest samples get up to this many times the even share "
+                                  "of neighbours (the easiest get half of it)")
 
     def validate(self, key: str) -> None:
         require(self.sample_num > 0, f"{key}.sample_num", "must be > 0")
@@ -34,3 +41,6 @@ class SelectionConfig:
         require(self.hnsw_ef_construction > 0, f"{key}.hnsw_ef_construction", "must be > 0")
         require(self.hnsw_ef > 0, f"{key}.hnsw_ef", "must be > 0")
         require(self.drift_threshold > 0, f"{key}.drift_threshold", "must be > 0")
+        require(self.drift_check > 0, f"{key}.drift_check", "must be > 0")
+        require(self.hard_factor >= 1, f"{key}.hard_factor", "must be >= 1")
+        require(self.build_jobs == -1 or self.build_jobs > 0, f"{key}.build_jobs", "must be -1 (all cores) or > 0")

@@ -86,3 +86,8 @@ def sgd_rows_(
         momentum_buf.index_copy_(0, ids, v)
         g = v
     weight.index_copy_(0, ids, w.sub_(g, alpha=params.lr))
+
+
+# Re-exported here so `from dcs_cli.selection.store import LocalStore` works (agreed API); defined in its
+# own module to keep this one the interface.
+from dcs_cli.selection.local_store import LocalStore  # noqa: E402, F401

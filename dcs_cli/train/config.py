@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from dcs_cli.config import opt, require
+from dcs_cli.config_fields import opt, require
 
 
 @dataclass
 class OptimConfig:
     """SGD with momentum for the backbone and the class store, and its learning-rate schedule."""
 
-    lr: float = opt(0.1, "base learning rate")
+    lr: float = opt(0.1, "base learning rate (full mode; also sampled modes unless sampled_lr is set)")
+    sampled_lr: float = opt(0.0, "base learning rate in the sampled modes (hf, hnsw, random, exact); 0 = use lr")
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(1e-4, "L2 weight decay")
     epochs: int = opt(30, "training epochs")
@@ -23,8 +24,14 @@ class OptimConfig:
     amp: bool = opt(True, "mixed precision (autocast) when training on a GPU")
     seed: int = opt(0, "seed of initialisation and data order")
 
+    def base_lr(self, mode: str) -> float:
+        """The schedule's starting LR for a selection mode: `sampled_lr` in sampled modes when set."""
+        return self.sampled_lr if mode != "full" and self.sampled_lr > 0 else self.lr
+
     def validate(self, key: str) -> None:
         require(self.lr > 0, f"{key}.lr", "must be > 0")
+        require(self.sampled_lr >= 0, f"{key}.sampled_lr", "must be >= 0 (0 = use lr)")
+        require(all(s > 0 for s in self.lr_steps), f"{key}.lr_steps", "must be epochs > 0")
         require(0 <= self.momentum < 1, f"{key}.momentum", "must be in [0, 1)")
         require(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
         require(self.epochs > 0, f"{key}.epochs", "must be > 0")
@@ -42,12 +49,15 @@ class DistConfig:
     master_addr: str = opt("127.0.0.1", "address of node 0")
     master_port: int = opt(29500, "port on node 0 for the rendezvous; 0 = pick a free one")
     backend: Literal["auto", "gloo", "nccl"] = opt("auto", "auto = nccl with CUDA, gloo otherwise")
+    threads: int = opt(0, "CPU threads per worker for torch ops (torch.set_num_threads); 0 = torch's default "
+                          "(one per core; launched workers get cores / nproc)")
 
     def validate(self, key: str) -> None:
         require(self.nproc > 0, f"{key}.nproc", "must be > 0")
         require(self.nnodes > 0, f"{key}.nnodes", "must be > 0")
         require(0 <= self.node_rank < self.nnodes, f"{key}.node_rank", "must be in [0, nnodes)")
         require(0 <= self.master_port < 65536, f"{key}.master_port", "must be a port number")
+        require(self.threads >= 0, f"{key}.threads", "must be >= 0 (0 = default)")
 
 
 @dataclass

@@ -1,0 +1,145 @@
+"""`dcs bench select-quality`: what each selection mode costs in accuracy at a 1% budget.
+
+    dcs bench select-quality --json select_quality.json
+
+A small MLP (d → hidden → d) plus a class store is trained on the seeded synthetic clustered classes
+(hard negatives: cluster-mates) with each contender for the same steps, same seed, same data order.
+Figures:
+  top1      held-out top-1 over all N classes (argmax of the softmax head over the whole matrix)
+  recall10  recall of the exact top-10 confusers (highest-scoring wrong classes under the final weights)
+            among the 10 the selector retrieves for the sample (its serving index, as training ends);
+            full/exact see all rows (1.0 by construction), random draws 10 at random
+  refreshes index refreshes during training (hf, hnsw)
+  wall_s    training wall time
+hf+adaptive is hf with selection.adaptive=true (drift-triggered refresh, larger share for hard samples).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from torch import nn
+
+from dcs_cli.bench.common import report
+from dcs_cli.cli.options import JsonOpt
+from dcs_cli.console import progress_bar
+from dcs_cli.errors import UsageError
+
+CONTENDERS = ("full", "random", "hf", "hnsw", "exact", "hf+adaptive")
+PROBE = 512  # validation samples for the recall probe
+
+
+def _selection_cfg(name: str, p: dict):
+    from dcs_cli.config import SelectionConfig
+    mode = name.split("+")[0]
+    return dataclasses.replace(SelectionConfig(), mode=mode, sample_num=p["sample_num"], interval=p["interval"],
+                               ntrees=p["ntrees"], adaptive=name.endswith("+adaptive"), seed=0,
+                               drift_threshold=p["drift_threshold"])
+
+
+def train_one(name: str, p: dict, data) -> dict:
+    """Train backbone + store with contender `name`; return its row of figures."""
+    from dcs_cli.config import HeadConfig
+    from dcs_cli.models.heads import build_head
+    from dcs_cli.selection import build_selector
+    from dcs_cli.selection.exact import exact_topk
+    from dcs_cli.selection.sampled import SampledSoftmax
+    from dcs_cli.selection.store import LocalStore, OptimParams
+
+    xtr, ytr, xva, yva = data
+    n, d, b = p["classes"], p["dim"], p["batch"]
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Linear(d, p["hidden"]), nn.ReLU(), nn.Linear(p["hidden"], d))
+    params = OptimParams(lr=p["lr"], momentum=0.9, weight_decay=1e-4)
+    store = LocalStore(n, d, seed=0, params=params, init_std=0.01)
+    selector = build_selector(_selection_cfg(name, p), n, b)
+    sampled = SampledSoftmax(selector, store, build_head(HeadConfig(type="softmax")))
+    opt = torch.optim.SGD(backbone.parameters(), lr=p["lr"], momentum=0.9, weight_decay=1e-4)
+    order = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    for step in range(p["steps"]):
+        idx = order[(step * b) % len(order):][:b]
+        if len(idx) < b:
+            idx = order[:b]
+        loss, _ = sampled(backbone(xtr[idx]), ytr[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sampled.push()
+    if hasattr(selector, "wait"):
+        selector.wait()
+    wall = time.perf_counter() - start
+    with torch.no_grad():
+        feats = backbone(xva)
+        weights = store.weights()
+        pred = torch.cat([exact_topk(feats[i:i + 4096], weights, 1)[1] for i in range(0, len(feats), 4096)])
+        top1 = float((pred[:, 0] == yva).float().mean())
+        f, y = feats[:PROBE], yva[:PROBE]
+        truth = exact_topk(f, weights, 11)[1]
+        found = selector.neighbours(f, 11)
+    hits = 0
+    for t, g, lab in zip(truth.tolist(), found.tolist(), y.tolist()):
+        t10 = [c for c in t if c != lab][:10]
+        g10 = {c for c in g if c != lab and c >= 0}
+        hits += len(set(t10) & g10)
+    selector.close()
+    return {"name": name, "top1": 100.0 * top1, "recall10": hits / (10 * len(y)),
+            "refreshes": getattr(selector, "refreshes", 0), "wall_s": wall}
+
+
+def run_select_quality(p: dict, contenders=CONTENDERS, json_path: Path | None = None) -> dict:
+    import dcs_cli.config  # noqa: F401 - section import order
+    from dcs_cli.data.config import SyntheticConfig
+    from dcs_cli.data.synthetic_features import SyntheticClasses
+
+    if p.get("threads", 0) > 0:
+        torch.set_num_threads(p["threads"])
+    syn = SyntheticClasses(SyntheticConfig(num_classes=p["classes"], dim=p["dim"], cluster_size=10,
+                                           train_per_class=p["train_per_class"], val_per_class=2, seed=0))
+    data = (*syn.arrays("train"), *syn.arrays("val"))
+    rows = []
+    with progress_bar("select-quality", total=len(contenders), unit="contenders") as advance:
+        for name in contenders:
+            rows.append(train_one(name, p, data))
+            advance(1)
+    return report("select-quality", p, rows, json_path)
+
+
+def register(bench_app: typer.Typer) -> None:
+    @bench_app.command("select-quality")
+    def select_quality(
+        classes: Annotated[int, typer.Option("--classes", help="Synthetic classes N.")] = 20_000,
+        dim: Annotated[int, typer.Option("--dim", help="Feature and embedding dimension.")] = 64,
+        budget: Annotated[float, typer.Option("--budget", help="sample_num as a fraction of N.")] = 0.01,
+        batch: Annotated[int, typer.Option("--batch", help="Batch size.")] = 64,
+        steps: Annotated[int, typer.Option("--steps", help="Training steps per contender.")] = 3000,
+        interval: Annotated[int, typer.Option("--interval", help="Steps between index refreshes.")] = 100,
+        ntrees: Annotated[int, typer.Option("--ntrees", help="Annoy trees (hf).")] = 10,
+        lr: Annotated[float, typer.Option("--lr", help="Learning rate of backbone and store.")] = 0.1,
+        drift_threshold: Annotated[float, typer.Option("--drift-threshold",
+                                                       help="hf+adaptive refresh threshold.")] = 0.05,
+        train_per_class: Annotated[int, typer.Option("--train-per-class")] = 8,
+        threads: Annotated[int, typer.Option("--threads", help="torch threads for the steps; 0 = torch's default. "
+                                             "1 keeps a shared machine's load from distorting the ratios.")] = 1,
+        json: JsonOpt = None,
+    ) -> None:
+        """Held-out top-1 and confuser recall after equal training steps, per selection mode."""
+        sample_num = max(1, int(round(budget * classes)))
+        for name, value in (("--classes", classes), ("--dim", dim), ("--batch", batch), ("--steps", steps),
+                            ("--interval", interval), ("--ntrees", ntrees), ("--train-per-class", train_per_class)):
+            if value <= 0:
+                raise UsageError(f"{name} must be > 0, got {value}")
+        if not 0 < budget <= 1:
+            raise UsageError(f"--budget must be in (0, 1], got {budget}")
+        if sample_num < batch:
+            raise UsageError(f"--budget gives sample_num={sample_num} < --batch {batch}: a batch's distinct "
+                             "labels may not fit; raise --budget or lower --batch")
+        p = {"classes": classes, "dim": dim, "sample_num": sample_num, "batch": batch, "steps": steps,
+             "interval": interval, "ntrees": ntrees, "lr": lr, "drift_threshold": drift_threshold,
+             "train_per_class": train_per_class, "hidden": 128, "threads": threads}
+        run_select_quality(p, CONTENDERS, json)

@@ -1,0 +1,147 @@
+"""`dcs bench select-speed`: seconds per classifier step for full, random, exact, hf and hnsw, side by side.
+
+    dcs bench select-speed --quick --json select_speed.json
+
+A step is forward + backward + store update over fixed (pre-generated) features: selection, row gather,
+head, loss, one batched push, and the selector's refresh hook. Each contender runs in its own spawned
+process so its peak RSS is its own. Figures:
+  step_s      mean wall seconds per step (background refreshes, if running, share the CPU)
+  build_s     the first index build (synchronous, before step 1)
+  refresh_s   mean wall seconds of one periodic refresh (hf: full rebuild; hnsw: re-insert changed rows)
+  amortized_s step_s + refresh_s / interval: every refresh counted in full, as if it had stalled training
+  speedup     full's amortized_s / this amortized_s
+Labels are drawn uniformly per step, so the rows a refresh must handle are as many as real training
+would touch. full and exact cost a whole B×N×d product per step; they run `--full-steps` steps only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import torch
+import typer
+
+from dcs_cli.bench.common import peak_rss_mb, report
+from dcs_cli.cli.options import JsonOpt
+from dcs_cli.console import info, progress_bar
+from dcs_cli.errors import UsageError
+
+CONTENDERS = ("full", "random", "exact", "hf", "hnsw")
+POOL = 16  # distinct pre-generated batches, cycled
+
+
+def _run_contender(mode: str, p: dict, queue) -> None:
+    """One contender in a fresh process; puts its figures (or an error line) on `queue`."""
+    try:
+        import dcs_cli.config  # noqa: F401 - section import order
+        from dcs_cli.config import HeadConfig, SelectionConfig
+        from dcs_cli.models.heads import build_head
+        from dcs_cli.selection import build_selector
+        from dcs_cli.selection.sampled import SampledSoftmax
+        from dcs_cli.selection.store import LocalStore, OptimParams
+
+        if p.get("threads", 0) > 0:
+            torch.set_num_threads(p["threads"])
+        torch.manual_seed(0)
+        n, d, b = p["classes"], p["dim"], p["batch"]
+        gen = torch.Generator().manual_seed(1)
+        feats = [torch.randn(b, d, generator=gen) for _ in range(POOL)]
+        labels = [torch.randint(0, n, (b,), generator=gen) for _ in range(POOL)]
+        cfg = dataclasses.replace(SelectionConfig(), mode=mode, sample_num=p["sample_num"], interval=p["interval"],
+                                  ntrees=p["ntrees"], hnsw_m=p["hnsw_m"], hnsw_ef_construction=p["hnsw_ef_construction"],
+                                  hnsw_ef=p["hnsw_ef"], seed=0)
+        store = LocalStore(n, d, seed=0, params=OptimParams(lr=0.01, momentum=0.9, weight_decay=1e-4))
+        selector = build_selector(cfg, n, b)
+        sampled = SampledSoftmax(selector, store, build_head(HeadConfig(type="softmax")))
+        steps = p["full_steps"] if mode in ("full", "exact") else p["steps"]
+        if mode in ("hf", "hnsw"):
+            steps = max(steps, p["interval"] + 1)  # at least one periodic refresh is measured
+        times = []
+        for i in range(steps):
+            x = feats[i % POOL].clone().requires_grad_(True)
+            t0 = time.perf_counter()
+            loss, _ = sampled(x, labels[i % POOL])
+            loss.backward()
+            sampled.push()
+            times.append(time.perf_counter() - t0)
+        if hasattr(selector, "wait"):
+            selector.wait()
+        selector.close()
+        build = getattr(selector, "build_seconds", 0.0)
+        refreshes = list(getattr(selector, "refresh_seconds", []))
+        refresh = sum(refreshes) / len(refreshes) if refreshes else build
+        # the first step also pays one-off allocations; leave it out when there are more
+        step = sum(times[1:]) / (len(times) - 1) if len(times) > 1 else times[0]
+        queue.put({"name": mode, "steps": steps, "step_s": step, "build_s": build,
+                   "refreshes": len(refreshes), "refresh_s": refresh,
+                   "amortized_s": step + (refresh / p["interval"] if mode in ("hf", "hnsw") else 0.0),
+                   "peak_rss_mb": peak_rss_mb()})
+    except BaseException as exc:  # reported by the parent as one line
+        queue.put({"name": mode, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def run_select_speed(params: dict, contenders=CONTENDERS, json_path: Path | None = None) -> dict:
+    """Run each contender in its own process, add speed-ups over full, print and (optionally) save."""
+    ctx = mp.get_context("spawn")
+    rows = []
+    with progress_bar("select-speed", total=len(contenders), unit="contenders") as advance:
+        for mode in contenders:
+            info(f"select-speed: {mode} ...")
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_run_contender, args=(mode, params, queue))
+            proc.start()
+            row = queue.get()
+            proc.join()
+            if "error" in row:
+                raise UsageError(f"select-speed: contender {mode} failed: {row['error']}")
+            rows.append(row)
+            advance(1)
+    full = next((r for r in rows if r["name"] == "full"), None)
+    for r in rows:
+        r["speedup"] = full["amortized_s"] / r["amortized_s"] if full else float("nan")
+    return report("select-speed", params, rows, json_path)
+
+
+def register(bench_app: typer.Typer) -> None:
+    @bench_app.command("select-speed")
+    def select_speed(
+        quick: Annotated[bool, typer.Option("--quick", help="N=100k instead of 1M (about 2 minutes).")] = False,
+        classes: Annotated[Optional[int], typer.Option("--classes", help="Classes N (default 1,000,000).")] = None,
+        dim: Annotated[int, typer.Option("--dim", help="Feature dimension d.")] = 256,
+        batch: Annotated[int, typer.Option("--batch", help="Batch size B.")] = 256,
+        sample_num: Annotated[int, typer.Option("--sample-num", help="Active classes per step.")] = 10_000,
+        interval: Annotated[int, typer.Option("--interval", help="Steps between index refreshes.")] = 100,
+        steps: Annotated[int, typer.Option("--steps", help="Steps per sampled contender "
+                                           "(hf/hnsw run at least interval+1).")] = 30,
+        full_steps: Annotated[int, typer.Option("--full-steps", help="Steps for full and exact "
+                                                "(a full step at N=1M takes seconds).")] = 3,
+        ntrees: Annotated[int, typer.Option("--ntrees", help="Annoy trees (hf).")] = 4,
+        hnsw_m: Annotated[int, typer.Option("--hnsw-m", help="hnswlib M.")] = 12,
+        hnsw_ef_construction: Annotated[int, typer.Option("--hnsw-ef-construction")] = 40,
+        hnsw_ef: Annotated[int, typer.Option("--hnsw-ef", help="hnswlib ef at query time.")] = 64,
+        only: Annotated[Optional[list[str]], typer.Option("--only", help="Run only these contenders.")] = None,
+        threads: Annotated[int, typer.Option("--threads", help="torch threads for the steps; 0 = torch's default. "
+                                             "1 keeps a shared machine's load from distorting the ratios.")] = 1,
+        json: JsonOpt = None,
+    ) -> None:
+        """Seconds per classifier step (fwd+bwd+update) and amortized refresh cost, per selection mode."""
+        n = classes if classes is not None else (100_000 if quick else 1_000_000)
+        for name, value in (("--classes", n), ("--dim", dim), ("--batch", batch), ("--sample-num", sample_num),
+                            ("--interval", interval), ("--steps", steps), ("--full-steps", full_steps),
+                            ("--ntrees", ntrees)):
+            if value <= 0:
+                raise UsageError(f"{name} must be > 0, got {value}")
+        if sample_num > n:
+            raise UsageError(f"--sample-num {sample_num} exceeds --classes {n}")
+        contenders = tuple(only) if only else CONTENDERS
+        bad = [c for c in contenders if c not in CONTENDERS]
+        if bad:
+            raise UsageError(f"--only: unknown contender(s) {', '.join(bad)}; choose from {', '.join(CONTENDERS)}")
+        params = {"classes": n, "dim": dim, "batch": batch, "sample_num": sample_num, "interval": interval,
+                  "steps": steps, "full_steps": full_steps, "ntrees": ntrees, "hnsw_m": hnsw_m,
+                  "hnsw_ef_construction": hnsw_ef_construction, "hnsw_ef": hnsw_ef, "threads": threads}
+        run_select_speed(params, contenders, json)

@@ -1,0 +1,29 @@
+"""Building blocks of config sections: a documented field and a validation check.
+
+    sample_num: int = opt(1000, "active classes per mini-batch")
+    require(self.sample_num > 0, f"{key}.sample_num", "must be > 0")
+
+Kept apart from `dcs_cli.config` (which composes the sections) so a section module imports without cycles.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import field
+from typing import Any
+
+from dcs_cli.errors import ConfigError
+
+
+def opt(default: Any, help: str, **kwargs) -> Any:
+    """A config field with its documentation (listed by `describe()` and the README)."""
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    """Raise ConfigError("key message") unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{key} {message}")

@@ -1,0 +1,64 @@
+"""Encoded-image helpers: format by magic bytes, Pillow decode to RGB, and the model's input tensor.
+
+    ext = image_ext(payload)                       # "jpg" | "png"
+    rgb = decode_rgb(payload)                      # (H, W, 3) uint8
+    x = to_input_tensor(rgb, image_size=112)       # (3, 112, 112) float in [-1, 1]
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dcs_cli.errors import DataError
+
+_JPEG = b"\xff\xd8\xff"
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def image_ext(payload: bytes) -> str:
+    """"jpg" or "png" from the leading magic bytes; anything else is a DataError."""
+    head = bytes(payload[:8])
+    if head.startswith(_JPEG):
+        return "jpg"
+    if head.startswith(_PNG):
+        return "png"
+    if not head:
+        raise DataError("empty image payload")
+    raise DataError(f"payload is neither JPEG nor PNG (starts with {head.hex()})")
+
+
+def decode_rgb(payload: bytes, image_size: int | None = None) -> np.ndarray:
+    """Decode JPEG/PNG bytes to an (H, W, 3) uint8 array, resized (bilinear) to a square `image_size`."""
+    try:
+        with Image.open(io.BytesIO(payload)) as img:
+            img = img.convert("RGB")
+            if image_size and img.size != (image_size, image_size):
+                img = img.resize((image_size, image_size), Image.BILINEAR)
+            return np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy wants one
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot decode image ({len(payload)} bytes): {exc}") from None
+
+
+def to_input_tensor(rgb: np.ndarray, flip: bool = False) -> torch.Tensor:
+    """(H, W, 3) uint8 → (3, H, W) float32 normalised to [-1, 1] ((x - 127.5) / 127.5, as InsightFace)."""
+    if flip:
+        rgb = rgb[:, ::-1]
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()
+    return x.sub_(127.5).div_(127.5)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """(H, W, 3) uint8 → JPEG bytes (used by the synthetic writer and tests)."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,55 @@
+"""List files: one `relative/path label` line per image, paths relative to an images root.
+
+    entries = read_list("out/train_list.txt")     # [("0/1.jpg", 0), ...]
+    write_list("out/val_list.txt", entries)       # atomic: temp name, then rename
+
+The label is the last whitespace-separated field, so paths may contain spaces (not newlines).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from dcs_cli.errors import DataError
+from dcs_cli.fsutil import write_text_atomic
+
+
+def read_list(path: str | os.PathLike) -> list[tuple[str, int]]:
+    """Parse a list file; a malformed line is a DataError naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such list file")
+    entries: list[tuple[str, int]] = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            parts = line.rsplit(None, 1)
+            if len(parts) != 2:
+                raise DataError(f"{path}:{lineno}: expected `path label`, found {line!r}")
+            rel, label_text = parts[0].strip(), parts[1]
+            try:
+                label = int(label_text)
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: label {label_text!r} is not an integer") from None
+            if label < 0:
+                raise DataError(f"{path}:{lineno}: label {label} is negative")
+            entries.append((rel, label))
+    return entries
+
+
+def format_list(entries: Iterable[tuple[str, int]]) -> str:
+    lines = []
+    for rel, label in entries:
+        if "\n" in rel or "\r" in rel:
+            raise DataError(f"list path {rel!r} contains a newline")
+        lines.append(f"{rel} {int(label)}\n")
+    return "".join(lines)
+
+
+def write_list(path: str | os.PathLike, entries: Iterable[tuple[str, int]]) -> None:
+    """Write `path label` lines atomically (never a half-written list under the final name)."""
+    write_text_atomic(path, format_list(entries))

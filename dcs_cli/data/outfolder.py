@@ -1,0 +1,68 @@
+"""Output folders of `dcs convert`: `meta.json` marks a finished one; a partial marker an unfinished one.
+
+    out = prepare_output(out_folder, overwrite, produces=["images", "train_list.txt"])
+    ...write...
+    finish_output(out, meta)        # meta.json written last (atomically), then the partial marker removed
+
+A finished folder is never overwritten without `--overwrite`. Leftovers of an interrupted dcs run (the
+partial marker is still there) are cleared before a new run; anything else already under an output's
+name is the user's and needs `--overwrite`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from dcs_cli import __version__
+from dcs_cli.console import info
+from dcs_cli.errors import OutputExistsError
+from dcs_cli.fsutil import guard_output_folder, write_json_atomic
+
+MARKER = "meta.json"
+PARTIAL = ".dcs-convert-partial"
+
+
+def prepare_output(folder: str | os.PathLike, overwrite: bool, produces: Sequence[str]) -> Path:
+    out = guard_output_folder(folder, overwrite, MARKER)
+    partial = out / PARTIAL
+    leftovers = [name for name in produces if (out / name).exists()]
+    if leftovers and not (partial.exists() or overwrite):
+        raise OutputExistsError(f"{out} already holds {leftovers[0]} that dcs convert did not write; "
+                                "pass --overwrite to replace it or choose another --out-folder")
+    if leftovers:
+        info(f"removing {', '.join(leftovers)} left in {out} by an unfinished run")
+    for name in leftovers:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    partial.write_text("dcs convert is writing this folder; meta.json appears when it is complete\n")
+    return out
+
+
+def finish_output(out: Path, meta: dict) -> None:
+    write_json_atomic(out / MARKER, {"dcs_version": __version__, **meta})
+    (out / PARTIAL).unlink(missing_ok=True)
+
+
+def write_file(path: str, payload: bytes, dir_fd: int | None = None) -> None:
+    """Write bytes with the fewest syscalls (os.open/os.write release the GIL, so threads overlap).
+
+    With `dir_fd`, `path` is a bare name inside that open folder: the kernel skips the path walk.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=dir_fd)
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def default_workers(workers: int) -> int:
+    """0 = automatic: file writing waits on the kernel, so a few threads per core keep it busy."""
+    return workers if workers > 0 else min(16, 4 * (os.cpu_count() or 1))

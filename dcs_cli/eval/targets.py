@@ -1,0 +1,98 @@
+"""Verify one or many targets (features `.npy` + the `.bin` they came from) into a table, JSON and ROC PNG.
+
+    figures = verify_targets([("lfw", "feats/lfw.npy", "data/lfw.bin")], folds=10, plot="roc.png")
+    pairs = match_targets("feats", "data")   # every feats/<name>.npy with a data/<name>.bin
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dcs_cli.console import print_table, warn
+from dcs_cli.errors import DataError
+from dcs_cli.eval.verify import evaluate
+from dcs_cli.fsutil import write_json_atomic
+
+
+def load_features(path: str | Path) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such features file; run `dcs extract` first")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+
+
+def load_issame(path: str | Path) -> np.ndarray:
+    from dcs_cli.data.binfile import read_bin
+
+    _, issame = read_bin(path)
+    if issame.size == 0:
+        raise DataError(f"{path}: the .bin holds no pairs; verification needs a .bin with issame labels")
+    return issame
+
+
+def match_targets(features_dir: str | Path, bin_dir: str | Path) -> list[tuple[str, Path, Path]]:
+    """(name, features, bin) for every `<features_dir>/<name>.npy` that has a `<bin_dir>/<name>.bin`."""
+    features_dir, bin_dir = Path(features_dir), Path(bin_dir)
+    for folder, flag in ((features_dir, "--features-dir"), (bin_dir, "--bin-dir")):
+        if not folder.is_dir():
+            raise DataError(f"{flag} {folder}: no such folder")
+    found = []
+    for npy in sorted(features_dir.glob("*.npy")):
+        if npy.name.endswith(".labels.npy"):
+            continue
+        bin_path = bin_dir / f"{npy.stem}.bin"
+        if bin_path.is_file():
+            found.append((npy.stem, npy, bin_path))
+    if not found:
+        raise DataError(f"no <name>.npy in {features_dir} has a matching <name>.bin in {bin_dir}; "
+                        "extract with `dcs extract --bin <bin-dir>/<name>.bin --out-dir <features-dir>`")
+    return found
+
+
+def result_column(result) -> dict[str, str]:
+    """One target's figures as table cells: percentages with their std over folds."""
+    cells = {"pairs": str(result.pairs),
+             "accuracy %": f"{100 * result.accuracy:.2f} ± {100 * result.accuracy_std:.2f}",
+             "best threshold": f"{result.threshold:.3f}",
+             "VAL@FAR=1e-3 %": f"{100 * result.val:.2f} ± {100 * result.val_std:.2f}",
+             "FAR at VAL threshold": f"{result.far:.2e}",
+             "AUC": f"{result.auc:.4f}", "EER %": f"{100 * result.eer:.2f}"}
+    cells.update({f"TAR@FAR={far}": f"{tar:.4f}" for far, tar in result.tar_at_far.items()})
+    return cells
+
+
+def table_rows(columns: dict[str, dict[str, str]]) -> list[dict]:
+    """Metrics down, targets across: several targets still fit an 80-column terminal."""
+    metrics = next(iter(columns.values())).keys()
+    return [{"metric": m, **{name: cells[m] for name, cells in columns.items()}} for m in metrics]
+
+
+def verify_targets(targets: list[tuple[str, Path, Path]], folds: int = 10, plot: str | Path | None = None,
+                   json_path: str | Path | None = None) -> dict[str, dict]:
+    """Evaluate each target, print one table, write JSON and one ROC PNG with a curve per target.
+
+    Returns {name: figures} as written to JSON (features, bin and every field of `VerifyResult`)."""
+    columns, curves, details = {}, {}, {}
+    for name, features_path, bin_path in targets:
+        features = load_features(features_path)
+        issame = load_issame(bin_path)
+        result, (fpr, tpr) = evaluate(features, issame, folds, where=str(features_path))
+        if result.pairs < 10 * folds:
+            warn(f"{name}: only {result.pairs} pairs over {folds} folds; the figures are noisy")
+        columns[name] = result_column(result)
+        curves[name] = (fpr, tpr)
+        details[name] = {"features": str(features_path), "bin": str(bin_path), **result.to_dict()}
+    rows = table_rows(columns)
+    print_table(f"dcs verify ({folds}-fold, squared L2 of normalised features)", rows)
+    if plot:
+        from dcs_cli.eval.roc_plot import plot_roc
+
+        plot_roc(curves, plot, title="ROC: " + ", ".join(curves))
+    if json_path:
+        write_json_atomic(json_path, {"folds": folds, "targets": details})
+    return details

@@ -1,0 +1,158 @@
+"""One served matrix: weights, momentum, optimiser params and the synchronous-SGD barrier of a step.
+
+    m = ServedMatrix(0, MatrixSpec("classifier", 1_000_000, 256), OptimParams())
+    m.members.add(client)                    # REGISTER
+    m.add_push(client, ids, grad_w, None)    # PUSH for m.step
+    if m.barrier_ready(): m.apply()          # summed over clients, one update, step += 1
+
+The update is `dcs_cli.selection.store.sgd_rows_`, the same function `LocalStore` uses, so a server with a
+single client follows the in-process trajectory bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from dcs_cli.paramserver.protocol import ProtocolError
+from dcs_cli.selection.store import OptimParams, sgd_rows_
+
+INITS = ("normal", "uniform")  # as LocalStore
+MAX_ELEMENTS = 1 << 34  # 64 GiB of float32 weights: anything larger is a typo, not a model
+
+
+@dataclass(frozen=True)
+class MatrixSpec:
+    """What CREATE asks for; two CREATEs of one name must agree on all of it."""
+
+    name: str
+    num_classes: int
+    dim: int
+    bias: bool = False
+    init: str = "normal"
+    init_std: float = 0.01
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, obj: dict) -> MatrixSpec:
+        types = {
+            "name": str,
+            "num_classes": int,
+            "dim": int,
+            "bias": bool,
+            "init": str,
+            "init_std": (int, float),
+            "seed": int,
+        }
+        unknown = set(obj) - set(types)
+        if unknown:
+            raise ProtocolError(f"CREATE: unknown keys {sorted(unknown)}; valid: {sorted(types)}")
+        for key, tp in types.items():
+            if key in ("name", "num_classes", "dim") and key not in obj:
+                raise ProtocolError(f"CREATE: missing '{key}'")
+            if key in obj and (not isinstance(obj[key], tp) or (tp is int and isinstance(obj[key], bool))):
+                raise ProtocolError(f"CREATE: '{key}' has the wrong type")
+        spec = cls(**{**obj, "init_std": float(obj.get("init_std", 0.01))})
+        if not spec.name or len(spec.name) > 200:
+            raise ProtocolError("CREATE: name must be 1..200 characters")
+        if spec.num_classes <= 0 or spec.dim <= 0 or spec.num_classes * spec.dim > MAX_ELEMENTS:
+            raise ProtocolError(f"CREATE: impossible shape {spec.num_classes}x{spec.dim}")
+        if spec.init not in INITS:
+            raise ProtocolError(f"CREATE: init '{spec.init}' unknown; choose one of {', '.join(INITS)}")
+        if not math.isfinite(spec.init_std) or spec.init_std < 0:
+            raise ProtocolError("CREATE: init_std must be a finite number >= 0")
+        if not 0 <= spec.seed < 2**63:
+            raise ProtocolError("CREATE: seed must be in [0, 2**63)")
+        return spec
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def optim_from_dict(obj: dict) -> OptimParams:
+    """Validated optimiser params from a SET_OPTIM JSON object (all three keys required)."""
+    values = {}
+    for key in ("lr", "momentum", "weight_decay"):
+        value = obj.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ProtocolError(f"SET_OPTIM: '{key}' must be a finite number")
+        values[key] = float(value)
+    if values["lr"] < 0 or not 0 <= values["momentum"] < 1 or values["weight_decay"] < 0:
+        raise ProtocolError("SET_OPTIM: need lr >= 0, 0 <= momentum < 1, weight_decay >= 0")
+    return OptimParams(**values)
+
+
+def init_weight(spec: MatrixSpec) -> torch.Tensor:
+    """Seeded initial weights, drawn exactly as `LocalStore` draws them (a test pins the equality)."""
+    gen = torch.Generator().manual_seed(spec.seed)
+    weight = torch.empty(spec.num_classes, spec.dim)
+    if spec.init == "normal":
+        return weight.normal_(0.0, spec.init_std, generator=gen)
+    bound = spec.init_std * 3.0**0.5  # uniform with the same standard deviation
+    return weight.uniform_(-bound, bound, generator=gen)
+
+
+@dataclass
+class PendingPush:
+    ids: torch.Tensor
+    grad_w: torch.Tensor
+    grad_b: torch.Tensor | None
+    keepalive: tuple = ()  # the zmq frames the tensors view; they must outlive the tensors
+
+
+@dataclass
+class ServedMatrix:
+    """Weights + momentum of one named matrix and the pushes collected for its current step."""
+
+    matrix_id: int
+    spec: MatrixSpec
+    params: OptimParams
+    weight: torch.Tensor = None  # type: ignore[assignment]
+    momentum: torch.Tensor = None  # type: ignore[assignment]
+    bias: torch.Tensor | None = None
+    bias_momentum: torch.Tensor | None = None
+    step: int = 0
+    members: set[int] = field(default_factory=set)
+    pending: dict[int, PendingPush] = field(default_factory=dict)
+    waiters: list[tuple] = field(default_factory=list)  # (routing identity, request id, client id)
+
+    def __post_init__(self) -> None:
+        if self.weight is None:
+            self.weight = init_weight(self.spec)
+        if self.momentum is None:
+            self.momentum = torch.zeros_like(self.weight)
+        if self.spec.bias and self.bias is None:
+            self.bias = torch.zeros(self.spec.num_classes)
+        if self.spec.bias and self.bias_momentum is None:
+            self.bias_momentum = torch.zeros(self.spec.num_classes)
+
+    def add_push(self, client: int, push: PendingPush) -> None:
+        if client in self.pending:
+            raise ProtocolError(f"PUSH: client {client} already pushed for step {self.step}")
+        self.pending[client] = push
+
+    def barrier_ready(self) -> bool:
+        """Every registered client has pushed for this step (clients that left no longer count)."""
+        return bool(self.pending) and self.members.issubset(self.pending)
+
+    def apply(self) -> int:
+        """Sum the pending gradients per row, apply one SGD step, advance the step; returns rows updated."""
+        pushes = [self.pending[c] for c in sorted(self.pending)]  # fixed order → reproducible sums
+        if len(pushes) == 1:
+            ids, grad_w, grad_b = pushes[0].ids, pushes[0].grad_w, pushes[0].grad_b
+        else:
+            ids, inverse = torch.unique(torch.cat([p.ids for p in pushes]), return_inverse=True)
+            grad_w = torch.zeros(len(ids), self.spec.dim).index_add_(
+                0, inverse, torch.cat([p.grad_w for p in pushes])
+            )
+            grad_b = None
+            if self.spec.bias:
+                grad_b = torch.zeros(len(ids)).index_add_(0, inverse, torch.cat([p.grad_b for p in pushes]))
+        sgd_rows_(self.weight, self.momentum, ids, grad_w, self.params)
+        if self.spec.bias:
+            sgd_rows_(self.bias, self.bias_momentum, ids, grad_b, self.params)
+        self.pending.clear()
+        self.step += 1
+        return len(ids)

@@ -1,0 +1,535 @@
+"""The parameter server: matrices of class rows served over ZeroMQ with synchronous SGD across clients.
+
+    serve(load_config(overrides=["paramserver.bind=tcp://127.0.0.1:5570"]))   # blocks until SIGTERM/SHUTDOWN
+    handle = start_background("tcp://127.0.0.1:*")                            # a real server process
+    handle.address, handle.stop()
+
+One thread runs a ROUTER socket loop; it never blocks on a client. A PUSH for step t is held (its reply
+deferred) until every registered client of the matrix has pushed for t; the gradients are then summed per
+row and applied once with `sgd_rows_`, and all held pushes are answered. A client silent for longer than
+`heartbeat_timeout` (and not itself waiting in the barrier) is dropped so the others carry on. Every
+request is validated and a bad one gets an error reply; nothing a client sends can stop the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import zmq
+
+from dcs_cli.console import info, warn
+from dcs_cli.errors import ConfigError, ServerError
+from dcs_cli.fsutil import write_text_atomic
+from dcs_cli.paramserver.auth import is_loopback, read_token  # noqa: F401 (public API)
+from dcs_cli.paramserver.launcher import BackgroundServer, start_background  # noqa: F401 (public API)
+from dcs_cli.paramserver.matrix import MatrixSpec, PendingPush, ServedMatrix, optim_from_dict
+from dcs_cli.paramserver.protocol import (
+    FLAG_MOMENTUM,
+    NUMPY_DTYPES,
+    STATUS_ERROR,
+    DType,
+    Header,
+    Op,
+    ProtocolError,
+    array_from_frame,
+    decode_header,
+    json_frame,
+    parse_json,
+    peek_request_id,
+)
+from dcs_cli.paramserver.snapshot import read_snapshot, write_snapshot
+from dcs_cli.paramserver.status import StatusLine
+from dcs_cli.selection.store import OptimParams
+
+MAX_MESSAGE_BYTES = 1 << 30  # larger messages make ZeroMQ drop the connection before we allocate them
+POLL_MS = 100
+F32 = NUMPY_DTYPES[DType.FLOAT32]
+I64 = NUMPY_DTYPES[DType.INT64]
+
+
+@dataclass
+class ClientInfo:
+    last_seen: float
+    matrices: set[int] = field(default_factory=set)
+
+
+class ParamServer:
+    """The socket loop and request handlers: `ParamServer(cfg, params, token).run(sock)`."""
+
+    def __init__(self, cfg, params: OptimParams, token: bytes | None, matrices: list[ServedMatrix] = ()):
+        self.cfg = cfg  # ParamServerConfig
+        self.default_params = params
+        self.token = token
+        self.matrices: list[ServedMatrix] = sorted(matrices, key=lambda m: m.matrix_id)
+        self.clients: dict[int, ClientInfo] = {}
+        self.stop_requested = False
+        self.counters = {
+            "requests": 0,
+            "errors": 0,
+            "rows_read": 0,
+            "rows_pushed": 0,
+            "rows_written": 0,
+            "steps_applied": 0,
+            "clients_registered": 0,
+            "clients_dropped": 0,
+            "snapshots": 0,
+            "bytes_in": 0,
+            "bytes_out": 0,
+        }
+        self.started = time.monotonic()
+        self.handlers = {
+            Op.REGISTER: self._register,
+            Op.UNREGISTER: self._unregister,
+            Op.CREATE: self._create,
+            Op.GET_ROWS: self._get_rows,
+            Op.PUSH: self._push,
+            Op.SET_ROWS: self._set_rows,
+            Op.GET_OPTIM: self._get_optim,
+            Op.SET_OPTIM: self._set_optim,
+            Op.SNAPSHOT: self._snapshot,
+            Op.STATS: self._stats,
+            Op.SHUTDOWN: self._shutdown,
+            Op.HEARTBEAT: self._heartbeat,
+            Op.SET_STEP: self._set_step,
+        }
+        self.sock: zmq.Socket | None = None
+
+    # ------------------------------------------------------------------------------------------ loop
+
+    def run(self, sock: zmq.Socket) -> None:
+        """Serve until SHUTDOWN or `stop_requested` (set by the signal handlers)."""
+        self.sock = sock
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        status = StatusLine(self)
+        next_snapshot = self._next_snapshot_time()
+        while not self.stop_requested:
+            if poller.poll(POLL_MS):
+                for _ in range(64):  # drain a burst, then look after timers again
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._handle(frames)
+                    if self.stop_requested:
+                        break
+            now = time.monotonic()
+            self._drop_silent(now)
+            if next_snapshot is not None and now >= next_snapshot:
+                try:
+                    self._write_snapshot("periodic")
+                except Exception as exc:  # a full disk must not stop training; the next try may work
+                    warn(f"periodic snapshot to {self.cfg.snapshot_dir} failed: {exc}")
+                next_snapshot = self._next_snapshot_time()
+            status.update(now)
+        status.close()
+
+    def _next_snapshot_time(self) -> float | None:
+        if self.cfg.snapshot_dir and self.cfg.snapshot_every > 0:
+            return time.monotonic() + self.cfg.snapshot_every
+        return None
+
+    def _handle(self, frames: list) -> None:
+        if len(frames) < 2:
+            return
+        identity, body = frames[0].bytes, frames[1:]
+        self.counters["requests"] += 1
+        self.counters["bytes_in"] += sum(len(f.buffer) for f in body)
+        try:
+            header = decode_header(body[0].buffer, self.token)
+        except ProtocolError as exc:
+            op, request_id = peek_request_id(body[0].buffer)
+            self._error(identity, Header(op=op, request_id=request_id), str(exc))
+            return
+        try:
+            handler = self.handlers.get(header.op)
+            if handler is None:
+                raise ProtocolError(f"unknown op {header.op}")
+            if header.client_id in self.clients:
+                self.clients[header.client_id].last_seen = time.monotonic()
+            handler(identity, header, body[1:])
+        except ProtocolError as exc:
+            self._error(identity, header, str(exc))
+        except Exception as exc:  # a bug must cost one request, not the server
+            warn(f"internal error on op {header.op}: {exc!r}")
+            self._error(identity, header, f"internal server error: {exc.__class__.__name__}: {exc}")
+
+    def _reply(self, identity: bytes, req: Header, frames: list = (), **fields) -> None:
+        header = Header(
+            op=req.op, request_id=req.request_id, client_id=req.client_id, matrix=req.matrix, **fields
+        )
+        payload = [np.ascontiguousarray(f) if isinstance(f, np.ndarray) else f for f in frames]
+        self.counters["bytes_out"] += sum(memoryview(p).nbytes for p in payload)
+        self.sock.send_multipart([identity, header.pack(self.token), *payload], copy=False)
+
+    def _error(self, identity: bytes, req: Header, message: str) -> None:
+        self.counters["errors"] += 1
+        self._reply(identity, req, [json_frame({"error": message})], status=STATUS_ERROR, dtype=DType.JSON)
+
+    # --------------------------------------------------------------------------------------- helpers
+
+    def _matrix(self, header: Header) -> ServedMatrix:
+        if header.matrix >= len(self.matrices):
+            raise ProtocolError(f"unknown matrix id {header.matrix}; CREATE it first")
+        return self.matrices[header.matrix]
+
+    @staticmethod
+    def _expect_frames(frames: list, count: int, op: str) -> None:
+        if len(frames) != count:
+            raise ProtocolError(f"{op}: expected {count} data frame(s), got {len(frames)}")
+
+    def _ids(self, m: ServedMatrix, header: Header, frame, unique: bool, op: str) -> torch.Tensor:
+        if header.rows > m.spec.num_classes and unique:
+            raise ProtocolError(
+                f"{op}: {header.rows} unique rows asked of a matrix with {m.spec.num_classes}"
+            )
+        if header.rows * m.spec.dim * F32.itemsize > MAX_MESSAGE_BYTES:
+            raise ProtocolError(
+                f"{op}: {header.rows} rows exceed one message; send at most "
+                f"{MAX_MESSAGE_BYTES // (m.spec.dim * F32.itemsize)} rows per request"
+            )
+        ids = torch.from_numpy(array_from_frame(frame.buffer, I64, (header.rows,), f"{op} ids"))
+        if len(ids):
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= m.spec.num_classes:
+                raise ProtocolError(
+                    f"{op}: row id {low if low < 0 else high} out of range [0, {m.spec.num_classes})"
+                )
+            if unique and torch.unique(ids).numel() != len(ids):
+                raise ProtocolError(f"{op}: row ids must be unique")
+        return ids
+
+    def _values(
+        self, m: ServedMatrix, header: Header, frame, cols: int | None, op: str, what: str
+    ) -> torch.Tensor:
+        shape = (header.rows, cols) if cols else (header.rows,)
+        values = array_from_frame(frame.buffer, F32, shape, f"{op} {what}")
+        if not np.isfinite(values).all():  # numpy's check is many times faster than torch's here
+            raise ProtocolError(f"{op}: {what} holds NaN or inf values; refused")
+        return torch.from_numpy(values)
+
+    def _check_row_request(self, m: ServedMatrix, header: Header, op: str) -> None:
+        if header.dtype != DType.FLOAT32:
+            raise ProtocolError(f"{op}: dtype {header.dtype} not supported; rows are float32 (dtype 1)")
+        if header.cols != m.spec.dim:
+            raise ProtocolError(f"{op}: cols {header.cols} != matrix dim {m.spec.dim}")
+
+    # -------------------------------------------------------------------------------------- handlers
+
+    def _create(self, identity, header: Header, frames) -> None:
+        self._expect_frames(frames, 1, "CREATE")
+        spec = MatrixSpec.from_dict(parse_json(frames[0].buffer))
+        for m in self.matrices:
+            if m.spec.name == spec.name:
+                if m.spec != spec:
+                    raise ProtocolError(
+                        f"CREATE: matrix '{spec.name}' exists with spec {m.spec.to_dict()}, "
+                        f"not {spec.to_dict()}; use another name or the same spec"
+                    )
+                break
+        else:
+            m = ServedMatrix(len(self.matrices), spec, dataclasses.replace(self.default_params))
+            self.matrices.append(m)
+            info(f"created matrix '{spec.name}' {spec.num_classes}x{spec.dim} (id {m.matrix_id})")
+        header.matrix = m.matrix_id
+        self._reply(
+            identity,
+            header,
+            [json_frame({"matrix": m.matrix_id, "step": m.step})],
+            dtype=DType.JSON,
+            step=m.step,
+        )
+
+    def _register(self, identity, header: Header, frames) -> None:
+        self._expect_frames(frames, 0, "REGISTER")
+        m = self._matrix(header)
+        client = self.clients.setdefault(header.client_id, ClientInfo(time.monotonic()))
+        if m.matrix_id not in client.matrices:
+            client.matrices.add(m.matrix_id)
+            m.members.add(header.client_id)
+            self.counters["clients_registered"] += 1
+            info(f"client {header.client_id:x} joined '{m.spec.name}' ({len(m.members)} registered)")
+        self._reply(
+            identity,
+            header,
+            [json_frame({"step": m.step, "heartbeat_timeout": self.cfg.heartbeat_timeout})],
+            dtype=DType.JSON,
+            step=m.step,
+        )
+
+    def _unregister(self, identity, header: Header, frames) -> None:
+        self._expect_frames(frames, 0, "UNREGISTER")
+        m = self._matrix(header)
+        self._leave(header.client_id, m)
+        info(f"client {header.client_id:x} left '{m.spec.name}' ({len(m.members)} registered)")
+        self._reply(identity, header, step=m.step)
+        self._maybe_apply(m)
+
+    def _leave(self, client_id: int, m: ServedMatrix) -> None:
+        m.members.discard(client_id)
+        client = self.clients.get(client_id)
+        if client is not None:
+            client.matrices.discard(m.matrix_id)
+            if not client.matrices:
+                del self.clients[client_id]
+
+    def _get_rows(self, identity, header: Header, frames) -> None:
+        m = self._matrix(header)
+        self._check_row_request(m, header, "GET_ROWS")
+        self._expect_frames(frames, 1, "GET_ROWS")
+        ids_np = self._ids(m, header, frames[0], unique=False, op="GET_ROWS").numpy()
+        out = [_gather(m.weight, ids_np)]
+        if header.flags & FLAG_MOMENTUM:
+            out.append(_gather(m.momentum, ids_np))
+        if m.spec.bias:
+            out.append(_gather(m.bias, ids_np))
+            if header.flags & FLAG_MOMENTUM:
+                out.append(_gather(m.bias_momentum, ids_np))
+        self.counters["rows_read"] += len(ids_np)
+        self._reply(
+            identity,
+            header,
+            out,
+            dtype=DType.FLOAT32,
+            rows=len(ids_np),
+            cols=m.spec.dim,
+            step=m.step,
+            flags=header.flags,
+        )
+
+    def _push(self, identity, header: Header, frames) -> None:
+        m = self._matrix(header)
+        self._check_row_request(m, header, "PUSH")
+        if header.client_id not in m.members:
+            raise ProtocolError(
+                f"PUSH: client {header.client_id:x} is not registered for '{m.spec.name}' "
+                "(dropped after the heartbeat timeout?); register again"
+            )
+        if header.step != m.step:
+            raise ProtocolError(
+                f"PUSH: gradient for step {header.step} but '{m.spec.name}' is at step {m.step}"
+            )
+        self._expect_frames(frames, 3 if m.spec.bias else 2, "PUSH")
+        ids = self._ids(m, header, frames[0], unique=True, op="PUSH")
+        grad_w = self._values(m, header, frames[1], m.spec.dim, "PUSH", "weight gradient")
+        grad_b = self._values(m, header, frames[2], None, "PUSH", "bias gradient") if m.spec.bias else None
+        m.add_push(header.client_id, PendingPush(ids, grad_w, grad_b, keepalive=tuple(frames)))
+        m.waiters.append((identity, header))
+        self.counters["rows_pushed"] += len(ids)
+        self._maybe_apply(m)
+
+    def _maybe_apply(self, m: ServedMatrix) -> None:
+        if not m.barrier_ready():
+            return
+        m.apply()
+        self.counters["steps_applied"] += 1
+        waiters, m.waiters = m.waiters, []
+        for identity, req in waiters:
+            self._reply(identity, req, step=m.step)
+
+    def _set_rows(self, identity, header: Header, frames) -> None:
+        m = self._matrix(header)
+        self._check_row_request(m, header, "SET_ROWS")
+        with_momentum = bool(header.flags & FLAG_MOMENTUM)
+        self._expect_frames(frames, 1 + (1 + with_momentum) * (1 + m.spec.bias), "SET_ROWS")
+        ids = self._ids(m, header, frames[0], unique=True, op="SET_ROWS")
+        values = iter(frames[1:])
+        updates = [(m.weight, self._values(m, header, next(values), m.spec.dim, "SET_ROWS", "weights"))]
+        if with_momentum:
+            updates.append(
+                (m.momentum, self._values(m, header, next(values), m.spec.dim, "SET_ROWS", "momentum"))
+            )
+        if m.spec.bias:
+            updates.append((m.bias, self._values(m, header, next(values), None, "SET_ROWS", "bias")))
+            if with_momentum:
+                updates.append(
+                    (
+                        m.bias_momentum,
+                        self._values(m, header, next(values), None, "SET_ROWS", "bias momentum"),
+                    )
+                )
+        for target, source in updates:  # all validated first: a refused request changes nothing
+            target.index_copy_(0, ids, source)
+        self.counters["rows_written"] += len(ids)
+        self._reply(identity, header, step=m.step)
+
+    def _get_optim(self, identity, header: Header, frames) -> None:
+        self._expect_frames(frames, 0, "GET_OPTIM")
+        m = self._matrix(header)
+        self._reply(
+            identity, header, [json_frame(dataclasses.asdict(m.params))], dtype=DType.JSON, step=m.step
+        )
+
+    def _set_optim(self, identity, header: Header, frames) -> None:
+        self._expect_frames(frames, 1, "SET_OPTIM")
+        m = self._matrix(header)
+        m.params = optim_from_dict(parse_json(frames[0].buffer))
+        self._reply(identity, header, step=m.step)
+
+    def _set_step(self, identity, header: Header, frames) -> None:
+        self._expect_frames(frames, 0, "SET_STEP")
+        m = self._matrix(header)
+        if header.step < 0:
+            raise ProtocolError("SET_STEP: step must be >= 0")
+        if m.pending:
+            raise ProtocolError(f"SET_STEP: step {m.step} has pushes pending; set the step before training")
+        m.step = header.step
+        self._reply(identity, header, step=m.step)
+
+    def _snapshot(self, identity, header: Header, frames) -> None:
+        self._expect_frames(frames, 0, "SNAPSHOT")
+        if not self.cfg.snapshot_dir:
+            raise ProtocolError("SNAPSHOT: this server has no snapshot folder (start it with --snapshot-dir)")
+        path = self._write_snapshot("requested")
+        self._reply(identity, header, [json_frame({"path": str(path)})], dtype=DType.JSON)
+
+    def _stats(self, identity, header: Header, frames) -> None:
+        self._expect_frames(frames, 0, "STATS")
+        self._reply(identity, header, [json_frame(self.stats())], dtype=DType.JSON)
+
+    def stats(self) -> dict:
+        return {
+            **self.counters,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "clients": len(self.clients),
+            "matrices": [
+                {
+                    "id": m.matrix_id,
+                    "name": m.spec.name,
+                    "step": m.step,
+                    "members": len(m.members),
+                    "pending": len(m.pending),
+                    "num_classes": m.spec.num_classes,
+                    "dim": m.spec.dim,
+                }
+                for m in self.matrices
+            ],
+        }
+
+    def _shutdown(self, identity, header: Header, frames) -> None:
+        self._expect_frames(frames, 0, "SHUTDOWN")
+        info("shutdown requested by a client")
+        self.stop_requested = True
+        self._reply(identity, header)
+
+    def _heartbeat(self, identity, header: Header, frames) -> None:
+        self._expect_frames(frames, 0, "HEARTBEAT")
+        if header.client_id not in self.clients:
+            raise ProtocolError(f"HEARTBEAT: client {header.client_id:x} is not registered (dropped?)")
+        self._reply(identity, header)
+
+    # ------------------------------------------------------------------------------ faults, snapshots
+
+    def _drop_silent(self, now: float) -> None:
+        timeout = self.cfg.heartbeat_timeout
+        for client_id, client in list(self.clients.items()):
+            if now - client.last_seen <= timeout:
+                continue
+            waiting = [m for m in self.matrices if client_id in m.pending]
+            if waiting:  # it pushed and waits for the others: silence is expected, not a fault
+                continue
+            affected = [self.matrices[i] for i in client.matrices]
+            warn(
+                f"client {client_id:x} silent for {now - client.last_seen:.1f}s > {timeout}s: "
+                f"dropped from the barrier of {', '.join(repr(m.spec.name) for m in affected)}"
+            )
+            self.counters["clients_dropped"] += 1
+            for m in affected:
+                self._leave(client_id, m)
+            for m in affected:
+                self._maybe_apply(m)
+
+    def _write_snapshot(self, why: str) -> Path:
+        start = time.perf_counter()
+        path = write_snapshot(self.cfg.snapshot_dir, self.matrices)
+        self.counters["snapshots"] += 1
+        info(
+            f"{why} snapshot → {path} ({time.perf_counter() - start:.1f}s, "
+            + ", ".join(f"'{m.spec.name}' step {m.step}" for m in self.matrices)
+            + ")"
+        )
+        return path
+
+    def final_snapshot(self) -> None:
+        if self.cfg.snapshot_dir and self.matrices:
+            try:
+                self._write_snapshot("final")
+            except OSError as exc:
+                raise ServerError(f"final snapshot to {self.cfg.snapshot_dir} failed: {exc}") from exc
+
+
+def _gather(table: torch.Tensor, ids: np.ndarray) -> np.ndarray:
+    """Rows `ids` of `table` as a new array (np.take measured ~3x faster than torch.index_select here)."""
+    return np.take(table.numpy(), ids, axis=0)
+
+
+def serve(cfg, resume: str | None = None, ready_file: str | None = None) -> int:
+    """Run the server described by `cfg.paramserver` (optimiser defaults from `cfg.optim`); returns 0."""
+    ps = cfg.paramserver
+    token = read_token(ps.token_file)
+    if not is_loopback(ps.bind) and token is None:
+        raise ConfigError(
+            f"paramserver.bind {ps.bind} is not a loopback address; refusing to serve it without "
+            "authentication: pass --token-file with a shared secret (or bind tcp://127.0.0.1)"
+        )
+    matrices = read_snapshot(resume) if resume else []
+    if resume:
+        info(
+            f"resumed {len(matrices)} matrices from {resume}: "
+            + ", ".join(f"'{m.spec.name}' step {m.step}" for m in matrices)
+        )
+    if ps.snapshot_dir:
+        Path(ps.snapshot_dir).mkdir(parents=True, exist_ok=True)
+    if ps.torch_threads > 0:
+        torch.set_num_threads(ps.torch_threads)
+    params = OptimParams(lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+    server = ParamServer(ps, params, token, matrices)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    try:
+        sock.bind(ps.bind)
+    except zmq.ZMQError as exc:
+        sock.close()
+        ctx.term()
+        raise ServerError(f"cannot bind {ps.bind}: {exc}; choose another --bind address or port") from None
+    address = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+    info(
+        f"paramserver listening on {address} ({'token required' if token else 'no token, loopback only'}; "
+        f"heartbeat timeout {ps.heartbeat_timeout}s)"
+    )
+    previous = _install_signals(server)
+    try:
+        if ready_file:
+            write_text_atomic(ready_file, address + "\n")
+        server.run(sock)
+    finally:
+        _restore_signals(previous)
+        sock.close()
+        ctx.term()
+    server.final_snapshot()
+    info("paramserver stopped")
+    return 0
+
+
+def _install_signals(server: ParamServer) -> dict:
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # signals can only be caught on the main thread (e.g. tests run serve() in a thread)
+
+    def stop(signum, frame):
+        server.stop_requested = True
+
+    return {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_signals(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)

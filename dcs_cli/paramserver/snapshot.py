@@ -1,0 +1,123 @@
+"""Paramserver snapshots: one safetensors file, written under a temporary name and renamed (never torn).
+
+    path = write_snapshot(folder, matrices)        # folder/paramserver.safetensors
+    matrices = read_snapshot(path)                 # verifies format and checksum; DataError otherwise
+
+Format (safetensors, so any safetensors reader can open it):
+- tensors `<name>/weight` (N×d float32), `<name>/momentum` (N×d), and with a bias `<name>/bias`,
+  `<name>/bias_momentum` (N), one group per served matrix;
+- string metadata: `format` = "dcs-paramserver-snapshot", `format_version` = "1", `matrices` = JSON list
+  of {"id", "spec", "step", "optim"} and `sha256` = hex SHA-256 over the `matrices` JSON followed, for each
+  tensor in sorted name order, by its name and its raw little-endian bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from dcs_cli.errors import DataError
+from dcs_cli.fsutil import atomic_path
+from dcs_cli.paramserver.matrix import MatrixSpec, ServedMatrix, optim_from_dict
+from dcs_cli.paramserver.protocol import ProtocolError
+
+FORMAT = "dcs-paramserver-snapshot"
+FORMAT_VERSION = "1"
+SNAPSHOT_NAME = "paramserver.safetensors"
+
+
+def _tensors(matrices: list[ServedMatrix]) -> dict[str, torch.Tensor]:
+    out = {}
+    for m in matrices:
+        out[f"{m.spec.name}/weight"] = m.weight
+        out[f"{m.spec.name}/momentum"] = m.momentum
+        if m.spec.bias:
+            out[f"{m.spec.name}/bias"] = m.bias
+            out[f"{m.spec.name}/bias_momentum"] = m.bias_momentum
+    return out
+
+
+def _checksum(meta_json: str, tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256(meta_json.encode())
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(memoryview(tensors[name].contiguous().numpy()).cast("B"))
+    return digest.hexdigest()
+
+
+def write_snapshot(folder: str | Path, matrices: list[ServedMatrix]) -> Path:
+    """Write every matrix (weights, momentum, step, optimiser params) atomically; returns the path."""
+    target = Path(folder) / SNAPSHOT_NAME
+    tensors = _tensors(matrices)
+    meta_json = json.dumps(
+        [
+            {
+                "id": m.matrix_id,
+                "spec": m.spec.to_dict(),
+                "step": m.step,
+                "optim": {
+                    "lr": m.params.lr,
+                    "momentum": m.params.momentum,
+                    "weight_decay": m.params.weight_decay,
+                },
+            }
+            for m in matrices
+        ]
+    )
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "matrices": meta_json,
+        "sha256": _checksum(meta_json, tensors),
+    }
+    with atomic_path(target) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return target
+
+
+def read_snapshot(path: str | Path) -> list[ServedMatrix]:
+    """Load and verify a snapshot; a wrong format, a torn file or a checksum mismatch is a DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"snapshot {path} not found; pass a file written by `dcs paramserver --snapshot-dir`")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DataError(
+            f"snapshot {path}: not a readable safetensors file ({exc}); it may be truncated"
+        ) from exc
+    if metadata.get("format") != FORMAT or metadata.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"snapshot {path}: not a {FORMAT} version {FORMAT_VERSION} file")
+    meta_json = metadata.get("matrices", "")
+    if _checksum(meta_json, tensors) != metadata.get("sha256"):
+        raise DataError(f"snapshot {path}: checksum mismatch; the file is corrupt, resume from another one")
+    try:
+        entries = json.loads(meta_json)
+        matrices = []
+        for entry in entries:
+            spec = MatrixSpec.from_dict(entry["spec"])
+            name = spec.name
+            shape = (spec.num_classes, spec.dim)
+            m = ServedMatrix(
+                int(entry["id"]),
+                spec,
+                optim_from_dict(entry["optim"]),
+                weight=tensors[f"{name}/weight"],
+                momentum=tensors[f"{name}/momentum"],
+                bias=tensors.get(f"{name}/bias"),
+                bias_momentum=tensors.get(f"{name}/bias_momentum"),
+                step=int(entry["step"]),
+            )
+            if tuple(m.weight.shape) != shape or tuple(m.momentum.shape) != shape:
+                raise ValueError(f"matrix {name} has the wrong shape")
+            matrices.append(m)
+    except (KeyError, TypeError, ValueError, ProtocolError) as exc:
+        raise DataError(f"snapshot {path}: inconsistent metadata ({exc})") from exc
+    return matrices

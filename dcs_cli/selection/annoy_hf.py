@@ -1,0 +1,53 @@
+"""HF-Softmax's hashing forest: an Annoy random-projection forest over the class weights.
+
+    sel = AnnoySelector(N, sample_num, batch_size, ntrees=10, search_k=-1, interval=100)
+    sel.attach(store); s = sel.select(features, labels); sel.refresh(store, step)
+
+Metric: a softmax head scores by the dot product, so `dot` (Annoy's inner-product trees) ranks classes
+exactly as the logits do; margin heads (cosface, arcface) score by the cosine, so `angular`.
+Annoy indexes are immutable, so every refresh is a full rebuild from a snapshot, in a background thread.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from annoy import AnnoyIndex
+
+from dcs_cli.errors import ConfigError
+from dcs_cli.selection.index_base import IndexSelector
+
+ANNOY_METRIC = {"dot": "dot", "angular": "angular"}
+
+
+class AnnoySelector(IndexSelector):
+    """`AnnoySelector(N, S, B, ntrees=10)`: positives plus each sample's Annoy neighbours (the paper's hf)."""
+
+    name = "hf"
+
+    def __init__(self, num_classes: int, sample_num: int, batch_size: int, *, ntrees: int = 10,
+                 search_k: int = -1, **kwargs):
+        if ntrees <= 0:
+            raise ConfigError(f"selection.ntrees must be > 0, got {ntrees}")
+        super().__init__(num_classes, sample_num, batch_size, **kwargs)
+        self.ntrees, self.search_k = ntrees, search_k
+
+    def _build(self, snapshot: np.ndarray):
+        index = AnnoyIndex(snapshot.shape[1], ANNOY_METRIC[self._resolved_metric()])
+        index.set_seed(self.seed)
+        for i, row in enumerate(snapshot):
+            index.add_item(i, row)
+        jobs = self.jobs if self.jobs > 0 else (os.cpu_count() or 1)
+        index.build(self.ntrees, n_jobs=jobs)
+        return index
+
+    def _query(self, index, features: np.ndarray, k: int) -> np.ndarray:
+        # Annoy's own default (ntrees * k) inspects too few leaves for inner-product trees: at k=4 it finds
+        # under half of the true top-k on clustered weights; 10x that reaches ~0.9 for a few ms per batch.
+        search_k = self.search_k if self.search_k > 0 else 10 * self.ntrees * k
+        out = np.full((features.shape[0], k), -1, dtype=np.int64)
+        for i, vec in enumerate(features):
+            found = index.get_nns_by_vector(vec, k, search_k=search_k)
+            out[i, : len(found)] = found
+        return out

@@ -1,0 +1,82 @@
+"""The quality oracle: each sample's true top-k classes by chunked matmul over all current weights.
+
+    ids = exact_topk(features, store.weights(), k, "dot")[1]      # B×k
+    sel = ExactSelector(N, S, B, seed).select(features, labels)  # after .attach(store)
+
+Costs a full forward (B×N×d) per step, so it is a reference for the approximate selectors, not a speed-up.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dcs_cli.errors import ConfigError, DcsError
+from dcs_cli.selection.base import Selection, Selector
+from dcs_cli.selection.compose import check_batch, compose
+from dcs_cli.selection.store import ClassStore
+
+CHUNK_ROWS = 65536
+
+
+def exact_topk(
+    features: torch.Tensor, weights: torch.Tensor, k: int, metric: str = "dot", chunk: int = CHUNK_ROWS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores and ids (B×k, best first) of the k highest-scoring rows; memory B×chunk, never B×N."""
+    feats = features.detach().to("cpu", torch.float32)
+    if metric == "angular":
+        feats = F.normalize(feats, dim=1)
+    k = min(k, weights.shape[0])
+    best_s = torch.full((feats.shape[0], 0), float("-inf"))
+    best_i = torch.empty((feats.shape[0], 0), dtype=torch.long)
+    for start in range(0, weights.shape[0], chunk):
+        rows = weights[start:start + chunk].detach().to("cpu", torch.float32)
+        if metric == "angular":
+            rows = F.normalize(rows, dim=1)
+        scores = feats @ rows.T
+        s, i = scores.topk(min(k, rows.shape[0]), dim=1)
+        best_s, pick = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
+        best_i = torch.cat([best_i, i + start], 1).gather(1, pick)
+    return best_s, best_i
+
+
+class ExactSelector(Selector):
+    """`ExactSelector(N, S, B)`: positives plus each sample's exact top-(S//B+1) classes, rank-major."""
+
+    name = "exact"
+
+    def __init__(self, num_classes: int, sample_num: int, batch_size: int, seed: int = 0, metric: str = "auto"):
+        if sample_num > num_classes:
+            raise ConfigError(f"selection.sample_num={sample_num} exceeds the {num_classes} classes; "
+                              "lower it or use selection.mode=full")
+        self.num_classes, self.sample_num = num_classes, sample_num
+        self.k = sample_num // batch_size + 1  # per-sample neighbours, as in the original code
+        self.metric = "dot" if metric == "auto" else metric
+        self.generator = torch.Generator().manual_seed(seed)
+        self.store: ClassStore | None = None
+
+    def attach(self, store: ClassStore) -> None:
+        self.store = store
+
+    def set_metric(self, metric: str) -> None:
+        self.metric = metric
+
+    def refresh(self, store: ClassStore, step: int) -> None:
+        self.store = store
+
+    def neighbours(self, features: torch.Tensor, k: int) -> torch.Tensor:
+        if self.store is None:
+            raise DcsError("exact selection needs the class store: call attach(store) before select")
+        return exact_topk(features, self.store.weights(), k, self.metric)[1]
+
+    def select(self, features: torch.Tensor, labels: torch.Tensor) -> Selection:
+        check_batch(features, labels, self.num_classes)
+        cand = self.neighbours(features, self.k)
+        return compose(labels, cand.T.reshape(-1), self.sample_num, self.num_classes, self.generator)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "generator" in state:
+            self.generator.set_state(state["generator"])

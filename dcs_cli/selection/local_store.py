@@ -1,0 +1,112 @@
+"""The in-process class store: weights, optional bias and momentum as torch tensors on one device.
+
+    store = LocalStore(num_classes=1_000_000, dim=256, params=OptimParams(lr=0.1), device="cuda")
+    w, b = store.rows(ids); ...; store.push(ids, grad_w, grad_b)
+
+Updates go through `sgd_rows_` (the single definition of the rule), so a step touches only the pushed rows
+and allocates only S-sized temporaries: rows that are not pushed keep their weight and momentum ("lazy").
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dcs_cli.errors import ConfigError, DataError
+from dcs_cli.selection.store import ClassStore, OptimParams, sgd_rows_
+
+INIT_KINDS = ("normal", "uniform")
+
+
+class LocalStore(ClassStore):
+    """`store = LocalStore(N, d, bias=False, init="normal", init_std=0.01, seed=0)`: rows live in this process."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        bias: bool = False,
+        init: str = "normal",
+        init_std: float = 0.01,
+        seed: int = 0,
+        params: OptimParams | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        if num_classes <= 0 or dim <= 0:
+            raise ConfigError(f"class store needs num_classes > 0 and dim > 0, got {num_classes} and {dim}")
+        if init not in INIT_KINDS:
+            raise ConfigError(f"class store init must be one of {', '.join(INIT_KINDS)}, got {init!r}")
+        self.num_classes, self.dim, self.has_bias = int(num_classes), int(dim), bool(bias)
+        self.device = torch.device(device)
+        self.params = OptimParams(**vars(params)) if params is not None else OptimParams()
+        # Initialise on the CPU with a seeded generator so every device gets the same start.
+        gen = torch.Generator().manual_seed(int(seed))
+        weight = torch.empty(self.num_classes, self.dim)
+        if init == "normal":
+            weight.normal_(0.0, init_std, generator=gen)
+        else:  # uniform with the same standard deviation
+            bound = init_std * 3.0**0.5
+            weight.uniform_(-bound, bound, generator=gen)
+        self.weight = weight.to(self.device)
+        self.momentum = torch.zeros_like(self.weight)
+        self.bias = torch.zeros(self.num_classes, device=self.device) if bias else None
+        self.bias_momentum = torch.zeros(self.num_classes, device=self.device) if bias else None
+
+    # ------------------------------------------------------------------------------------------ rows
+    def _ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids.to(device=self.device, dtype=torch.long)
+
+    def rows(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ids = self._ids(ids)
+        w = self.weight.index_select(0, ids)
+        b = self.bias.index_select(0, ids) if self.bias is not None else None
+        return w, b
+
+    def push(self, ids: torch.Tensor, grad_w: torch.Tensor, grad_b: torch.Tensor | None = None) -> None:
+        ids = self._ids(ids)
+        if grad_w.shape != (ids.numel(), self.dim):
+            raise DataError(f"class store push: gradient shape {tuple(grad_w.shape)} does not match "
+                            f"{ids.numel()} rows of dim {self.dim}")
+        sgd_rows_(self.weight, self.momentum, ids, grad_w.to(self.device), self.params)
+        if self.bias is not None and grad_b is not None:
+            sgd_rows_(self.bias, self.bias_momentum, ids, grad_b.to(self.device), self.params)
+
+    def weights(self) -> torch.Tensor:
+        """The live N×d weights on the CPU (no copy on a CPU store): callers that keep them must clone."""
+        return self.weight if self.weight.device.type == "cpu" else self.weight.cpu()
+
+    def biases(self) -> torch.Tensor | None:
+        if self.bias is None:
+            return None
+        return self.bias if self.bias.device.type == "cpu" else self.bias.cpu()
+
+    # ----------------------------------------------------------------------------------------- optim
+    def get_optim(self) -> OptimParams:
+        return OptimParams(**vars(self.params))
+
+    def set_optim(self, params: OptimParams) -> None:
+        self.params = OptimParams(**vars(params))
+
+    # ----------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        state = {
+            "num_classes": self.num_classes, "dim": self.dim, "optim": vars(self.params).copy(),
+            "weight": self.weight.cpu(), "momentum": self.momentum.cpu(),
+        }
+        if self.bias is not None:
+            state["bias"], state["bias_momentum"] = self.bias.cpu(), self.bias_momentum.cpu()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        shape = tuple(state["weight"].shape)
+        if shape != (self.num_classes, self.dim):
+            raise DataError(f"class store state has weights {shape}, this store is "
+                            f"({self.num_classes}, {self.dim}); use the config it was saved with")
+        if ("bias" in state) != self.has_bias:
+            raise DataError("class store state and this store disagree on the bias (head.bias)")
+        self.weight = state["weight"].to(self.device, torch.float32).clone()
+        self.momentum = state["momentum"].to(self.device, torch.float32).clone()
+        if self.has_bias:
+            self.bias = state["bias"].to(self.device, torch.float32).clone()
+            self.bias_momentum = state["bias_momentum"].to(self.device, torch.float32).clone()
+        if "optim" in state:
+            self.params = OptimParams(**state["optim"])

@@ -1,0 +1,80 @@
+"""Epoch checkpoints: atomic save (temp + rename), keep the last K, find and load for resume.
+
+    path = save_checkpoint(run_dir, epoch, state, keep=3)   # run_dir/checkpoints/epoch_003.pt
+    state = load_checkpoint(path)
+
+A checkpoint is a `torch.save` dict with the keys agreed with `dcs extract`: backbone, classifier, config,
+epoch, step, optimizer, scheduler, store, rng. When the class store lives in a paramserver, the server's
+snapshot of the same step sits beside it as `epoch_003.store.pt` and the checkpoint's `store` names it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from dcs_cli.errors import DataError
+from dcs_cli.fsutil import atomic_path
+
+_NAME = re.compile(r"epoch_(\d+)\.pt$")
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
+    """Path of the checkpoint written after `epoch` epochs (1-based count of finished epochs)."""
+    return checkpoint_dir(run_dir) / f"epoch_{epoch:03d}.pt"
+
+
+def store_snapshot_path(ckpt: str | Path) -> Path:
+    ckpt = Path(ckpt)
+    return ckpt.with_name(ckpt.stem + ".store.pt")
+
+
+def save_torch_atomic(obj, target: str | Path) -> Path:
+    with atomic_path(target) as tmp:
+        torch.save(obj, tmp)
+    return Path(target)
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.search(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(run_dir: str | Path, epoch: int, state: dict, keep: int = 0) -> Path:
+    """Write `state` as the checkpoint of `epoch`; then delete all but the newest `keep` (0 = keep all)."""
+    path = save_torch_atomic(state, checkpoint_path(run_dir, epoch))
+    if keep > 0:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            old.unlink(missing_ok=True)
+            store_snapshot_path(old).unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint the user pointed at (a file, or a run folder → its newest checkpoint)."""
+    path = Path(path)
+    if path.is_dir():
+        found = list_checkpoints(path) or list_checkpoints(path.parent)
+        if not found:
+            raise DataError(f"{path}: no checkpoints/epoch_NNN.pt found; pass a checkpoint file to --resume")
+        path = found[-1]
+    if not path.is_file():
+        raise DataError(f"checkpoint {path} not found; pass an existing .pt file to --resume")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    missing = [k for k in ("backbone", "config", "epoch", "step", "optimizer") if k not in (state or {})]
+    if not isinstance(state, dict) or missing:
+        raise DataError(f"{path}: not a dcs train checkpoint (missing {', '.join(missing) or 'dict'})")
+    state["_path"] = str(path)
+    return state

@@ -1,0 +1,139 @@
+"""The classifier side of a training step, the same interface for full and sampled modes.
+
+    clf = build_classifier(cfg, num_classes, ctx, store)     # FullClassifier | SampledClassifier
+    loss, correct, stats = clf.loss(features, labels)
+    loss.backward(); optimizer.step(); clf.after_step()       # sampled: push the rows' gradients
+    weight, bias = clf.class_weights()                        # all N rows, for validation
+
+Full mode: the N×d weight is an ordinary parameter trained by the backbone's optimiser (under DDP in
+multi-process runs). Sampled modes: the rows live in a class store (in process, or a paramserver) and a
+selector picks the active ones each step (`SampledSoftmax`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dcs_cli.selection.store import ClassStore, OptimParams
+
+
+class FullClassifier(nn.Module):
+    """`loss, logits = FullClassifier(N, d, head)(features, labels)`: the head over all N rows."""
+
+    def __init__(self, num_classes: int, dim: int, head: nn.Module, bias: bool = False, seed: int = 0,
+                 init_std: float = 0.01):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)  # the same start as LocalStore(seed=seed)
+        self.weight = nn.Parameter(torch.empty(num_classes, dim).normal_(0.0, init_std, generator=gen))
+        self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
+        self.head = head
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.head(features.float(), self.weight, self.bias, labels)
+        return F.cross_entropy(logits, labels), logits.detach()
+
+
+class FullModel(nn.Module):
+    """Backbone + full classifier in one module, so DDP all-reduces the classifier like any parameter."""
+
+    def __init__(self, backbone: nn.Module, classifier: FullClassifier, autocast_dtype: torch.dtype | None):
+        super().__init__()
+        self.backbone, self.classifier = backbone, classifier
+        self.autocast_dtype = autocast_dtype
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor):
+        with torch.autocast("cuda", dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            features = self.backbone(x)
+        return self.classifier(features, labels)
+
+
+class _RecordingHead(nn.Module):
+    """Wraps a head to keep the last logits, so sampled training reports accuracy among active classes."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+        self.metric = getattr(head, "metric", "dot")
+        self.last_logits: torch.Tensor | None = None
+        self.last_labels: torch.Tensor | None = None
+
+    def forward(self, features, weight_rows, bias_rows=None, local_labels=None):
+        logits = self.head(features.float(), weight_rows, bias_rows, local_labels)
+        self.last_logits, self.last_labels = logits.detach(), local_labels
+        return logits
+
+
+class MeanGradStore(ClassStore):
+    """Pushes `grad / world`: the server sums the ranks' pushes, so the rows see the mean over ranks,
+    like the DDP-averaged backbone, and a recipe's learning rate does not depend on the worker count."""
+
+    def __init__(self, store: ClassStore, world: int):
+        self.inner, self.world = store, world
+        self.num_classes, self.dim, self.has_bias = store.num_classes, store.dim, store.has_bias
+
+    def rows(self, ids):
+        return self.inner.rows(ids)
+
+    def push(self, ids, grad_w, grad_b=None):
+        scale = 1.0 / self.world
+        self.inner.push(ids, grad_w * scale, grad_b * scale if grad_b is not None else None)
+
+    def weights(self):
+        return self.inner.weights()
+
+    def get_optim(self) -> OptimParams:
+        return self.inner.get_optim()
+
+    def set_optim(self, params: OptimParams) -> None:
+        self.inner.set_optim(params)
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+
+
+class SampledClassifier:
+    """`loss, correct, stats = SampledClassifier(selector, store, head).loss(features, labels)`."""
+
+    def __init__(self, selector, store: ClassStore, head: nn.Module, world: int = 1, step: int = 0):
+        from dcs_cli.selection.sampled import SampledSoftmax
+
+        self.store, self.selector = store, selector
+        self.head = _RecordingHead(head)
+        self.angular = self.head.metric == "angular"
+        # The selector continues its refresh schedule from the resumed step.
+        selector.load_state_dict({"step": step})
+        self.sampled = SampledSoftmax(selector, MeanGradStore(store, world) if world > 1 else store, self.head)
+        self.sampled.step = step
+        self._lr: float | None = None
+
+    def loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int, dict]:
+        loss, stats = self.sampled(features.float(), labels)
+        pred = self.head.last_logits.argmax(1)
+        correct = int((pred == self.head.last_labels.to(pred.device)).sum())
+        return loss, correct, stats
+
+    def after_step(self) -> None:
+        self.sampled.push()
+
+    def set_lr(self, lr: float, is_main: bool) -> None:
+        # A remote store is shared: one rank sets its LR, and only when it changes (one round trip).
+        if lr != self._lr and (is_main or not hasattr(self.store, "address")):
+            params = self.store.get_optim()
+            params.lr = lr
+            self.store.set_optim(params)
+        self._lr = lr
+
+    def class_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        weight = self.store.weights()
+        bias = getattr(self.store, "biases", lambda: None)()
+        if bias is None and self.store.has_bias:
+            bias = self.store.state_dict().get("bias")
+        return weight, bias
+
+    def close(self) -> None:
+        self.selector.close()

@@ -1,0 +1,143 @@
+"""Training and validation data for `dcs train`, checked before any worker starts.
+
+    data = build_data(cfg)           # TrainData(train, val, num_classes, input_shape)
+    loader = train_loader(data.train, cfg.data, epoch, seed, rank, world)
+
+Sources: list files from `dcs convert` (data.train_list / train_root / val_list), a `.rec` read directly
+(data.rec), or the synthetic feature-level classes (data.source=synthetic). Every problem a user can
+cause (missing list, empty data, a label ≥ data.num_classes, sample_num > classes) is a one-line error.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from dcs_cli.errors import ConfigError, DataError
+
+
+@dataclass
+class TrainData:
+    """The datasets of one run and what the model must know about them."""
+
+    train: Dataset
+    val: Dataset | None
+    num_classes: int
+    input_shape: tuple
+
+
+def _labels(ds: Dataset) -> np.ndarray | None:
+    labels = getattr(ds, "labels", None)
+    if labels is None:
+        return None
+    return np.asarray(labels, dtype=np.int64)
+
+
+def _check_labels(ds: Dataset, num_classes: int, where: str) -> None:
+    labels = _labels(ds)
+    if labels is None or not len(labels):
+        return
+    top = int(labels.max())
+    if top >= num_classes:
+        bad = int(np.argmax(labels >= num_classes))
+        raise DataError(f"{where}: item {bad} has label {int(labels[bad])} but data.num_classes is {num_classes} "
+                        f"(labels must be < num_classes, largest found {top}); raise data.num_classes or set it to 0")
+
+
+def _image_datasets(cfg) -> tuple[Dataset, Dataset | None, int]:
+    from dcs_cli.data.datasets import ListDataset, RecDataset
+
+    d = cfg.data
+    if d.source == "list":
+        if not d.train_list:
+            raise ConfigError("data.train_list is empty; set it to the train_list.txt written by `dcs convert`")
+        if not Path(d.train_list).is_file():
+            raise DataError(f"data.train_list: {d.train_list} not found; run `dcs convert` or fix the path")
+        root = d.train_root or str(Path(d.train_list).parent)
+        if not Path(root).is_dir():
+            raise DataError(f"data.train_root: {root} is not a folder")
+        train = ListDataset(d.train_list, root, d.image_size, random_flip=True)
+        train_where = d.train_list
+    else:
+        if not d.rec:
+            raise ConfigError("data.rec is empty; set it to the folder holding train.rec/train.idx")
+        if not Path(d.rec).exists():
+            raise DataError(f"data.rec: {d.rec} not found")
+        train = RecDataset(d.rec, d.image_size, random_flip=True)
+        train_where = d.rec
+    val = None
+    if d.val_list:
+        if not Path(d.val_list).is_file():
+            raise DataError(f"data.val_list: {d.val_list} not found; fix the path or set it to '' (no validation)")
+        root = d.train_root or str(Path(d.val_list).parent)
+        val = ListDataset(d.val_list, root, d.image_size)
+    if len(train) == 0:
+        raise DataError(f"{train_where}: the training data is empty")
+    inferred = max(int(getattr(train, "num_classes", 0) or 0), int(getattr(val, "num_classes", 0) or 0))
+    num_classes = d.num_classes or inferred
+    _check_labels(train, num_classes, train_where)
+    if val is not None:
+        _check_labels(val, num_classes, d.val_list)
+    return train, val, num_classes
+
+
+def build_data(cfg) -> TrainData:
+    """Open (and check) the data the config names; cheap enough to run in the parent before the workers."""
+    d = cfg.data
+    if d.source == "synthetic":
+        from dcs_cli.data.synthetic_features import SyntheticClasses
+
+        source = SyntheticClasses(d.synthetic)
+        train, val = source.train_dataset(), source.val_dataset()
+        if d.num_classes and d.num_classes != source.num_classes:
+            raise ConfigError(f"data.num_classes = {d.num_classes} but data.synthetic.num_classes = "
+                              f"{source.num_classes}; set data.num_classes to 0 for synthetic data")
+        num_classes, shape = source.num_classes, (d.synthetic.dim,)
+        if val is not None and len(val) == 0:
+            val = None
+    else:
+        train, val, num_classes = _image_datasets(cfg)
+        shape = (3, d.image_size, d.image_size)
+    if len(train) < 1:
+        raise DataError("the training data is empty")
+    if num_classes < 2:
+        raise DataError(f"the training data has {num_classes} class(es); a classifier needs at least 2")
+    sel = cfg.selection
+    if sel.mode != "full" and sel.sample_num > num_classes:
+        raise ConfigError(f"selection.sample_num = {sel.sample_num} exceeds the {num_classes} classes of the data; "
+                          f"lower it or use --mode full")
+    return TrainData(train=train, val=val, num_classes=num_classes, input_shape=shape)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def train_loader(ds: Dataset, batch_size: int, workers: int, epoch: int, seed: int, rank: int,
+                 world: int) -> DataLoader:
+    """Shuffled loader whose order depends only on (seed, epoch): a resumed run sees the same batches.
+
+    Drops the last partial batch so batch-norm never sees a batch of one and every rank steps together.
+    """
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
+                      generator=gen, persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
+def val_loader(ds: Dataset, batch_size: int, workers: int, rank: int, world: int) -> DataLoader:
+    """Every rank evaluates a strided shard without padding, so summed counts are exact."""
+    shard = Subset(ds, list(range(rank, len(ds), world)))
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers)
+
+
+def steps_per_epoch(n_items: int, batch_size: int, world: int) -> int:
+    return (n_items // world) // batch_size

@@ -1,0 +1,251 @@
+"""Distributed chores: start N workers through torch's elastic launcher, join the process group, reduce.
+
+    results = launch(worker_fn, (arg,), LaunchSpec(nproc=2))   # {local_rank: return value}
+    # inside worker_fn:
+    ctx = init_distributed("auto")     # reads RANK / WORLD_SIZE / LOCAL_RANK (set by launch or torchrun)
+    loss = dist_mean(loss_tensor)      # identity on one process
+
+The launcher is `torch.distributed.launcher.api.elastic_launch`, the engine behind `torchrun`, with the
+static rendezvous of `torchrun --nnodes/--node-rank/--master-addr/--master-port`. A worker that raises a
+`DcsError` makes the whole launch raise the same error class with its one-line message in the parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import socket
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from dcs_cli import errors
+from dcs_cli.errors import DcsError, DistError, UsageError
+
+
+@dataclass
+class LaunchSpec:
+    """Process layout of a launch: `LaunchSpec(nproc=2)` or multi-node with addr/port/node_rank."""
+
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0  # 0 = a free port (single node only)
+    rdzv_timeout: int = 300
+
+
+@dataclass
+class DistContext:
+    """Where this process sits: rank, world size, local rank and the device it trains on."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str = ""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+# --------------------------------------------------------------------------------------------- workers
+
+
+def resolve_backend(backend: str) -> str:
+    """`auto` → nccl when CUDA is present, gloo otherwise; an unavailable backend is a DistError with a hint."""
+    if backend == "auto":
+        return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise DistError("backend nccl needs CUDA GPUs and none is visible; use --backend gloo on CPU")
+        if not dist.is_nccl_available():
+            raise DistError("this torch build has no NCCL; install a CUDA build of torch or use --backend gloo")
+    elif backend == "gloo" and not dist.is_gloo_available():
+        raise DistError("this torch build has no gloo backend; use --backend nccl on GPUs")
+    elif backend not in ("gloo", "nccl"):
+        raise UsageError(f"unknown backend {backend!r}; choose auto, gloo or nccl")
+    return backend
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed(backend: str = "auto") -> DistContext:
+    """Join the process group described by RANK/WORLD_SIZE/LOCAL_RANK; a no-op context for one process."""
+    rank, world = int(os.environ.get("RANK", "0")), env_world_size()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world <= 1:
+        return DistContext(device=device)
+    name = resolve_backend(backend)
+    if not dist.is_initialized():
+        kwargs = {"device_id": device} if name == "nccl" else {}
+        dist.init_process_group(backend=name, init_method="env://", **kwargs)
+    return DistContext(rank=rank, world_size=world, local_rank=local, device=device, backend=name)
+
+
+def destroy_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (in place) when distributed; returns the tensor."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def dist_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks of a tensor (a copy); identity on one process."""
+    out = tensor.detach().clone()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        out /= dist.get_world_size()
+    return out
+
+
+def dist_max(value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl":
+            t = t.cuda()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+# --------------------------------------------------------------------------------------------- launching
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host if host not in ("localhost",) else "127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _worker(fn: Callable, args: tuple, error_dir: str):
+    """Runs in each worker: call `fn`, and on failure leave the error for the parent before exiting non-zero."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        return fn(*args)
+    except BaseException as exc:
+        if isinstance(exc, DcsError):
+            record = (type(exc).__name__, str(exc))
+        else:
+            record = ("DistError", f"worker rank {os.environ.get('RANK', '?')} failed: {type(exc).__name__}: {exc}")
+        path = Path(error_dir) / f"rank{os.environ.get('RANK', '0')}.err"
+        with contextlib.suppress(OSError):
+            path.write_bytes(pickle.dumps(record))
+        raise
+    finally:
+        destroy_distributed()
+
+
+def _raise_worker_error(error_dir: Path, cause: BaseException) -> None:
+    files = sorted(error_dir.glob("rank*.err"), key=lambda p: int(p.stem[4:]))
+    records = []
+    for path in files:
+        with contextlib.suppress(Exception):
+            records.append(pickle.loads(path.read_bytes()))
+    # Prefer a user error (DcsError subclass) over the collateral failures it caused in other ranks.
+    for name, message in records:
+        if name != "DistError":
+            raise getattr(errors, name, DistError)(message) from None
+    if records:
+        raise DistError(records[0][1]) from None
+    raise DistError(f"a worker died without a message ({cause}); rerun with --verbose or fewer workers") from None
+
+
+@contextlib.contextmanager
+def _env_default(name: str, value: str):
+    had = name in os.environ
+    os.environ.setdefault(name, value)
+    try:
+        yield
+    finally:
+        if not had:
+            os.environ.pop(name, None)
+
+
+def launch(fn: Callable, args: tuple, spec: LaunchSpec) -> dict[int, object]:
+    """Start `spec.nproc` workers on this node running `fn(*args)`; return {local_rank: fn's return value}.
+
+    `fn` must be a module-level function (workers are spawned). Raises the workers' DcsError, or a
+    DistError with a hint when the rendezvous cannot start (port in use, unreachable master).
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    if spec.master_port == 0:
+        if spec.nnodes > 1:
+            raise UsageError("--master-port 0 (a free port) works on one node only; pass the same port to every node")
+        port = free_port(spec.master_addr if spec.master_addr != "localhost" else "127.0.0.1")
+    else:
+        port = spec.master_port
+        if spec.node_rank == 0 and _port_in_use(spec.master_addr, port):
+            raise DistError(f"port {port} on {spec.master_addr} is in use (another run?); "
+                            f"pass --master-port 0 to pick a free one")
+    for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    config = LaunchConfig(
+        min_nodes=spec.nnodes,
+        max_nodes=spec.nnodes,
+        nproc_per_node=spec.nproc,
+        run_id=f"dcs-{uuid.uuid4().hex[:8]}" if spec.nnodes == 1 else "dcs",
+        rdzv_backend="static",
+        rdzv_endpoint=f"{spec.master_addr}:{port}",
+        rdzv_configs={"rank": spec.node_rank, "timeout": spec.rdzv_timeout},
+        max_restarts=0,
+        monitor_interval=0.1,
+        start_method="spawn",
+    )
+    # Workers inherit the environment; one OpenMP thread each keeps N workers from oversubscribing the cores.
+    with _env_default("OMP_NUM_THREADS", "1"), tempfile.TemporaryDirectory(prefix="dcs-launch-") as error_dir:
+        try:
+            results = elastic_launch(config, _worker)(fn, args, error_dir)
+        except ChildFailedError as exc:
+            _raise_worker_error(Path(error_dir), exc)
+        except DcsError:
+            raise
+        except Exception as exc:  # rendezvous / agent start-up failures
+            text = str(exc)
+            hint = ""
+            if "address already in use" in text.lower() or "EADDRINUSE" in text:
+                hint = "; the port is in use: pass --master-port 0 or another port"
+            elif "timed out" in text.lower() or "timeout" in text.lower():
+                hint = f"; is {spec.master_addr}:{port} reachable and are all {spec.nnodes} nodes started?"
+            raise DistError(f"could not start {spec.nproc} workers: {type(exc).__name__}: {text[:300]}{hint}") from None
+    return dict(results or {})

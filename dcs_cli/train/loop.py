@@ -1,0 +1,139 @@
+"""The training loop of one worker: epochs of steps, validation, checkpoint — one code path for one process
+or many (under `dcs train --nproc N` or an external torchrun).
+
+    result = train_worker(TrainJob(config=to_dict(cfg), run_dir="runs/x"))
+
+Each epoch reseeds the data order and the selector's random fill from (seed, epoch, rank), so a run
+resumed from an epoch checkpoint replays exactly the batches and selections an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dcs_cli import console
+from dcs_cli.config import config_from_dict
+from dcs_cli.train.checkpoint import load_checkpoint, save_checkpoint
+from dcs_cli.train.data import build_data, seed_everything, steps_per_epoch, train_loader, val_loader
+from dcs_cli.train.dist import barrier, init_distributed
+from dcs_cli.train.evaluate import evaluate_top1
+from dcs_cli.train.meter import StepMeter
+from dcs_cli.train.metrics import MetricsLog
+from dcs_cli.train.parts import build_parts
+from dcs_cli.train.schedule import LRSchedule
+
+
+@dataclass
+class TrainJob:
+    """What every worker needs (picklable): the resolved config, the run folder and the resume point."""
+
+    config: dict
+    run_dir: str
+    resume: str | None = None
+    quiet: bool = False
+    stop_after_steps: int | None = None  # test hook: stop like a kill after this global step (no save)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + rank) % (2**63)
+
+
+def train_worker(job: TrainJob) -> dict:
+    console.set_quiet(job.quiet)
+    cfg = config_from_dict(job.config)
+    ctx = init_distributed(cfg.dist.backend)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(_threads(cfg, ctx))
+    run_dir = Path(job.run_dir)
+    data = build_data(cfg)
+    resume = load_checkpoint(job.resume) if job.resume else None
+    parts = build_parts(cfg, data.num_classes, data.input_shape, ctx, resume, run_dir)
+    spe = steps_per_epoch(len(data.train), cfg.data.batch_size, ctx.world_size)
+    sched = LRSchedule(cfg.optim, cfg.optim.base_lr(cfg.selection.mode), spe)
+    log = MetricsLog(run_dir, enabled=ctx.is_main)
+    start_epoch, step = (int(resume["epoch"]), int(resume["step"])) if resume else (0, 0)
+    log.truncate_after(step) if resume else log.reset()
+    meter = StepMeter(ctx, cfg.data.batch_size)
+    result = {"step": step, "epoch": start_epoch, "val_acc": None, "stopped": False}
+    try:
+        for epoch in range(start_epoch, cfg.optim.epochs):
+            seed_everything(epoch_seed(cfg.optim.seed, epoch, ctx.rank))
+            if parts.sampled is not None and hasattr(parts.sampled.selector, "generator"):
+                parts.sampled.selector.generator.manual_seed(epoch_seed(cfg.selection.seed, epoch, ctx.rank))
+            loader = train_loader(data.train, cfg.data.batch_size, cfg.data.workers, epoch, cfg.optim.seed,
+                                  ctx.rank, ctx.world_size)
+            parts.model.train()
+            meter.reset()
+            desc = f"epoch {epoch + 1}/{cfg.optim.epochs}"
+            with console.progress_bar(desc, total=spe, unit="steps") if ctx.is_main else _null() as advance:
+                for i, (x, y) in enumerate(loader):
+                    x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+                    lr = sched.lr(epoch, i)
+                    parts.set_lr(lr)
+                    loss, correct, stats = parts.forward(x, y)
+                    parts.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    parts.optimizer.step()
+                    parts.after_step()
+                    step += 1
+                    meter.update(loss, correct, y.numel(), stats)
+                    advance(1)
+                    if step % cfg.output.print_freq == 0 or i + 1 == spe:
+                        row = meter.flush(step=step, epoch=epoch + 1, lr=lr)
+                        log.write(row)
+                        _log_line(ctx, row, i + 1, spe)
+                    if job.stop_after_steps is not None and step >= job.stop_after_steps:
+                        result.update(step=step, epoch=epoch, stopped=True)
+                        return result
+            acc = _validate(parts, data, cfg, ctx)
+            if acc is not None:
+                log.write({"kind": "val", "step": step, "epoch": epoch + 1, "acc": acc})
+                if ctx.is_main:
+                    console.info(f"epoch {epoch + 1}: val top-1 {acc:.4f} over {data.num_classes:,} classes")
+            if ctx.is_main:
+                state = parts.state_dict(run_dir, epoch + 1, step)
+                save_checkpoint(run_dir, epoch + 1, state, keep=cfg.output.keep_checkpoints)
+                log.plot()
+            barrier()
+            result.update(step=step, epoch=epoch + 1, val_acc=acc)
+    finally:
+        log.close()
+        parts.close()
+        torch.set_num_threads(threads_before)
+    return result
+
+
+def _threads(cfg, ctx) -> int:
+    if cfg.dist.threads:
+        return cfg.dist.threads
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, (os.cpu_count() or 1) // local_world) if ctx.device.type == "cpu" else torch.get_num_threads()
+
+
+def _validate(parts, data, cfg, ctx) -> float | None:
+    if data.val is None:
+        return None
+    weight, bias, angular = parts.class_weights()
+    loader = val_loader(data.val, cfg.data.batch_size, cfg.data.workers, ctx.rank, ctx.world_size)
+    acc, _ = evaluate_top1(parts.backbone, weight, bias, loader, ctx.device, angular)
+    return acc
+
+
+def _log_line(ctx, row: dict, i: int, spe: int) -> None:
+    if ctx.is_main:
+        sel = f" active {row['active']}" if "active" in row else ""
+        console.info(f"epoch {row['epoch']} step {row['step']} ({i}/{spe}) loss {row['loss']:.4f} "
+                     f"acc {row['acc']:.4f} lr {row['lr']:.4g} {row['samples_per_s']:,.0f} samples/s{sel}")
+
+
+class _null:
+    def __enter__(self):
+        return lambda n=1: None
+
+    def __exit__(self, *exc):
+        return False
+

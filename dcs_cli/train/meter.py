@@ -1,0 +1,58 @@
+"""Running training figures between two log lines, reduced over ranks.
+
+    meter = StepMeter(ctx, batch_size); meter.update(loss, correct, n, stats)
+    row = meter.flush(step=100, epoch=1, lr=0.1)   # {"kind": "train", "loss": ..., "acc": ..., ...}
+
+Loss and accuracy are means over every sample of every rank since the last flush; samples/s counts all
+ranks. Selection stats are rank 0's latest (they describe the shared index and store).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from dcs_cli.train.dist import DistContext, all_reduce_sum
+
+# Selection figures worth a column in metrics.jsonl (the selector may report more).
+SELECTION_KEYS = ("active", "positives", "retrieved", "random_fill", "refreshes", "index_age", "drift",
+                  "refresh_seconds")
+
+
+class StepMeter:
+    """Sums loss, correct predictions and samples over a window of steps."""
+
+    def __init__(self, ctx: DistContext, batch_size: int):
+        self.ctx, self.batch_size = ctx, batch_size
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
+        self.correct = 0
+        self.samples = 0
+        self.steps = 0
+        self.stats: dict = {}
+        self.start = time.perf_counter()
+
+    def update(self, loss: torch.Tensor, correct: int, n: int, stats: dict) -> None:
+        self.loss_sum += loss.detach().double() * n  # stays on the device: no sync per step
+        self.correct += correct
+        self.samples += n
+        self.steps += 1
+        self.stats = stats
+
+    def flush(self, step: int, epoch: int, lr: float) -> dict:
+        totals = torch.tensor([float(self.loss_sum), float(self.correct), float(self.samples)], dtype=torch.float64,
+                              device=self.ctx.device if self.ctx.backend == "nccl" else "cpu")
+        all_reduce_sum(totals)
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        loss_sum, correct, samples = (float(v) for v in totals.tolist())
+        row = {"kind": "train", "step": step, "epoch": epoch, "loss": loss_sum / max(samples, 1),
+               "acc": correct / max(samples, 1), "lr": lr, "samples_per_s": samples / elapsed}
+        for key in SELECTION_KEYS:
+            value = self.stats.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                row[key] = value
+        self.reset()
+        return row

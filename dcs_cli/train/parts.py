@@ -1,0 +1,249 @@
+"""Everything a training worker builds before its first step, and restores on resume.
+
+    parts = build_parts(cfg, data, ctx, resume_state)
+    loss, correct, stats = parts.forward(x, y); ...; parts.state_dict()
+
+Full mode: backbone + N×d classifier parameter in one module (DDP under several workers, DataParallel
+over the visible GPUs in one process). Sampled modes: the backbone (DDP under several workers) and a
+`SampledClassifier` over the class store (in process, or the paramserver that every rank shares).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dcs_cli.config import to_dict
+from dcs_cli.console import warn
+from dcs_cli.selection.store import OptimParams
+from dcs_cli.train.checkpoint import store_snapshot_path
+from dcs_cli.train.classifier import FullClassifier, FullModel, SampledClassifier
+from dcs_cli.train.dist import DistContext, barrier
+
+INIT_STD = 0.01
+
+
+def autocast_dtype(cfg, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on GPUs that support it (no loss scaling needed, so pushed row gradients stay exact)."""
+    if not cfg.optim.amp or device.type != "cuda":
+        return None
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    warn("optim.amp: this GPU has no bfloat16; training in float32")
+    return None
+
+
+@dataclass
+class Parts:
+    """The trainable pieces of one worker and how to step them."""
+
+    cfg: object
+    ctx: DistContext
+    model: nn.Module  # what forward runs: FullModel (maybe DDP) or the backbone (maybe DDP)
+    backbone: nn.Module  # the bare backbone (checkpoints, evaluation)
+    optimizer: torch.optim.Optimizer
+    full: FullClassifier | None = None
+    sampled: SampledClassifier | None = None
+    amp: torch.dtype | None = None
+    server: object | None = None  # paramserver this worker started (rank 0, auto-start)
+    extra: dict = field(default_factory=dict)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int, dict]:
+        if self.full is not None:
+            loss, logits = self.model(x, y)
+            return loss, int((logits.argmax(1) == y).sum()), {"active": self.full.weight.shape[0]}
+        with torch.autocast("cuda", dtype=self.amp, enabled=self.amp is not None):
+            features = self.model(x)
+        return self.sampled.loss(features.float(), y)
+
+    def after_step(self) -> None:
+        if self.sampled is not None:
+            self.sampled.after_step()
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.sampled is not None:
+            self.sampled.set_lr(lr, self.ctx.is_main)
+
+    def class_weights(self) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """(N×d weights, bias or None, angular?) of the whole classifier, for validation."""
+        if self.full is not None:
+            bias = self.full.bias.detach() if self.full.bias is not None else None
+            return self.full.weight.detach(), bias, getattr(self.full.head, "metric", "dot") == "angular"
+        weight, bias = self.sampled.class_weights()
+        return weight, bias, self.sampled.angular
+
+    def state_dict(self, run_dir: Path, epoch: int, step: int) -> dict:
+        """The checkpoint dict (rank 0 calls this; a remote store writes its snapshot beside the checkpoint)."""
+        from dcs_cli.train.checkpoint import checkpoint_path, save_torch_atomic
+
+        state = {
+            "backbone": self.backbone.state_dict(),
+            "classifier": self.full.state_dict() if self.full is not None else None,
+            "config": to_dict(self.cfg), "epoch": epoch, "step": step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"epoch": epoch, "step": step, "kind": self.cfg.optim.schedule},
+            "store": None, "selector": None,
+            "rng": {"torch": torch.get_rng_state()},
+            "world_size": self.ctx.world_size,
+        }
+        if self.sampled is not None:
+            store = self.sampled.store
+            state["selector"] = self.sampled.selector.state_dict()
+            # The refresh count is a figure of the run, not of the process: carried across a resume.
+            state["selector"]["_refreshes"] = int(getattr(self.sampled.selector, "refreshes", 0))
+            if hasattr(store, "address"):
+                snap = store_snapshot_path(checkpoint_path(run_dir, epoch))
+                save_torch_atomic(store.state_dict(), snap)
+                state["store"] = {"snapshot": snap.name, "step": step}
+            else:
+                state["store"] = store.state_dict()
+        return state
+
+    def close(self) -> None:
+        if self.sampled is not None:
+            self.sampled.close()
+            closer = getattr(self.sampled.store, "close", None)
+            if closer is not None:
+                closer()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+def _wrap(module: nn.Module, ctx: DistContext, data_parallel: bool) -> nn.Module:
+    if ctx.distributed:
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+    if data_parallel and ctx.device.type == "cuda" and torch.cuda.device_count() > 1:
+        return nn.DataParallel(module)
+    return module
+
+
+def _start_shared_server(cfg, ctx: DistContext):
+    """Rank 0 starts a paramserver for this run and tells every rank its address (and token, multi-node)."""
+    from dcs_cli.paramserver.server import start_background
+
+    server, info = None, [None, None]
+    if ctx.is_main:
+        multi_node = cfg.dist.nnodes > 1
+        token_file = None
+        if multi_node:
+            token = secrets.token_hex(16)
+            fd, token_file = tempfile.mkstemp(prefix="dcs-token-")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(token)
+        bind = "tcp://0.0.0.0:*" if multi_node else "tcp://127.0.0.1:*"
+        try:
+            server = start_background(bind, token_file=token_file,
+                                      heartbeat_timeout=cfg.paramserver.heartbeat_timeout)
+        finally:
+            if token_file:
+                with contextlib.suppress(OSError):
+                    os.unlink(token_file)  # the server has read it
+        address = server.address
+        if multi_node:
+            address = f"tcp://{cfg.dist.master_addr}:{address.rsplit(':', 1)[1]}"
+        info = [address, token if multi_node else None]
+    if ctx.distributed:
+        dist.broadcast_object_list(info, src=0)
+    return server, info[0], info[1]
+
+
+def _build_store(cfg, num_classes: int, ctx: DistContext, resume: dict | None, run_dir: Path, lr: float):
+    from dcs_cli.paramserver.client import RemoteStore
+    from dcs_cli.selection.store import LocalStore
+
+    params = OptimParams(lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+    dim, bias, seed = cfg.model.feature_dim, cfg.head.bias, cfg.optim.seed
+    address, token, server = cfg.paramserver.address, None, None
+    if not address and ctx.distributed:
+        server, address, token = _start_shared_server(cfg, ctx)
+    if not address:
+        store = LocalStore(num_classes, dim, bias=bias, init_std=INIT_STD, seed=seed, params=params, device=ctx.device)
+        if resume is not None and resume.get("store"):
+            store.load_state_dict(resume["store"])
+            store.set_optim(params)
+        return store, None
+
+    if server is None and token is None:
+        from dcs_cli.paramserver.server import read_token
+
+        token = read_token(cfg.paramserver.token_file)
+
+    def connect():
+        return RemoteStore(address, "classifier", num_classes, dim, bias=bias, seed=seed, params=params,
+                           token=token, timeout=cfg.paramserver.request_timeout, init_std=INIT_STD)
+
+    # Rank 0 restores the snapshot first; the others register afterwards, so they see the restored step,
+    # and nobody pushes before every rank is registered in the server's barrier.
+    store = None
+    if ctx.is_main:
+        store = connect()
+        snap = (resume or {}).get("store")
+        if snap:
+            path = Path(resume["_path"]).with_name(snap["snapshot"])
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            state.pop("step", None)  # the server keeps counting; the checkpoint's step is the trainer's own
+            store.load_state_dict(state)
+            store.set_optim(params)
+    barrier()
+    if store is None:
+        store = connect()
+    barrier()
+    return store, server
+
+
+def build_parts(cfg, num_classes: int, input_shape: tuple, ctx: DistContext, resume: dict | None,
+                run_dir: Path) -> Parts:
+    from dcs_cli.models.backbones import build_backbone
+    from dcs_cli.models.heads import build_head
+    from dcs_cli.selection import build_selector
+
+    mode = cfg.selection.mode
+    lr = cfg.optim.base_lr(mode)
+    torch.manual_seed(cfg.optim.seed)  # the same initial weights on every rank
+    backbone = build_backbone(cfg.model, input_shape).to(ctx.device)
+    head = build_head(cfg.head)
+    amp = autocast_dtype(cfg, ctx.device)
+    if resume is not None:
+        backbone.load_state_dict(_strip_module(resume["backbone"]))
+    step = int(resume["step"]) if resume is not None else 0
+    if mode == "full":
+        full = FullClassifier(num_classes, cfg.model.feature_dim, head, bias=cfg.head.bias, seed=cfg.optim.seed,
+                              init_std=INIT_STD).to(ctx.device)
+        if resume is not None and resume.get("classifier"):
+            full.load_state_dict(resume["classifier"])
+        # DataParallel over the visible GPUs only in a single process; workers own one device each.
+        local = DistContext(device=ctx.device)
+        inner = FullModel(_wrap(backbone, local, data_parallel=not ctx.distributed), full, amp)
+        model = _wrap(inner, ctx, data_parallel=False)
+        params = list(backbone.parameters()) + list(full.parameters())
+        sampled, server = None, None
+    else:
+        full = None
+        model = _wrap(backbone, ctx, data_parallel=False)
+        params = list(backbone.parameters())
+        store, server = _build_store(cfg, num_classes, ctx, resume, run_dir, lr)
+        selector = build_selector(cfg.selection, num_classes, cfg.data.batch_size)
+        sampled = SampledClassifier(selector, store, head, world=ctx.world_size, step=step)
+        if resume is not None and hasattr(selector, "refreshes"):
+            selector.refreshes = int((resume.get("selector") or {}).get("_refreshes", 0))
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+    return Parts(cfg=cfg, ctx=ctx, model=model, backbone=backbone, optimizer=optimizer, full=full,
+                 sampled=sampled, amp=amp, server=server)
+
+
+def _strip_module(state: dict) -> dict:
+    return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}

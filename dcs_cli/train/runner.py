@@ -1,0 +1,152 @@
+"""`dcs train` in the parent process: check everything, prepare the run folder, start the workers.
+
+    summary = run_train(cfg, resume=None, overwrite=False)
+
+Every user mistake (missing list, empty data, a label ≥ num_classes, sample_num > classes, an unreachable
+paramserver, a batch larger than a worker's share of the data) is reported here, as one line, before any
+worker starts. One process runs the loop in place; `dist.nproc × dist.nnodes > 1` starts one worker per
+device through torch's elastic launcher; under an external `torchrun` every process runs the loop itself.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from dcs_cli import console
+from dcs_cli.config import save_resolved, to_dict
+from dcs_cli.errors import ConfigError, DataError, ServerError
+from dcs_cli.fsutil import guard_output_folder, write_json_atomic
+from dcs_cli.train.checkpoint import load_checkpoint
+from dcs_cli.train.data import build_data, steps_per_epoch
+from dcs_cli.train.dist import LaunchSpec, env_world_size, launch, resolve_backend
+from dcs_cli.train.loop import TrainJob, train_worker
+from dcs_cli.train.metrics import read_metrics
+
+MARKER = "config.yaml"  # a folder holding it belongs to a started run: resume it or pass --overwrite
+
+
+def under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or env_world_size() > 1
+
+
+def probe_paramserver(cfg, num_classes: int) -> None:
+    """Fail fast (one line) when `paramserver.address` does not answer."""
+    from dcs_cli.paramserver.client import RemoteStore
+    from dcs_cli.paramserver.server import read_token
+
+    ps = cfg.paramserver
+    try:
+        store = RemoteStore(ps.address, "classifier", num_classes, cfg.model.feature_dim, bias=cfg.head.bias,
+                            seed=cfg.optim.seed, token=read_token(ps.token_file),
+                            timeout=min(ps.request_timeout, 10.0), heartbeat=False, init_std=0.01)
+    except ServerError as exc:
+        raise ServerError(f"paramserver.address {ps.address}: {exc}") from None
+    store.close()
+
+
+def check_run(cfg, world: int):
+    """All checks that need no worker: data, sizes, backend, paramserver. Returns the opened data."""
+    data = build_data(cfg)
+    if steps_per_epoch(len(data.train), cfg.data.batch_size, world) < 1:
+        raise DataError(f"data.batch_size = {cfg.data.batch_size} is larger than each of the {world} worker(s)' "
+                        f"share of the {len(data.train)} training samples; lower it")
+    if world > 1:
+        resolve_backend(cfg.dist.backend)
+    if cfg.selection.mode != "full" and cfg.paramserver.address:
+        probe_paramserver(cfg, data.num_classes)
+    if cfg.selection.mode != "full" and cfg.selection.sample_num < min(cfg.data.batch_size, data.num_classes):
+        console.warn(f"selection.sample_num = {cfg.selection.sample_num} is below data.batch_size = "
+                     f"{cfg.data.batch_size}: a batch with more distinct labels than that fails")
+    return data
+
+
+def _check_resume(cfg, state: dict) -> None:
+    saved = state.get("config", {})
+    for section, key in (("model", "backbone"), ("model", "feature_dim"), ("head", "bias"), ("head", "type")):
+        before = saved.get(section, {}).get(key)
+        now = getattr(getattr(cfg, section), key)
+        if before is not None and before != now:
+            raise ConfigError(f"{section}.{key} = {now!r} but the checkpoint {state['_path']} was trained with "
+                              f"{before!r}; resume with the same value")
+    if (state.get("store") is None) != (cfg.selection.mode == "full"):
+        raise ConfigError(f"--resume: the checkpoint was trained in "
+                          f"{'full' if state.get('store') is None else 'a sampled'} mode; "
+                          f"resume with the same --mode ({saved.get('selection', {}).get('mode', '?')})")
+    if int(state["epoch"]) >= cfg.optim.epochs:
+        raise ConfigError(f"--resume: the checkpoint finished epoch {state['epoch']} of optim.epochs = "
+                          f"{cfg.optim.epochs}; raise optim.epochs to train further")
+
+
+def resolve_config(config_path, overrides: list[str], resume: str | None):
+    """The run's config: defaults ← the checkpoint's config (resume) ← the YAML file ← overrides.
+
+    Resuming without `output.dir` in the overrides continues in the checkpoint's own run folder.
+    Returns (config, loaded checkpoint or None).
+    """
+    from dcs_cli.config import load_config
+
+    if config_path is None and not resume:
+        raise ConfigError("pass --config FILE (see configs/) or --resume CHECKPOINT")
+    state = load_checkpoint(resume) if resume else None
+    overrides = list(overrides)
+    if state is not None and not any(o.strip().startswith("output.dir=") for o in overrides):
+        overrides.insert(0, f"output.dir={Path(state['_path']).resolve().parent.parent}")
+    return load_config(config_path, overrides, base=state["config"] if state else None), state
+
+
+def run_train(cfg, resume: str | dict | None = None, overwrite: bool = False,
+              stop_after_steps: int | None = None) -> dict:
+    """Train as the config says; returns a summary (final val accuracy, steps, samples/s, run folder).
+
+    `resume` is a checkpoint path (or one already loaded); `stop_after_steps` is a test hook that stops
+    the workers after that global step without saving, like a kill.
+    """
+    external = under_torchrun()
+    world = env_world_size() if external else cfg.dist.nproc * cfg.dist.nnodes
+    main = int(os.environ.get("RANK", "0")) == 0 if external else cfg.dist.node_rank == 0
+    data = check_run(cfg, world)
+    state = None
+    if resume:
+        state = resume if isinstance(resume, dict) else load_checkpoint(resume)
+        _check_resume(cfg, state)
+    run_dir = Path(cfg.output.dir)
+    if main:
+        resuming_here = state is not None and Path(state["_path"]).resolve().parent.parent == run_dir.resolve()
+        if not resuming_here:
+            guard_output_folder(run_dir, overwrite or cfg.output.overwrite, MARKER)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_resolved(cfg, run_dir)
+    job = TrainJob(config=to_dict(cfg), run_dir=str(run_dir), resume=state["_path"] if state else None,
+                   quiet=console.is_quiet(), stop_after_steps=stop_after_steps)
+    mode = cfg.selection.mode
+    console.info(f"train: mode {mode}, {data.num_classes:,} classes, {len(data.train):,} samples, "
+                 f"{world} worker(s), run folder {run_dir}")
+    start = time.perf_counter()
+    if external or world == 1:
+        result = train_worker(job)
+    else:
+        d = cfg.dist
+        spec = LaunchSpec(nproc=d.nproc, nnodes=d.nnodes, node_rank=d.node_rank, master_addr=d.master_addr,
+                          master_port=d.master_port)
+        result = launch(train_worker, (job,), spec).get(0) or {}
+    seconds = time.perf_counter() - start
+    summary = _summary(run_dir, result, mode, world, seconds)
+    if main and not result.get("stopped"):
+        write_json_atomic(run_dir / "summary.json", summary)
+    return summary
+
+
+def _summary(run_dir: Path, result: dict, mode: str, world: int, seconds: float) -> dict:
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    train = [r for r in rows if r.get("kind") == "train"]
+    val = [r for r in rows if r.get("kind") == "val"]
+    speeds = [r["samples_per_s"] for r in train if "samples_per_s" in r]
+    return {
+        "mode": mode, "workers": world, "epochs": result.get("epoch"), "steps": result.get("step"),
+        "final_loss": train[-1]["loss"] if train else None,
+        "val_top1": val[-1]["acc"] if val else None,
+        "samples_per_s": sum(speeds) / len(speeds) if speeds else None,
+        "wall_seconds": seconds, "run_dir": str(run_dir), "stopped": bool(result.get("stopped")),
+    }

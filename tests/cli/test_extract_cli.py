@@ -1,0 +1,96 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dcs_cli.cli.app import app
+from dcs_cli.config import load_config, to_dict
+from dcs_cli.models.backbones import build_backbone
+
+PAIRS_BIN = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "mxnet" / "pairs.bin"
+
+
+@pytest.fixture
+def pairs_bin() -> Path:
+    if not PAIRS_BIN.exists():
+        pytest.skip(f"fixture {PAIRS_BIN} not found")
+    return PAIRS_BIN
+
+
+def save_checkpoint(path: Path, ddp=False, classifier_in_backbone=False):
+    """A randomly initialised small backbone saved like `dcs train` does (optionally from DDP)."""
+    cfg = load_config(overrides=["model.backbone=iresnet18", "model.feature_dim=16", "model.width=4",
+                                 "data.image_size=32", "data.workers=0"])
+    torch.manual_seed(0)
+    state = build_backbone(cfg.model, (3, 32, 32)).state_dict()
+    if classifier_in_backbone:
+        state["fc_classifier.weight"] = torch.zeros(5, 16)
+    if ddp:
+        state = {f"module.{k}": v for k, v in state.items()}
+    torch.save({"backbone": state, "classifier": {"weight": torch.zeros(5, 16)}, "config": to_dict(cfg),
+                "epoch": 1, "step": 4, "optimizer": {}, "scheduler": {}, "store": None, "rng": None}, path)
+    return path
+
+
+def test_extract_bin(runner, tmp_path, pairs_bin):
+    ckpt = save_checkpoint(tmp_path / "ckpt.pt")
+    result = runner.invoke(app, ["extract", "--checkpoint", str(ckpt), "--bin", str(pairs_bin),
+                                 "--out-dir", str(tmp_path / "feats"), "--batch-size", "7"])
+    assert result.exit_code == 0, result.output
+    feats = np.load(tmp_path / "feats" / "pairs.npy")
+    assert feats.shape == (24, 16) and feats.dtype == np.float32 and np.isfinite(feats).all()
+    again = runner.invoke(app, ["extract", "--checkpoint", str(ckpt), "--bin", str(pairs_bin),
+                                "--out-dir", str(tmp_path / "feats")])
+    assert again.exit_code == 1 and "--overwrite" in again.output
+
+
+def test_ddp_checkpoint_with_extra_keys_needs_no_strict(runner, tmp_path, pairs_bin):
+    ckpt = save_checkpoint(tmp_path / "ddp.pt", ddp=True, classifier_in_backbone=True)
+    args = ["extract", "--checkpoint", str(ckpt), "--bin", str(pairs_bin), "--out-dir", str(tmp_path / "f")]
+    strict = runner.invoke(app, args)
+    assert strict.exit_code == 1
+    assert "unexpected" in strict.output and "fc_classifier.weight" in strict.output
+    assert not (tmp_path / "f" / "pairs.npy").exists()
+    loose = runner.invoke(app, args + ["--no-strict", "--no-flip"])
+    assert loose.exit_code == 0, loose.output
+    assert "skipped 1" in loose.output
+    assert np.load(tmp_path / "f" / "pairs.npy").shape == (24, 16)
+
+
+def test_ddp_prefix_alone_loads_strictly(runner, tmp_path, pairs_bin):
+    ckpt = save_checkpoint(tmp_path / "ddp.pt", ddp=True)
+    result = runner.invoke(app, ["extract", "--checkpoint", str(ckpt), "--bin", str(pairs_bin),
+                                 "--out-dir", str(tmp_path / "f")])
+    assert result.exit_code == 0, result.output
+
+
+def test_extract_list(runner, tmp_path, pairs_bin):
+    from dcs_cli.data.binfile import read_bin
+
+    images, _ = read_bin(pairs_bin)
+    root = tmp_path / "imgs"
+    (root / "a").mkdir(parents=True)
+    lines = []
+    for i, payload in enumerate(images[:5]):
+        (root / "a" / f"{i}.jpg").write_bytes(payload)
+        lines.append(f"a/{i}.jpg {i % 2}\n")
+    (tmp_path / "mine.txt").write_text("".join(lines))
+    ckpt = save_checkpoint(tmp_path / "ckpt.pt")
+    result = runner.invoke(app, ["extract", "--checkpoint", str(ckpt), "--list", str(tmp_path / "mine.txt"),
+                                 "--root", str(root), "--out-dir", str(tmp_path / "f"), "--set", "data.image_size=32"])
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "f" / "mine.npy").shape == (5, 16)
+    assert np.load(tmp_path / "f" / "mine.labels.npy").tolist() == [0, 1, 0, 1, 0]
+
+
+def test_usage_errors(runner, tmp_path, pairs_bin):
+    ckpt = save_checkpoint(tmp_path / "ckpt.pt")
+    nothing = runner.invoke(app, ["extract", "--checkpoint", str(ckpt), "--out-dir", str(tmp_path / "f")])
+    assert nothing.exit_code == 2 and "nothing to extract" in nothing.output
+    half = runner.invoke(app, ["extract", "--checkpoint", str(ckpt), "--out-dir", str(tmp_path / "f"),
+                               "--list", str(tmp_path / "x.txt")])
+    assert half.exit_code == 2 and "--root" in half.output
+    missing = runner.invoke(app, ["extract", "--checkpoint", str(tmp_path / "nope.pt"), "--bin", str(pairs_bin),
+                                  "--out-dir", str(tmp_path / "f")])
+    assert missing.exit_code == 1 and "not found" in missing.output
