@@ -1,3 +1,4 @@
 from dcs_cli.cli.app import main
 
-main()
+if __name__ == "__main__":  # spawned workers import this module; only the real entry runs the CLI
+    main()

@@ -55,10 +55,11 @@ def train_one(name: str, p: dict, data) -> dict:
     n, d, b = p["classes"], p["dim"], p["batch"]
     torch.manual_seed(0)
     backbone = nn.Sequential(nn.Linear(d, p["hidden"]), nn.ReLU(), nn.Linear(p["hidden"], d))
-    params = OptimParams(lr=p["lr"], momentum=0.9, weight_decay=1e-4)
-    store = LocalStore(n, d, seed=0, params=params, init_std=0.01)
+    params = OptimParams(lr=p["lr"], momentum=p["store_momentum"], weight_decay=1e-4)
+    store = LocalStore(n, d, seed=0, params=params, init_std=0.01 if p["head"] == "softmax" else 1.0)
     selector = build_selector(_selection_cfg(name, p), n, b)
-    sampled = SampledSoftmax(selector, store, build_head(HeadConfig(type="softmax")))
+    head = build_head(HeadConfig(type=p["head"], scale=p["scale"], margin=p["margin"]))
+    sampled = SampledSoftmax(selector, store, head)
     opt = torch.optim.SGD(backbone.parameters(), lr=p["lr"], momentum=0.9, weight_decay=1e-4)
     order = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
@@ -77,13 +78,15 @@ def train_one(name: str, p: dict, data) -> dict:
     with torch.no_grad():
         feats = backbone(xva)
         weights = store.weights()
-        pred = torch.cat([exact_topk(feats[i:i + 4096], weights, 1)[1] for i in range(0, len(feats), 4096)])
+        metric = head.metric  # argmax of the head's logits without margin = top-1 by this similarity
+        pred = torch.cat([exact_topk(feats[i:i + 4096], weights, 1, metric)[1]
+                          for i in range(0, len(feats), 4096)])
         top1 = float((pred[:, 0] == yva).float().mean())
         f, y = feats[:PROBE], yva[:PROBE]
-        truth = exact_topk(f, weights, 11)[1]
+        truth = exact_topk(f, weights, 11, metric)[1]
         found = selector.neighbours(f, 11)
     hits = 0
-    for t, g, lab in zip(truth.tolist(), found.tolist(), y.tolist()):
+    for t, g, lab in zip(truth.tolist(), found.tolist(), y.tolist(), strict=False):
         t10 = [c for c in t if c != lab][:10]
         g10 = {c for c in g if c != lab and c >= 0}
         hits += len(set(t10) & g10)
@@ -117,15 +120,21 @@ def register(bench_app: typer.Typer) -> None:
         dim: Annotated[int, typer.Option("--dim", help="Feature and embedding dimension.")] = 64,
         budget: Annotated[float, typer.Option("--budget", help="sample_num as a fraction of N.")] = 0.01,
         batch: Annotated[int, typer.Option("--batch", help="Batch size.")] = 64,
-        steps: Annotated[int, typer.Option("--steps", help="Training steps per contender.")] = 3000,
+        steps: Annotated[int, typer.Option("--steps", help="Training steps per contender.")] = 1500,
         interval: Annotated[int, typer.Option("--interval", help="Steps between index refreshes.")] = 100,
         ntrees: Annotated[int, typer.Option("--ntrees", help="Annoy trees (hf).")] = 10,
-        lr: Annotated[float, typer.Option("--lr", help="Learning rate of backbone and store.")] = 0.1,
+        lr: Annotated[float, typer.Option("--lr", help="Learning rate of backbone and store.")] = 0.5,
         drift_threshold: Annotated[float, typer.Option("--drift-threshold",
                                                        help="hf+adaptive refresh threshold.")] = 0.05,
         train_per_class: Annotated[int, typer.Option("--train-per-class")] = 8,
         threads: Annotated[int, typer.Option("--threads", help="torch threads for the steps; 0 = torch's default. "
                                              "1 keeps a shared machine's load from distorting the ratios.")] = 1,
+        store_momentum: Annotated[float, typer.Option(
+            "--store-momentum",
+            help="Momentum of the class store's SGD (lazy: a row's momentum decays only when selected).")] = 0.9,
+        head: Annotated[str, typer.Option("--head", help="softmax, cosface or arcface.")] = "softmax",
+        scale: Annotated[float, typer.Option("--scale", help="Margin heads' scale s.")] = 16.0,
+        margin: Annotated[float, typer.Option("--margin", help="Margin heads' margin m.")] = 0.2,
         json: JsonOpt = None,
     ) -> None:
         """Held-out top-1 and confuser recall after equal training steps, per selection mode."""
@@ -134,6 +143,8 @@ def register(bench_app: typer.Typer) -> None:
                             ("--interval", interval), ("--ntrees", ntrees), ("--train-per-class", train_per_class)):
             if value <= 0:
                 raise UsageError(f"{name} must be > 0, got {value}")
+        if head not in ("softmax", "cosface", "arcface"):
+            raise UsageError(f"--head must be softmax, cosface or arcface, got {head!r}")
         if not 0 < budget <= 1:
             raise UsageError(f"--budget must be in (0, 1], got {budget}")
         if sample_num < batch:
@@ -141,5 +152,7 @@ def register(bench_app: typer.Typer) -> None:
                              "labels may not fit; raise --budget or lower --batch")
         p = {"classes": classes, "dim": dim, "sample_num": sample_num, "batch": batch, "steps": steps,
              "interval": interval, "ntrees": ntrees, "lr": lr, "drift_threshold": drift_threshold,
-             "train_per_class": train_per_class, "hidden": 128, "threads": threads}
+             "train_per_class": train_per_class, "hidden": 128, "threads": threads,
+             "head": head, "scale": scale, "margin": margin,
+             "store_momentum": store_momentum}
         run_select_quality(p, CONTENDERS, json)

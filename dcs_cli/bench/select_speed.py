@@ -52,8 +52,8 @@ def _run_contender(mode: str, p: dict, queue) -> None:
         feats = [torch.randn(b, d, generator=gen) for _ in range(POOL)]
         labels = [torch.randint(0, n, (b,), generator=gen) for _ in range(POOL)]
         cfg = dataclasses.replace(SelectionConfig(), mode=mode, sample_num=p["sample_num"], interval=p["interval"],
-                                  ntrees=p["ntrees"], hnsw_m=p["hnsw_m"], hnsw_ef_construction=p["hnsw_ef_construction"],
-                                  hnsw_ef=p["hnsw_ef"], seed=0)
+                                  ntrees=p["ntrees"], hnsw_m=p["hnsw_m"], hnsw_ef=p["hnsw_ef"], seed=0,
+                                  hnsw_ef_construction=p["hnsw_ef_construction"])
         store = LocalStore(n, d, seed=0, params=OptimParams(lr=0.01, momentum=0.9, weight_decay=1e-4))
         selector = build_selector(cfg, n, b)
         sampled = SampledSoftmax(selector, store, build_head(HeadConfig(type="softmax")))

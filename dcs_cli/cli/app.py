@@ -22,6 +22,7 @@ from dcs_cli.errors import DcsError
 COMMANDS = [
     "dcs_cli.cli.convert",
     "dcs_cli.cli.bench",
+    "dcs_cli.cli.demo",
     "dcs_cli.cli.paramserver",
     "dcs_cli.cli.extract",
     "dcs_cli.cli.verify",

@@ -9,6 +9,7 @@ resumed from an epoch checkpoint replays exactly the batches and selections an u
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,10 @@ def train_worker(job: TrainJob) -> dict:
     sched = LRSchedule(cfg.optim, cfg.optim.base_lr(cfg.selection.mode), spe)
     log = MetricsLog(run_dir, enabled=ctx.is_main)
     start_epoch, step = (int(resume["epoch"]), int(resume["step"])) if resume else (0, 0)
-    log.truncate_after(step) if resume else log.reset()
+    if resume:
+        log.truncate_after(step)  # drop what a killed run logged after its last checkpoint
+    else:
+        log.reset()
     meter = StepMeter(ctx, cfg.data.batch_size)
     result = {"step": step, "epoch": start_epoch, "val_acc": None, "stopped": False}
     try:
@@ -69,7 +73,8 @@ def train_worker(job: TrainJob) -> dict:
             parts.model.train()
             meter.reset()
             desc = f"epoch {epoch + 1}/{cfg.optim.epochs}"
-            with console.progress_bar(desc, total=spe, unit="steps") if ctx.is_main else _null() as advance:
+            bar = console.progress_bar(desc, total=spe, unit="steps") if ctx.is_main else _no_bar()
+            with bar as advance:
                 for i, (x, y) in enumerate(loader):
                     x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
                     lr = sched.lr(epoch, i)
@@ -130,10 +135,6 @@ def _log_line(ctx, row: dict, i: int, spe: int) -> None:
                      f"acc {row['acc']:.4f} lr {row['lr']:.4g} {row['samples_per_s']:,.0f} samples/s{sel}")
 
 
-class _null:
-    def __enter__(self):
-        return lambda n=1: None
-
-    def __exit__(self, *exc):
-        return False
+def _no_bar():
+    return contextlib.nullcontext(lambda n=1: None)
 

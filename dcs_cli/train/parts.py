@@ -159,6 +159,20 @@ def _start_shared_server(cfg, ctx: DistContext):
     return server, info[0], info[1]
 
 
+def saved_store_state(resume: dict) -> dict:
+    """The class-store state of a checkpoint: inside it (in-process store) or its snapshot beside it."""
+    from dcs_cli.errors import DataError
+
+    saved = resume["store"]
+    if "snapshot" not in saved:
+        return saved
+    path = Path(resume["_path"]).with_name(saved["snapshot"])
+    if not path.is_file():
+        raise DataError(f"{resume['_path']}: its class-store snapshot {path} is missing; copy it beside the "
+                        f"checkpoint")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def _build_store(cfg, num_classes: int, ctx: DistContext, resume: dict | None, run_dir: Path, lr: float):
     from dcs_cli.paramserver.client import RemoteStore
     from dcs_cli.selection.store import LocalStore
@@ -171,7 +185,7 @@ def _build_store(cfg, num_classes: int, ctx: DistContext, resume: dict | None, r
     if not address:
         store = LocalStore(num_classes, dim, bias=bias, init_std=INIT_STD, seed=seed, params=params, device=ctx.device)
         if resume is not None and resume.get("store"):
-            store.load_state_dict(resume["store"])
+            store.load_state_dict(saved_store_state(resume))
             store.set_optim(params)
         return store, None
 
@@ -189,10 +203,8 @@ def _build_store(cfg, num_classes: int, ctx: DistContext, resume: dict | None, r
     store = None
     if ctx.is_main:
         store = connect()
-        snap = (resume or {}).get("store")
-        if snap:
-            path = Path(resume["_path"]).with_name(snap["snapshot"])
-            state = torch.load(path, map_location="cpu", weights_only=False)
+        if resume is not None and resume.get("store"):
+            state = dict(saved_store_state(resume))
             state.pop("step", None)  # the server keeps counting; the checkpoint's step is the trainer's own
             store.load_state_dict(state)
             store.set_optim(params)

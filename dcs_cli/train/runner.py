@@ -74,6 +74,9 @@ def _check_resume(cfg, state: dict) -> None:
         raise ConfigError(f"--resume: the checkpoint was trained in "
                           f"{'full' if state.get('store') is None else 'a sampled'} mode; "
                           f"resume with the same --mode ({saved.get('selection', {}).get('mode', '?')})")
+    store = state.get("store") or {}
+    if "snapshot" in store and not (Path(state["_path"]).parent / store["snapshot"]).is_file():
+        raise DataError(f"{state['_path']}: its class-store snapshot {store['snapshot']} is missing beside it")
     if int(state["epoch"]) >= cfg.optim.epochs:
         raise ConfigError(f"--resume: the checkpoint finished epoch {state['epoch']} of optim.epochs = "
                           f"{cfg.optim.epochs}; raise optim.epochs to train further")

@@ -3,9 +3,9 @@ import dataclasses
 import pytest
 import torch
 
+from dcs_cli.config import SelectionConfig
 from dcs_cli.errors import ConfigError, DataError
 from dcs_cli.selection import build_selector
-from dcs_cli.config import SelectionConfig
 from dcs_cli.selection.exact import exact_topk
 from dcs_cli.selection.store import LocalStore
 
@@ -56,7 +56,7 @@ def test_retrieves_top_neighbours(mode):
     sel = make(mode, store, ntrees=20)
     found = sel.neighbours(feats, 5)
     truth = exact_topk(feats, store.weight, 5)[1]
-    recall = sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth)) / truth.numel()
+    recall = sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=False)) / truth.numel()
     assert recall >= (1.0 if mode == "exact" else 0.8)
     # rank-major composition: every sample's best neighbour is in the active set
     s = sel.select(feats, labels)

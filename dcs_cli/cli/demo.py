@@ -1,0 +1,29 @@
+"""`dcs demo`: the whole pipeline on built-in synthetic data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def demo(
+    out_folder: Annotated[Path, typer.Option("--out-folder", "-o", help="Folder for every artifact.")] = Path(
+        "demo_out"),
+    identities: Annotated[int, typer.Option(help="Synthetic identities (classes).")] = 500,
+    images_per_identity: Annotated[int, typer.Option(help="Training images per identity.")] = 10,
+    epochs: Annotated[int, typer.Option(help="Training epochs per mode.")] = 3,
+    sample_num: Annotated[int, typer.Option(help="Active classes per step in the sampled (hf) run.")] = 100,
+    overwrite: Annotated[bool, typer.Option("--overwrite/--keep", help="Replace an earlier demo's folder.")] = True,
+) -> None:
+    """Synthesize a small face-like dataset, convert it, train hf and full softmax, extract, verify, compare."""
+    from dcs_cli.demo import DemoSpec, run_demo
+
+    spec = DemoSpec(identities=identities, images_per_identity=images_per_identity, epochs=epochs,
+                    sample_num=sample_num)
+    run_demo(out_folder, spec, overwrite=overwrite)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)

@@ -1,0 +1,76 @@
+"""`dcs train` from the command line: a run, a resume, and one-line errors before any worker starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dcs_cli.cli.app import app
+from dcs_cli.train.dist import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = str(REPO / "configs" / "synthetic.yaml")
+TINY = ["--set", "data.synthetic.num_classes=100", "--set", "data.synthetic.train_per_class=4",
+        "--set", "data.batch_size=32", "--set", "selection.sample_num=40", "--set", "selection.interval=4",
+        "--set", "model.mlp_hidden=32", "--set", "output.print_freq=5"]
+
+
+def test_train_and_resume(runner, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--config", CONFIG, "--mode", "random", "--out", str(out), "--set", "optim.epochs=1", *TINY]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "val_top1" in result.output
+    assert json.loads((out / "summary.json").read_text())["steps"] == 12
+    # a finished folder is protected; --resume continues it with more epochs
+    again = runner.invoke(app, args)
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    resumed = runner.invoke(app, ["train", "--resume", str(out), "--set", "optim.epochs=2"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((out / "summary.json").read_text())["steps"] == 24
+    assert (out / "checkpoints" / "epoch_002.pt").is_file()
+
+
+def _list(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "train_list.txt"
+    path.write_text("".join(f"{line}\n" for line in lines))
+    (tmp_path / "images").mkdir(exist_ok=True)
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing_list", "label_too_big", "empty", "sample_num", "paramserver"])
+def test_bad_input_is_one_line_before_workers(runner, tmp_path, case):
+    out = tmp_path / "out"
+    base = ["train", "--config", CONFIG, "--nproc", "2", "--out", str(out)]
+    if case == "missing_list":
+        extra = ["--set", "data.source=list", "--set", f"data.train_list={tmp_path / 'nope.txt'}"]
+        expect = "not found"
+    elif case == "label_too_big":
+        lst = _list(tmp_path, ["a.jpg 0", "b.jpg 1", "c.jpg 5"])
+        extra = ["--set", "data.source=list", "--set", f"data.train_list={lst}", "--set",
+                 f"data.train_root={tmp_path / 'images'}", "--set", "data.num_classes=3"]
+        expect = "label 5"
+    elif case == "empty":
+        lst = _list(tmp_path, [])
+        extra = ["--set", "data.source=list", "--set", f"data.train_list={lst}", "--set",
+                 f"data.train_root={tmp_path / 'images'}"]
+        expect = "empty"
+    elif case == "sample_num":
+        extra = [*TINY, "--set", "selection.sample_num=500"]
+        expect = "sample_num"
+    else:
+        extra = [*TINY, "--set", f"paramserver.address=tcp://127.0.0.1:{free_port()}",
+                 "--set", "paramserver.request_timeout=0.5"]
+        expect = "paramserver"
+    result = runner.invoke(app, base + extra)
+    assert result.exit_code in (1, 2), result.output
+    assert expect in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()  # nothing started, nothing written
+
+
+def test_train_needs_a_config(runner):
+    result = runner.invoke(app, ["train"])
+    assert result.exit_code == 2 and "--config" in result.output
