@@ -98,16 +98,15 @@ def run_demo(out_folder: str | Path, spec: DemoSpec | None = None, overwrite: bo
         extract(ExtractJob(checkpoint=checkpoint, out_dir=features_dir, bins=[data["pairs_bin"]], overwrite=True))
         targets.append((mode, features_dir / "pairs.npy", Path(data["pairs_bin"])))
         steps = summary.get("steps") or 0
-        rows.append({"mode": mode, "steps": steps,
-                     "seconds_per_step": summary["wall_seconds"] / steps if steps else float("nan"),
-                     "samples_per_s": summary.get("samples_per_s"), "val_top1": summary.get("val_top1")})
+        rows.append({"mode": mode, "steps": steps, "s/step": summary["wall_seconds"] / steps,
+                     "samples/s": summary.get("samples_per_s"), "val top-1": summary.get("val_top1")})
 
     console.info("[bold]5/5 verify[/bold] held-out pairs (10-fold)")
     verified = verify_targets(targets, folds=10, plot=out / "roc.png", json_path=out / "verify.json")
     for row in rows:
         result = verified[row["mode"]]
-        row["verification_acc"] = result["accuracy"]
-        row["auc"] = result["auc"]
+        row["verif. acc"] = result["accuracy"]
+        row["AUC"] = result["auc"]
     console.print_table("dcs demo: sampled (hf) vs full softmax", rows)
     summary = {"spec": dataclasses.asdict(spec), "data": data, "convert": {k: meta[k] for k in
                ("images", "classes", "train", "val")}, "rows": rows,

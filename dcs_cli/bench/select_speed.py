@@ -4,11 +4,22 @@
 
 A step is forward + backward + store update over fixed (pre-generated) features: selection, row gather,
 head, loss, one batched push, and the selector's refresh hook. Each contender runs in its own spawned
-process so its peak RSS is its own. Figures:
-  step_s      mean wall seconds per step (background refreshes, if running, share the CPU)
+process so its peak RSS is its own. The store holds "trained-looking" weights (classes in clusters of
+`CLUSTER` around shared centres, as trained classifiers are: similar classes have similar rows) and
+each sample's feature points at its own class, so the index's neighbours are meaningful and its recall
+can be measured. Figures:
+  step_s      mean wall seconds per step (refreshes excluded in the default `--refresh sync` mode; with
+              `--refresh background` the steps that ran beside a build are included, contention and all)
+  idle_step_s mean over the steps with no refresh in flight (equal to step_s in sync mode)
   build_s     the first index build (synchronous, before step 1)
-  refresh_s   mean wall seconds of one periodic refresh (hf: full rebuild; hnsw: re-insert changed rows)
-  amortized_s step_s + refresh_s / interval: every refresh counted in full, as if it had stalled training
+  refresh_s   mean wall seconds of one periodic refresh (hf: projection + full rebuild; hnsw: re-insert
+              the changed rows, or a fresh build when more than hnsw_rebuild_fraction of them changed)
+  stall_s     the part of refresh_s spent in the training thread (the rest runs in a background thread
+              in training; in sync mode the bench waits for all of it)
+  amortized_s step_s + refresh_s / interval: every refresh's whole wall time is charged to the steps,
+              as if it had stalled training (on 2 cores a background build takes the same CPU)
+  recall      recall@k of the selector's neighbours against the exact top-k of the final weights
+              (k = sample_num // batch + 1), on a held-out batch
   speedup     full's amortized_s / this amortized_s
 Labels are drawn uniformly per step, so the rows a refresh must handle are as many as real training
 would touch. full and exact cost a whole B×N×d product per step; they run `--full-steps` steps only.
@@ -32,6 +43,40 @@ from dcs_cli.errors import UsageError
 
 CONTENDERS = ("full", "random", "exact", "hf", "hnsw")
 POOL = 16  # distinct pre-generated batches, cycled
+CLUSTER = 50  # classes per cluster of the trained-looking weights
+REFRESH_MODES = ("sync", "background")
+
+
+def trained_looking(n: int, d: int, gen: torch.Generator, chunk: int = 1 << 16) -> torch.Tensor:
+    """N×d weights in clusters of CLUSTER classes: centre + half as much class-specific noise, scaled."""
+    centres = torch.randn((n + CLUSTER - 1) // CLUSTER, d, generator=gen)
+    w = torch.empty(n, d)
+    for start in range(0, n, chunk):  # chunked so no second N×d temporary is made
+        part = w[start:start + chunk]
+        part.normal_(0.0, 0.5, generator=gen)
+        part += centres[torch.arange(start, start + part.shape[0]) // CLUSTER]
+    return w.mul_(0.05)
+
+
+def batches(w: torch.Tensor, b: int, count: int, gen: torch.Generator):
+    """`count` (features, labels) pairs: each feature is its class row, rescaled, plus noise."""
+    out = []
+    for _ in range(count):
+        labels = torch.randint(0, w.shape[0], (b,), generator=gen)
+        rows = w.index_select(0, labels)
+        feats = 8.0 * rows / rows.norm(dim=1, keepdim=True) + 0.5 * torch.randn(b, w.shape[1], generator=gen)
+        out.append((feats, labels))
+    return out
+
+
+def recall_at_k(selector, store, feats: torch.Tensor, k: int) -> float:
+    """Share of the exact top-k classes (by the current weights) among the selector's k neighbours."""
+    from dcs_cli.selection.exact import exact_topk
+
+    truth = exact_topk(feats, store.weights(), k)[1]
+    found = selector.neighbours(feats, k)
+    hits = sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True))
+    return hits / truth.numel()
 
 
 def _run_contender(mode: str, p: dict, queue) -> None:
@@ -49,37 +94,55 @@ def _run_contender(mode: str, p: dict, queue) -> None:
         torch.manual_seed(0)
         n, d, b = p["classes"], p["dim"], p["batch"]
         gen = torch.Generator().manual_seed(1)
-        feats = [torch.randn(b, d, generator=gen) for _ in range(POOL)]
-        labels = [torch.randint(0, n, (b,), generator=gen) for _ in range(POOL)]
+        store = LocalStore(n, d, seed=0, init_std=0.0, params=OptimParams(lr=0.01, momentum=0.9,
+                                                                            weight_decay=1e-4))
+        store.weight = trained_looking(n, d, gen)
+        pool = batches(store.weight, b, POOL + 1, gen)
+        held_out = pool.pop()[0]
         cfg = dataclasses.replace(SelectionConfig(), mode=mode, sample_num=p["sample_num"], interval=p["interval"],
                                   ntrees=p["ntrees"], hnsw_m=p["hnsw_m"], hnsw_ef=p["hnsw_ef"], seed=0,
-                                  hnsw_ef_construction=p["hnsw_ef_construction"])
-        store = LocalStore(n, d, seed=0, params=OptimParams(lr=0.01, momentum=0.9, weight_decay=1e-4))
+                                  hnsw_ef_construction=p["hnsw_ef_construction"], index_dim=p["index_dim"],
+                                  rerank=p["rerank"], hnsw_rebuild_fraction=p["hnsw_rebuild_fraction"],
+                                  background=p["refresh"] == "background")
         selector = build_selector(cfg, n, b)
         sampled = SampledSoftmax(selector, store, build_head(HeadConfig(type="softmax")))
         steps = p["full_steps"] if mode in ("full", "exact") else p["steps"]
         if mode in ("hf", "hnsw"):
             steps = max(steps, p["interval"] + 1)  # at least one periodic refresh is measured
-        times = []
+        times, idle = [], []
         for i in range(steps):
-            x = feats[i % POOL].clone().requires_grad_(True)
+            feats, labels = pool[i % POOL]
+            x = feats.clone().requires_grad_(True)
+            stats = selector.stats() if hasattr(selector, "stats") else {}
+            busy, before = bool(stats.get("refreshing", False)), int(stats.get("refreshes", 0))
             t0 = time.perf_counter()
-            loss, _ = sampled(x, labels[i % POOL])
+            loss, _ = sampled(x, labels)
             loss.backward()
-            sampled.push()
-            times.append(time.perf_counter() - t0)
+            sampled.push()  # the store update, then the selector's refresh hook
+            seconds = time.perf_counter() - t0
+            if not cfg.background and getattr(selector, "refreshes", 0) > before:
+                seconds -= selector.refresh_seconds[-1]  # sync: the refresh is reported as refresh_s
+            times.append(seconds)
+            if not busy:
+                idle.append(seconds)
         if hasattr(selector, "wait"):
             selector.wait()
+        k = p["sample_num"] // b + 1
+        recall = recall_at_k(selector, store, held_out, k) if mode in ("exact", "hf", "hnsw") else float("nan")
         selector.close()
         build = getattr(selector, "build_seconds", 0.0)
         refreshes = list(getattr(selector, "refresh_seconds", []))
+        stalls = list(getattr(selector, "stall_seconds", []))
         refresh = sum(refreshes) / len(refreshes) if refreshes else build
         # the first step also pays one-off allocations; leave it out when there are more
         step = sum(times[1:]) / (len(times) - 1) if len(times) > 1 else times[0]
-        queue.put({"name": mode, "steps": steps, "step_s": step, "build_s": build,
+        idle = idle[1:] if len(idle) > 1 else idle
+        queue.put({"name": mode, "steps": steps, "step_s": step,
+                   "idle_step_s": sum(idle) / len(idle) if idle else float("nan"), "build_s": build,
                    "refreshes": len(refreshes), "refresh_s": refresh,
+                   "stall_s": sum(stalls) / len(stalls) if stalls else 0.0,
                    "amortized_s": step + (refresh / p["interval"] if mode in ("hf", "hnsw") else 0.0),
-                   "peak_rss_mb": peak_rss_mb()})
+                   "recall": recall, "peak_rss_mb": peak_rss_mb()})
     except BaseException as exc:  # reported by the parent as one line
         queue.put({"name": mode, "error": f"{type(exc).__name__}: {exc}"})
 
@@ -123,6 +186,14 @@ def register(bench_app: typer.Typer) -> None:
         hnsw_m: Annotated[int, typer.Option("--hnsw-m", help="hnswlib M.")] = 12,
         hnsw_ef_construction: Annotated[int, typer.Option("--hnsw-ef-construction")] = 40,
         hnsw_ef: Annotated[int, typer.Option("--hnsw-ef", help="hnswlib ef at query time.")] = 64,
+        index_dim: Annotated[int, typer.Option("--index-dim", help="hf/hnsw: PCA dimensions the index holds "
+                                               "(0 = full rows); selection.index_dim.")] = 64,
+        rerank: Annotated[int, typer.Option("--rerank", help="hf/hnsw: candidates per kept neighbour, "
+                                            "re-scored exactly; selection.rerank.")] = 4,
+        hnsw_rebuild_fraction: Annotated[float, typer.Option(
+            "--hnsw-rebuild-fraction", help="hnsw: fresh build when more than this share of rows changed.")] = 0.25,
+        refresh: Annotated[str, typer.Option("--refresh", help="sync: refreshes run in the step and are timed "
+                                             "alone; background: in a thread beside the steps.")] = "sync",
         only: Annotated[Optional[list[str]], typer.Option("--only", help="Run only these contenders.")] = None,
         threads: Annotated[int, typer.Option("--threads", help="torch threads for the steps; 0 = torch's default. "
                                              "1 keeps a shared machine's load from distorting the ratios.")] = 1,
@@ -135,6 +206,10 @@ def register(bench_app: typer.Typer) -> None:
                             ("--ntrees", ntrees)):
             if value <= 0:
                 raise UsageError(f"{name} must be > 0, got {value}")
+        if index_dim < 0 or rerank < 1 or not 0 <= hnsw_rebuild_fraction <= 1:
+            raise UsageError("--index-dim must be >= 0, --rerank >= 1, --hnsw-rebuild-fraction in [0, 1]")
+        if refresh not in REFRESH_MODES:
+            raise UsageError(f"--refresh must be one of {', '.join(REFRESH_MODES)}, got {refresh!r}")
         if sample_num > n:
             raise UsageError(f"--sample-num {sample_num} exceeds --classes {n}")
         contenders = tuple(only) if only else CONTENDERS
@@ -143,5 +218,7 @@ def register(bench_app: typer.Typer) -> None:
             raise UsageError(f"--only: unknown contender(s) {', '.join(bad)}; choose from {', '.join(CONTENDERS)}")
         params = {"classes": n, "dim": dim, "batch": batch, "sample_num": sample_num, "interval": interval,
                   "steps": steps, "full_steps": full_steps, "ntrees": ntrees, "hnsw_m": hnsw_m,
-                  "hnsw_ef_construction": hnsw_ef_construction, "hnsw_ef": hnsw_ef, "threads": threads}
+                  "hnsw_ef_construction": hnsw_ef_construction, "hnsw_ef": hnsw_ef, "threads": threads,
+                  "index_dim": index_dim, "rerank": rerank, "hnsw_rebuild_fraction": hnsw_rebuild_fraction,
+                  "refresh": refresh}
         run_select_speed(params, contenders, json)

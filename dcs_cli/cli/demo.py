@@ -15,13 +15,15 @@ def demo(
     images_per_identity: Annotated[int, typer.Option(help="Training images per identity.")] = 10,
     epochs: Annotated[int, typer.Option(help="Training epochs per mode.")] = 3,
     sample_num: Annotated[int, typer.Option(help="Active classes per step in the sampled (hf) run.")] = 100,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
+    pairs: Annotated[int, typer.Option(help="Held-out verification pairs.")] = 600,
     overwrite: Annotated[bool, typer.Option("--overwrite/--keep", help="Replace an earlier demo's folder.")] = True,
 ) -> None:
     """Synthesize a small face-like dataset, convert it, train hf and full softmax, extract, verify, compare."""
     from dcs_cli.demo import DemoSpec, run_demo
 
     spec = DemoSpec(identities=identities, images_per_identity=images_per_identity, epochs=epochs,
-                    sample_num=sample_num)
+                    sample_num=sample_num, batch_size=batch_size, pairs=pairs)
     run_demo(out_folder, spec, overwrite=overwrite)
 
 

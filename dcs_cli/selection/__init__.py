@@ -36,7 +36,7 @@ def _exact(cfg: SelectionConfig, n: int, b: int) -> Selector:
 def _index_kwargs(cfg: SelectionConfig) -> dict:
     return dict(interval=cfg.interval, seed=cfg.seed, metric=cfg.metric, adaptive=cfg.adaptive,
                 drift_threshold=cfg.drift_threshold, drift_check=cfg.drift_check, hard_factor=cfg.hard_factor,
-                background=cfg.background, jobs=cfg.build_jobs)
+                background=cfg.background, jobs=cfg.build_jobs, index_dim=cfg.index_dim, rerank=cfg.rerank)
 
 
 def _hf(cfg: SelectionConfig, n: int, b: int) -> Selector:
@@ -47,7 +47,7 @@ def _hf(cfg: SelectionConfig, n: int, b: int) -> Selector:
 def _hnsw(cfg: SelectionConfig, n: int, b: int) -> Selector:
     from dcs_cli.selection.hnsw import HnswSelector
     return HnswSelector(n, cfg.sample_num, b, m=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction,
-                        ef=cfg.hnsw_ef, **_index_kwargs(cfg))
+                        ef=cfg.hnsw_ef, rebuild_fraction=cfg.hnsw_rebuild_fraction, **_index_kwargs(cfg))
 
 
 SELECTORS: dict[str, Callable[[SelectionConfig, int, int], Selector]] = {

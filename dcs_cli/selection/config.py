@@ -17,7 +17,7 @@ class SelectionConfig:
     sample_num: int = opt(1000, "active classes per mini-batch (positives included)")
     interval: int = opt(100, "steps between index refreshes (hf, hnsw)")
     ntrees: int = opt(10, "Annoy trees in the hashing forest (hf)")
-    search_k: int = opt(-1, "Annoy search_k; -1 = 10 * ntrees * neighbours")
+    search_k: int = opt(-1, "Annoy search_k; -1 = 10 * ntrees * neighbours kept per sample (not rerank x that)")
     build_jobs: int = opt(-1, "threads for the Annoy build; -1 = all cores")
     hnsw_m: int = opt(16, "hnswlib M (hnsw)")
     hnsw_ef_construction: int = opt(100, "hnswlib ef_construction (hnsw)")
@@ -30,6 +30,13 @@ class SelectionConfig:
     background: bool = opt(True, "build refreshed indexes in a background thread (old index serves meanwhile); "
                                  "false = refresh in place (deterministic, stalls the step)")
     drift_check: int = opt(10, "adaptive: steps between drift measurements")
+    index_dim: int = opt(64, "hf/hnsw: index a PCA projection of the weights to this many dimensions "
+                             "(0 or >= d = the full rows); cuts build/refresh cost, see rerank")
+    rerank: int = opt(4, "hf/hnsw: retrieve rerank x k candidates per sample and keep the k best by the "
+                         "exact score against the current full rows (1 = take the index's order)")
+    hnsw_rebuild_fraction: float = opt(0.25, "hnsw: a refresh builds a fresh graph when more than this "
+                                             "fraction of the rows changed since the last one (re-inserting "
+                                             "that many rows costs more than a build), else re-inserts them")
     hard_factor: float = opt(2.0, "adaptive: the hardest samples get up to this many times the even share "
                                   "of neighbours (the easiest get half of it)")
 
@@ -43,4 +50,7 @@ class SelectionConfig:
         require(self.drift_threshold > 0, f"{key}.drift_threshold", "must be > 0")
         require(self.drift_check > 0, f"{key}.drift_check", "must be > 0")
         require(self.hard_factor >= 1, f"{key}.hard_factor", "must be >= 1")
+        require(self.index_dim >= 0, f"{key}.index_dim", "must be >= 0 (0 = index the full rows)")
+        require(self.rerank >= 1, f"{key}.rerank", "must be >= 1 (1 = no re-ranking)")
+        require(0 <= self.hnsw_rebuild_fraction <= 1, f"{key}.hnsw_rebuild_fraction", "must lie in [0, 1]")
         require(self.build_jobs == -1 or self.build_jobs > 0, f"{key}.build_jobs", "must be -1 (all cores) or > 0")

@@ -5,9 +5,18 @@ drift measurement and the adaptive share of neighbours.
     s = sel.select(features, labels)                    # query the serving index, compose S ids
     sel.refresh(store, step)                            # maybe start a refresh; never waits for one
 
-Refresh: a snapshot of the weights is taken in the caller's thread (a memcpy), the index is built or
-updated from it in a background thread, and the result is swapped in by the next `select`/`refresh`
-once ready; the old index serves meanwhile. Every refresh's wall time is recorded (`stats`).
+Refresh: the caller's thread only takes `store.weights()` (a live view for a CPU LocalStore: no N-sized
+copy stalls the step); the background thread fits the projection, reads the rows into the index's own
+(reduced, `index_dim`) snapshot chunk by chunk and builds. Rows the trainer updates while that read is
+under way may land in the snapshot at either their old or new value — harmless for an approximate
+index, and the re-rank scores the live rows anyway. Incremental backends (hnsw) instead re-insert the
+rows selected since the last snapshot, unless more than `rebuild_fraction` of N changed (then a fresh
+build is cheaper). The result is swapped in by the next `select`/`refresh` once ready; the old index
+serves meanwhile. Every refresh's wall time, and the part of it spent in the caller's thread, is recorded.
+
+Reduced index + exact re-rank (`index_dim`, `rerank`): the index holds a PCA projection of the rows
+(see projection.py); a query retrieves `rerank × k` candidates and keeps the k best by the exact score
+(x·w + b for dot, the cosine for angular) against the store's current full-d rows.
 
 Adaptive mode (the paper's scheme, our reading of it):
   (a) drift-triggered refresh: every `drift_check` steps, estimate
@@ -32,6 +41,7 @@ import torch.nn.functional as F
 from dcs_cli.errors import ConfigError, DcsError
 from dcs_cli.selection.base import Selection, Selector
 from dcs_cli.selection.compose import check_batch, compose
+from dcs_cli.selection.projection import Projection
 from dcs_cli.selection.store import ClassStore
 
 DRIFT_SAMPLE = 4096
@@ -44,7 +54,8 @@ class IndexSelector(Selector):
 
     def __init__(self, num_classes: int, sample_num: int, batch_size: int, *, interval: int = 100,
                  seed: int = 0, metric: str = "auto", adaptive: bool = False, drift_threshold: float = 0.05,
-                 drift_check: int = 10, hard_factor: float = 2.0, background: bool = True, jobs: int = -1):
+                 drift_check: int = 10, hard_factor: float = 2.0, background: bool = True, jobs: int = -1,
+                 index_dim: int = 0, rerank: int = 1, rebuild_fraction: float = 0.5):
         if sample_num > num_classes:
             raise ConfigError(f"selection.sample_num={sample_num} exceeds the {num_classes} classes; "
                               "lower it or use selection.mode=full")
@@ -53,6 +64,11 @@ class IndexSelector(Selector):
         self.interval, self.seed, self.metric = interval, seed, metric
         self.adaptive, self.drift_threshold, self.drift_check = adaptive, drift_threshold, drift_check
         self.hard_factor, self.background, self.jobs = hard_factor, background, jobs
+        if index_dim < 0 or rerank < 1 or not 0 <= rebuild_fraction <= 1:
+            raise ConfigError("selection.index_dim must be >= 0, selection.rerank >= 1 and "
+                              "selection.hnsw_rebuild_fraction in [0, 1]")
+        self.index_dim, self.rerank, self.rebuild_fraction = index_dim, rerank, rebuild_fraction
+        self.proj = Projection(None, False)  # the serving index's projection (identity until attach)
         self.generator = torch.Generator().manual_seed(seed)
         self.store: ClassStore | None = None
         self.index = None
@@ -68,6 +84,8 @@ class IndexSelector(Selector):
         self.build_seconds = 0.0
         self.refreshes = 0
         self.refresh_seconds: list[float] = []
+        self.stall_seconds: list[float] = []  # the part of each refresh spent in the caller's thread
+        self.rebuilds = 0  # refreshes that built afresh (always, for non-incremental backends)
         self.last_drift = 0.0
 
     # ----------------------------------------------------------------------------- backend hooks
@@ -99,7 +117,9 @@ class IndexSelector(Selector):
         self.store = store
         if self.index is None:
             start = time.perf_counter()
-            self._snap = store.weights().detach().to(torch.float32).numpy().copy()
+            weights = store.weights().detach()
+            self.proj = Projection.fit(weights, self.index_dim, self._resolved_metric(), self.seed)
+            self._snap = self.proj.apply(weights)
             self._snap_norm2 = float(np.square(self._snap).sum()) or 1.0
             self._dirty = torch.zeros(self.num_classes, dtype=torch.bool)
             self.index = self._build(self._snap)
@@ -111,8 +131,29 @@ class IndexSelector(Selector):
         self._poll()
         if self.index is None:
             raise DcsError(f"{self.name} selection has no index yet: call attach(store) before select")
-        feats = features.detach().to("cpu", torch.float32).numpy()
-        return torch.from_numpy(self._query(self.index, np.ascontiguousarray(feats), k).astype(np.int64))
+        feats = features.detach().to("cpu", torch.float32)
+        kq = min(k * self.rerank, self.num_classes)
+        cand = self._query(self.index, np.ascontiguousarray(self.proj.apply(feats)), kq)
+        cand = torch.from_numpy(cand.astype(np.int64))
+        if self.rerank > 1 or not self.proj.identity:
+            cand = self._rerank(feats, cand, k)
+        return cand
+
+    def _rerank(self, feats: torch.Tensor, cand: torch.Tensor, k: int) -> torch.Tensor:
+        """The k best of each sample's candidates by the exact score against the store's current rows."""
+        valid = cand >= 0
+        w, b = self.store.rows(cand.clamp(min=0).reshape(-1))
+        w = w.to("cpu", torch.float32).view(*cand.shape, -1)
+        if self._resolved_metric() == "angular":
+            scores = torch.einsum("bd,bkd->bk", F.normalize(feats, dim=1), F.normalize(w, dim=2))
+        else:
+            scores = torch.einsum("bd,bkd->bk", feats, w)
+            if b is not None:  # rank as the softmax logits do
+                scores += b.to("cpu", torch.float32).view(cand.shape)
+        scores = scores.masked_fill(~valid, float("-inf"))
+        top = scores.topk(min(k, cand.shape[1]), dim=1)
+        out = cand.gather(1, top.indices)
+        return out.masked_fill(top.values == float("-inf"), -1)
 
     def select(self, features: torch.Tensor, labels: torch.Tensor) -> Selection:
         check_batch(features, labels, self.num_classes)
@@ -177,29 +218,40 @@ class IndexSelector(Selector):
             return 0.0
         pick = dirty[torch.randperm(dirty.numel(), generator=self.generator)[:DRIFT_SAMPLE]]
         now, _ = self.store.rows(pick)
-        delta = now.to("cpu").numpy() - self._snap[pick.numpy()]
+        delta = self.proj.apply(now) - self._snap[pick.numpy()]
         moved2 = float(np.square(delta).sum()) * dirty.numel() / pick.numel()
         return (moved2 / self._snap_norm2) ** 0.5
 
     def _start_refresh(self) -> None:
         start = time.perf_counter()
-        if self.incremental:
+        changed = int(self._dirty.sum())
+        if self.incremental and changed <= self.rebuild_fraction * self.num_classes:
             ids = self._dirty.nonzero().squeeze(1)
-            rows = self.store.rows(ids)[0].detach().to("cpu", torch.float32).numpy()
+            rows = self.proj.apply(self.store.rows(ids)[0])
             self._snap[ids.numpy()] = rows
-            job = (self._update, (self.index, ids.numpy(), rows))
+            index, proj, snap = self.index, self.proj, self._snap
+
+            def job():
+                return self._update(index, ids.numpy(), rows), proj, snap
         else:
-            self._snap = self.store.weights().detach().to(torch.float32).numpy().copy()
-            job = (self._build, (self._snap,))
+            weights = self.store.weights().detach()  # a live view on a CPU store: read in the thread
+            metric, seed = self._resolved_metric(), self.seed + self.refreshes + 1
+
+            def job():
+                proj = Projection.fit(weights, self.index_dim, metric, seed)
+                snap = proj.apply(weights)
+                return self._build(snap), proj, snap
         self._dirty.zero_()
         self._snap_step = self.step
-        snap_seconds = time.perf_counter() - start
+        stall = time.perf_counter() - start
+        rebuilt = not (self.incremental and changed <= self.rebuild_fraction * self.num_classes)
 
         def run():
             t0 = time.perf_counter()
             try:
-                norm2 = float(np.square(self._snap).sum()) or 1.0
-                self._result = (job[0](*job[1]), norm2, snap_seconds + time.perf_counter() - t0)
+                index, proj, snap = job()
+                norm2 = float(np.square(snap).sum()) or 1.0
+                self._result = (index, proj, snap, norm2, stall + time.perf_counter() - t0, stall, rebuilt)
             except BaseException as exc:  # reported in the training thread by _poll
                 self._error = exc
 
@@ -221,11 +273,13 @@ class IndexSelector(Selector):
             err, self._error = self._error, None
             raise DcsError(f"{self.name} index refresh failed: {err}") from err
         if self._result is not None:
-            self.index, self._snap_norm2, seconds = self._result
+            self.index, self.proj, self._snap, self._snap_norm2, seconds, stall, rebuilt = self._result
             self._result = None
             self.index_step = self._snap_step
             self.refreshes += 1
+            self.rebuilds += int(rebuilt)
             self.refresh_seconds.append(seconds)
+            self.stall_seconds.append(stall)
 
     def wait(self) -> None:
         """Block until an in-flight refresh is done and swapped in (tests, benchmarks, checkpoints)."""
@@ -243,6 +297,8 @@ class IndexSelector(Selector):
             "index_age": self.step - self.index_step,
             "refreshes": self.refreshes,
             "refresh_seconds": float(sum(self.refresh_seconds)),
+            "refresh_stall_seconds": float(sum(self.stall_seconds)),
+            "rebuilds": self.rebuilds,
             "build_seconds": self.build_seconds,
             "refreshing": self._thread is not None,
             "drift": self.last_drift,
