@@ -22,3 +22,9 @@ def mxnet_fixtures() -> Path:
     if not (folder / "train.rec").exists():
         pytest.skip(f"mxnet fixtures not found at {folder}")
     return folder
+
+
+@pytest.fixture
+def pairs_bin(mxnet_fixtures) -> Path:
+    """The 12-pair `.bin` written the way InsightFace writes lfw.bin (pickle protocol 2, JPEG bytes)."""
+    return mxnet_fixtures / "pairs.bin"

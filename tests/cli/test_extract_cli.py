@@ -1,21 +1,11 @@
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from dcs_cli.cli.app import app
 from dcs_cli.config import load_config, to_dict
 from dcs_cli.models.backbones import build_backbone
-
-PAIRS_BIN = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "mxnet" / "pairs.bin"
-
-
-@pytest.fixture
-def pairs_bin() -> Path:
-    if not PAIRS_BIN.exists():
-        pytest.skip(f"fixture {PAIRS_BIN} not found")
-    return PAIRS_BIN
 
 
 def save_checkpoint(path: Path, ddp=False, classifier_in_backbone=False):

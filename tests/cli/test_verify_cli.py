@@ -11,15 +11,6 @@ from dcs_cli.cli.app import app
 from dcs_cli.config import load_config, to_dict
 from dcs_cli.models.backbones import build_backbone
 
-PAIRS_BIN = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "mxnet" / "pairs.bin"
-
-
-@pytest.fixture
-def pairs_bin() -> Path:
-    if not PAIRS_BIN.exists():
-        pytest.skip(f"fixture {PAIRS_BIN} not found")
-    return PAIRS_BIN
-
 
 def _extract(runner, tmp_path, bin_path) -> Path:
     cfg = load_config(overrides=["model.backbone=mobilefacenet", "model.feature_dim=16", "model.width=8",

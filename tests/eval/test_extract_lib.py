@@ -9,15 +9,6 @@ from dcs_cli.errors import ConfigError, OutputExistsError, UsageError
 from dcs_cli.eval.extract import ExtractJob, extract
 from dcs_cli.models.backbones import build_backbone
 
-PAIRS_BIN = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "mxnet" / "pairs.bin"
-
-
-@pytest.fixture
-def pairs_bin() -> Path:
-    if not PAIRS_BIN.exists():
-        pytest.skip(f"fixture {PAIRS_BIN} not found")
-    return PAIRS_BIN
-
 
 def make_checkpoint(path: Path, image_size=32, backbone="mobilefacenet"):
     cfg = load_config(overrides=[f"model.backbone={backbone}", "model.feature_dim=16", "model.width=8",
