@@ -47,10 +47,10 @@ CLUSTER = 50  # classes per cluster of the trained-looking weights
 REFRESH_MODES = ("sync", "background")
 
 
-def trained_looking(n: int, d: int, gen: torch.Generator, chunk: int = 1 << 16) -> torch.Tensor:
-    """N×d weights in clusters of CLUSTER classes: centre + half as much class-specific noise, scaled."""
+def trained_looking_(w: torch.Tensor, gen: torch.Generator, chunk: int = 1 << 16) -> torch.Tensor:
+    """Fill N×d `w` in place with rows in clusters of CLUSTER classes: centre + half as much own noise."""
+    n, d = w.shape
     centres = torch.randn((n + CLUSTER - 1) // CLUSTER, d, generator=gen)
-    w = torch.empty(n, d)
     for start in range(0, n, chunk):  # chunked so no second N×d temporary is made
         part = w[start:start + chunk]
         part.normal_(0.0, 0.5, generator=gen)
@@ -96,7 +96,7 @@ def _run_contender(mode: str, p: dict, queue) -> None:
         gen = torch.Generator().manual_seed(1)
         store = LocalStore(n, d, seed=0, init_std=0.0, params=OptimParams(lr=0.01, momentum=0.9,
                                                                             weight_decay=1e-4))
-        store.weight = trained_looking(n, d, gen)
+        trained_looking_(store.weight, gen)
         pool = batches(store.weight, b, POOL + 1, gen)
         held_out = pool.pop()[0]
         cfg = dataclasses.replace(SelectionConfig(), mode=mode, sample_num=p["sample_num"], interval=p["interval"],
@@ -139,7 +139,7 @@ def _run_contender(mode: str, p: dict, queue) -> None:
         idle = idle[1:] if len(idle) > 1 else idle
         queue.put({"name": mode, "steps": steps, "step_s": step,
                    "idle_step_s": sum(idle) / len(idle) if idle else float("nan"), "build_s": build,
-                   "refreshes": len(refreshes), "refresh_s": refresh,
+                   "refreshes": len(refreshes), "rebuilds": getattr(selector, "rebuilds", 0), "refresh_s": refresh,
                    "stall_s": sum(stalls) / len(stalls) if stalls else 0.0,
                    "amortized_s": step + (refresh / p["interval"] if mode in ("hf", "hnsw") else 0.0),
                    "recall": recall, "peak_rss_mb": peak_rss_mb()})
@@ -187,7 +187,7 @@ def register(bench_app: typer.Typer) -> None:
         hnsw_ef_construction: Annotated[int, typer.Option("--hnsw-ef-construction")] = 40,
         hnsw_ef: Annotated[int, typer.Option("--hnsw-ef", help="hnswlib ef at query time.")] = 64,
         index_dim: Annotated[int, typer.Option("--index-dim", help="hf/hnsw: PCA dimensions the index holds "
-                                               "(0 = full rows); selection.index_dim.")] = 64,
+                                               "(0 = full rows); selection.index_dim.")] = 32,
         rerank: Annotated[int, typer.Option("--rerank", help="hf/hnsw: candidates per kept neighbour, "
                                             "re-scored exactly; selection.rerank.")] = 4,
         hnsw_rebuild_fraction: Annotated[float, typer.Option(

@@ -41,7 +41,8 @@ def _index_kwargs(cfg: SelectionConfig) -> dict:
 
 def _hf(cfg: SelectionConfig, n: int, b: int) -> Selector:
     from dcs_cli.selection.annoy_hf import AnnoySelector
-    return AnnoySelector(n, cfg.sample_num, b, ntrees=cfg.ntrees, search_k=cfg.search_k, **_index_kwargs(cfg))
+    return AnnoySelector(n, cfg.sample_num, b, ntrees=cfg.ntrees, search_k=cfg.search_k,
+                         query_jobs=cfg.query_jobs, **_index_kwargs(cfg))
 
 
 def _hnsw(cfg: SelectionConfig, n: int, b: int) -> Selector:

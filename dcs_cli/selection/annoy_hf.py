@@ -14,8 +14,10 @@ refresh several times; `rerank` restores the exact order among the candidates.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
 from annoy import AnnoyIndex
 
 from dcs_cli.errors import ConfigError
@@ -30,11 +32,15 @@ class AnnoySelector(IndexSelector):
     name = "hf"
 
     def __init__(self, num_classes: int, sample_num: int, batch_size: int, *, ntrees: int = 10,
-                 search_k: int = -1, **kwargs):
+                 search_k: int = -1, query_jobs: int = -1, **kwargs):
         if ntrees <= 0:
             raise ConfigError(f"selection.ntrees must be > 0, got {ntrees}")
         super().__init__(num_classes, sample_num, batch_size, **kwargs)
-        self.ntrees, self.search_k = ntrees, search_k
+        if query_jobs == 0 or query_jobs < -1:
+            raise ConfigError(f"selection.query_jobs must be -1 (torch's thread count) or > 0, got {query_jobs}")
+        self.ntrees, self.search_k, self.query_jobs = ntrees, search_k, query_jobs
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_jobs = 0
 
     def _build(self, snapshot: np.ndarray):
         index = AnnoyIndex(snapshot.shape[1], ANNOY_METRIC[self._resolved_metric()])
@@ -53,7 +59,29 @@ class AnnoySelector(IndexSelector):
         kept = -(-k // self.rerank)
         search_k = self.search_k if self.search_k > 0 else max(k, 10 * self.ntrees * kept)
         out = np.full((features.shape[0], k), -1, dtype=np.int64)
-        for i, vec in enumerate(features):
-            found = index.get_nns_by_vector(vec, k, search_k=search_k)
-            out[i, : len(found)] = found
+
+        def run(lo: int, hi: int) -> None:
+            for i in range(lo, hi):
+                found = index.get_nns_by_vector(features[i], k, search_k=search_k)
+                out[i, : len(found)] = found
+
+        # Annoy releases the GIL inside a query, so threads over slices of the batch run in parallel;
+        # by default as many as torch uses for the step's own math (the same CPU budget).
+        jobs = min(self.query_jobs if self.query_jobs > 0 else torch.get_num_threads(), len(features))
+        if jobs <= 1:
+            run(0, len(features))
+            return out
+        if self._pool is None or self._pool_jobs != jobs:
+            if self._pool is not None:
+                self._pool.shutdown()
+            self._pool, self._pool_jobs = ThreadPoolExecutor(jobs, thread_name_prefix="dcs-hf-query"), jobs
+        bounds = np.linspace(0, len(features), jobs + 1).astype(int)
+        for fut in [self._pool.submit(run, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]:
+            fut.result()
         return out
+
+    def close(self) -> None:
+        super().close()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None

@@ -19,6 +19,7 @@ class SelectionConfig:
     ntrees: int = opt(10, "Annoy trees in the hashing forest (hf)")
     search_k: int = opt(-1, "Annoy search_k; -1 = 10 * ntrees * neighbours kept per sample (not rerank x that)")
     build_jobs: int = opt(-1, "threads for the Annoy build; -1 = all cores")
+    query_jobs: int = opt(-1, "hf: threads querying Annoy (it releases the GIL); -1 = torch's thread count")
     hnsw_m: int = opt(16, "hnswlib M (hnsw)")
     hnsw_ef_construction: int = opt(100, "hnswlib ef_construction (hnsw)")
     hnsw_ef: int = opt(64, "hnswlib ef at query time (hnsw)")
@@ -53,4 +54,6 @@ class SelectionConfig:
         require(self.index_dim >= 0, f"{key}.index_dim", "must be >= 0 (0 = index the full rows)")
         require(self.rerank >= 1, f"{key}.rerank", "must be >= 1 (1 = no re-ranking)")
         require(0 <= self.hnsw_rebuild_fraction <= 1, f"{key}.hnsw_rebuild_fraction", "must lie in [0, 1]")
+        require(self.query_jobs == -1 or self.query_jobs > 0, f"{key}.query_jobs",
+                "must be -1 (torch's thread count) or > 0")
         require(self.build_jobs == -1 or self.build_jobs > 0, f"{key}.build_jobs", "must be -1 (all cores) or > 0")

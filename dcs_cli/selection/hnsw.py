@@ -6,7 +6,10 @@
 Rows not selected since the last refresh did not move (the store's updates are lazy), so a refresh
 re-inserts only the selected ones: hnswlib's `add_items` with an existing label updates that element in
 place. The update runs in a background thread in chunks; a lock keeps queries and a chunk apart, so a
-step waits at most one chunk, never the whole refresh.
+step waits at most one chunk, never the whole refresh. Updating an element costs more than inserting it
+into a fresh graph (measured: re-inserting 63% of 100k rows took 143 s, a fresh build 31 s), so when more
+than `rebuild_fraction` of the rows changed (uniform labels, interval 100: most of them) the refresh
+builds a new graph instead, over the `index_dim` projection like the first build.
 """
 
 from __future__ import annotations

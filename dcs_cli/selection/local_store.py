@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from dcs_cli.errors import ConfigError, DataError
-from dcs_cli.selection.store import ClassStore, OptimParams, sgd_rows_
+from dcs_cli.selection.store import ClassStore, OptimParams, empty_rows, sgd_rows_
 
 INIT_KINDS = ("normal", "uniform")
 
@@ -40,14 +40,15 @@ class LocalStore(ClassStore):
         self.params = OptimParams(**vars(params)) if params is not None else OptimParams()
         # Initialise on the CPU with a seeded generator so every device gets the same start.
         gen = torch.Generator().manual_seed(int(seed))
-        weight = torch.empty(self.num_classes, self.dim)
+        weight = empty_rows(self.num_classes, self.dim)  # huge pages: faster random row access
         if init == "normal":
             weight.normal_(0.0, init_std, generator=gen)
         else:  # uniform with the same standard deviation
             bound = init_std * 3.0**0.5
             weight.uniform_(-bound, bound, generator=gen)
         self.weight = weight.to(self.device)
-        self.momentum = torch.zeros_like(self.weight)
+        self.momentum = (empty_rows(self.num_classes, self.dim, zero=True) if self.device.type == "cpu"
+                         else torch.zeros_like(self.weight))
         self.bias = torch.zeros(self.num_classes, device=self.device) if bias else None
         self.bias_momentum = torch.zeros(self.num_classes, device=self.device) if bias else None
 
@@ -96,6 +97,12 @@ class LocalStore(ClassStore):
             state["bias"], state["bias_momentum"] = self.bias.cpu(), self.bias_momentum.cpu()
         return state
 
+    def _table(self, source: torch.Tensor) -> torch.Tensor:
+        """A private float32 copy of an N×d table on this store's device (huge pages on the CPU)."""
+        if self.device.type != "cpu":
+            return source.to(self.device, torch.float32).clone()
+        return empty_rows(*source.shape).copy_(source)
+
     def load_state_dict(self, state: dict) -> None:
         shape = tuple(state["weight"].shape)
         if shape != (self.num_classes, self.dim):
@@ -103,8 +110,8 @@ class LocalStore(ClassStore):
                             f"({self.num_classes}, {self.dim}); use the config it was saved with")
         if ("bias" in state) != self.has_bias:
             raise DataError("class store state and this store disagree on the bias (head.bias)")
-        self.weight = state["weight"].to(self.device, torch.float32).clone()
-        self.momentum = state["momentum"].to(self.device, torch.float32).clone()
+        self.weight = self._table(state["weight"])
+        self.momentum = self._table(state["momentum"])
         if self.has_bias:
             self.bias = state["bias"].to(self.device, torch.float32).clone()
             self.bias_momentum = state["bias_momentum"].to(self.device, torch.float32).clone()

@@ -53,10 +53,9 @@ class Projection:
         sample = weights.index_select(0, pick).to("cpu", torch.float32)
         if normalize:
             sample = F.normalize(sample, dim=1)
-        # rows < dim (tiny stores): pad the basis with seeded random orthonormal columns
         _, _, vt = torch.linalg.svd(sample, full_matrices=False)
         basis = vt[:dim].T
-        if basis.shape[1] < dim:
+        if basis.shape[1] < dim:  # fewer rows than dim (tiny stores): pad with seeded orthonormal columns
             extra = torch.randn(d, dim - basis.shape[1], generator=gen)
             basis = torch.linalg.qr(torch.cat([basis, extra], 1)).Q[:, :dim]
         return cls(basis.contiguous(), normalize)

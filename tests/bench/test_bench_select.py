@@ -36,3 +36,33 @@ def test_bad_options():
     assert result.exit_code != 0 and "exceeds" in result.output
     result = runner.invoke(app, ["bench", "select-quality", "--only-bogus"])
     assert result.exit_code != 0
+
+
+def _regime(**kw):
+    p = {"classes": 1000, "dim": 16, "sample_num": 40, "batch": 20, "steps": 400, "interval": 40, "ntrees": 5,
+         "hnsw_ef_construction": 40, "lr": 0.05, "row_lr": 0.32, "drift_threshold": 0.05, "train_per_class": 8,
+         "hidden": 32, "threads": 1, "head": "softmax", "scale": 16.0, "margin": 0.2, "store_momentum": 0.0}
+    p.update(kw)
+    return p
+
+
+def test_select_quality_regime_converges():
+    """Regression: the old regime (row LR diluted by 1/B, plain MLP at LR 0.5) left every mode near chance."""
+    import dcs_cli.config  # noqa: F401 - section import order
+    from dcs_cli.bench.select_quality import train_one
+    from dcs_cli.data.config import SyntheticConfig
+    from dcs_cli.data.synthetic_features import SyntheticClasses
+
+    p = _regime()
+    syn = SyntheticClasses(SyntheticConfig(num_classes=p["classes"], dim=p["dim"], train_per_class=8,
+                                           val_per_class=2, seed=0))
+    data = (*syn.arrays("train"), *syn.arrays("val"))
+    rows = {name: train_one(name, p, data) for name in ("random", "exact", "hf")}
+    # 8 visits per class are enough to learn most classes; hard negatives beat uniform ones.
+    assert rows["exact"]["top1"] > 80, rows
+    assert rows["hf"]["top1"] > rows["random"]["top1"] + 3, rows
+
+
+def test_cosine_factor():
+    from dcs_cli.bench.select_quality import cosine_factor
+    assert cosine_factor(0, 10) == 1.0 and abs(cosine_factor(5, 10) - 0.5) < 1e-12 and cosine_factor(10, 10) < 1e-12
