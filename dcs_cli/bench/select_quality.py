@@ -124,7 +124,7 @@ def train_one(name: str, p: dict, data) -> dict:
         hits += len(set(t10) & g10)
     selector.close()
     return {"name": name, "top1": 100.0 * top1, "recall10": hits / (10 * len(y)),
-            "refreshes": getattr(selector, "refreshes", 0), "final_loss": float(loss), "wall_s": wall}
+            "refreshes": getattr(selector, "refreshes", 0), "final_loss": float(loss.detach()), "wall_s": wall}
 
 
 def run_select_quality(p: dict, contenders=CONTENDERS, json_path: Path | None = None) -> dict:

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dcs_cli.paramserver.matrix import MatrixSpec, PendingPush, ServedMatrix
-from dcs_cli.paramserver.server import _all_finite
+from dcs_cli.paramserver.validate import all_finite
 from dcs_cli.selection.store import OptimParams, sgd_rows_
 
 
@@ -19,16 +19,16 @@ from dcs_cli.selection.store import OptimParams, sgd_rows_
 )
 def test_all_finite_agrees_with_isfinite(values):
     arr = np.array(values, dtype=np.float32)
-    assert _all_finite(arr) == bool(np.isfinite(arr).all())
+    assert all_finite(arr) == bool(np.isfinite(arr).all())
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_all_finite_edge_cases(bad):
     big = np.full((100, 8), 3e38, dtype=np.float32)  # finite, but its squares overflow
-    assert _all_finite(big)
+    assert all_finite(big)
     big[57, 3] = bad
-    assert not _all_finite(big)
-    assert _all_finite(np.zeros((0, 8), np.float32))
+    assert not all_finite(big)
+    assert all_finite(np.zeros((0, 8), np.float32))
 
 
 def test_two_clients_sum_in_client_order_without_concatenation():
