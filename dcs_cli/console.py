@@ -85,11 +85,11 @@ def progress_bar(description: str, total: int | None, unit: str = "it") -> Itera
 
 def info(message: str) -> None:
     if not _state["quiet"]:
-        console.print(message)
+        console.print(message, soft_wrap=True)  # log lines stay whole when stderr is a file or a pipe
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}")
+    console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
 
 
 def error_line(message: str) -> None:

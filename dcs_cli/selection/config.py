@@ -17,7 +17,7 @@ class SelectionConfig:
     sample_num: int = opt(1000, "active classes per mini-batch (positives included)")
     interval: int = opt(100, "steps between index refreshes (hf, hnsw)")
     ntrees: int = opt(10, "Annoy trees in the hashing forest (hf)")
-    search_k: int = opt(-1, "Annoy search_k; -1 = 10 * ntrees * neighbours kept per sample (not rerank x that)")
+    search_k: int = opt(-1, "Annoy search_k; -1 = 20 * ntrees * neighbours kept per sample (not rerank x that)")
     build_jobs: int = opt(-1, "threads for the Annoy build; -1 = all cores")
     query_jobs: int = opt(-1, "hf: threads querying Annoy (it releases the GIL); -1 = torch's thread count")
     hnsw_m: int = opt(16, "hnswlib M (hnsw)")

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from dcs_cli.cli.app import app
@@ -68,3 +69,39 @@ def test_select_quality_regime_converges():
 def test_cosine_factor():
     from dcs_cli.bench.select_quality import cosine_factor
     assert cosine_factor(0, 10) == 1.0 and abs(cosine_factor(5, 10) - 0.5) < 1e-12 and cosine_factor(10, 10) < 1e-12
+
+
+def test_top1_matches_exact_topk():
+    """The chunked argmax used for held-out top-1 agrees with the exact top-1 oracle (dot and angular)."""
+    from dcs_cli.bench.select_quality import _top1
+    from dcs_cli.selection.exact import exact_topk
+
+    gen = torch.Generator().manual_seed(0)
+    feats, weights = torch.randn(600, 8, generator=gen), torch.randn(50, 8, generator=gen) * torch.rand(50, 1)
+    labels = torch.randint(0, 50, (600,), generator=gen)
+    for metric in ("dot", "angular"):
+        want = float((exact_topk(feats, weights, 1, metric)[1][:, 0] == labels).float().mean())
+        assert abs(_top1(feats, weights, labels, metric) - want) < 1e-9
+
+
+def test_full_mode_store_decay_is_not_scaled_by_batch(monkeypatch):
+    """Regression: the store's LR is row_lr × B, but its weight decay per step must stay row_lr × wd."""
+    import dcs_cli.selection.store as store_mod
+    from dcs_cli.bench import select_quality as sq
+
+    seen = []
+    real = store_mod.OptimParams
+
+    def spy(**kw):
+        seen.append(kw)
+        return real(**kw)
+
+    monkeypatch.setattr(store_mod, "OptimParams", spy)
+    import dcs_cli.config  # noqa: F401 - section import order
+    from dcs_cli.data.config import SyntheticConfig
+    from dcs_cli.data.synthetic_features import SyntheticClasses
+
+    p = _regime(classes=200, dim=8, sample_num=20, batch=10, steps=2, interval=1, hidden=8)
+    syn = SyntheticClasses(SyntheticConfig(num_classes=200, dim=8, train_per_class=2, val_per_class=1, seed=0))
+    sq.train_one("full", p, (*syn.arrays("train"), *syn.arrays("val")))
+    assert seen and abs(seen[0]["lr"] * seen[0]["weight_decay"] - p["row_lr"] * sq.WEIGHT_DECAY) < 1e-12
