@@ -89,24 +89,26 @@ def run_demo(out_folder: str | Path, spec: DemoSpec | None = None, overwrite: bo
 
     rows, targets = [], []
     for mode in spec.modes:
-        console.info(f"[bold]3/5 train[/bold] --mode {mode}")
+        console.info(f"[bold]3/5 train[/bold] --mode {mode} ({spec.epochs} epochs)")
         run_dir = out / "runs" / mode
         summary = run_train(_train_config(spec, converted, run_dir, mode), overwrite=True)
         checkpoint = list_checkpoints(run_dir)[-1]
-        console.info(f"[bold]4/5 extract[/bold] pairs.bin with {checkpoint}")
+        console.info(f"[bold]3/5 extract[/bold] pairs.bin features with {checkpoint}")
         features_dir = out / "features" / mode
         extract(ExtractJob(checkpoint=checkpoint, out_dir=features_dir, bins=[data["pairs_bin"]], overwrite=True))
         targets.append((mode, features_dir / "pairs.npy", Path(data["pairs_bin"])))
         steps = summary.get("steps") or 0
-        rows.append({"mode": mode, "steps": steps, "s/step": summary["wall_seconds"] / steps,
-                     "samples/s": summary.get("samples_per_s"), "val top-1": summary.get("val_top1")})
+        speed = summary.get("samples_per_s") or float("nan")
+        rows.append({"mode": mode, "steps": steps, "train s/step": spec.batch_size / speed, "samples/s": speed,
+                     "val top-1 %": 100 * (summary.get("val_top1") or 0.0), "run wall s": summary["wall_seconds"]})
 
-    console.info("[bold]5/5 verify[/bold] held-out pairs (10-fold)")
+    console.info("[bold]4/5 verify[/bold] held-out pairs (10-fold)")
     verified = verify_targets(targets, folds=10, plot=out / "roc.png", json_path=out / "verify.json")
     for row in rows:
         result = verified[row["mode"]]
-        row["verif. acc"] = result["accuracy"]
+        row["verif. acc %"] = 100 * result["accuracy"]
         row["AUC"] = result["auc"]
+    console.info("[bold]5/5 compare[/bold]")
     console.print_table("dcs demo: sampled (hf) vs full softmax", rows)
     summary = {"spec": dataclasses.asdict(spec), "data": data, "convert": {k: meta[k] for k in
                ("images", "classes", "train", "val")}, "rows": rows,

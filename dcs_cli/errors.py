@@ -42,3 +42,9 @@ class ServerError(DcsError):
 
 class DistError(DcsError):
     """Distributed start-up or communication failed."""
+
+
+class Interrupted(DcsError):
+    """The user stopped a long command (Ctrl-C / SIGINT); the message says what was kept."""
+
+    exit_code = 130

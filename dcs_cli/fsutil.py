@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -41,8 +42,19 @@ def write_text_atomic(target: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def _json_safe(obj):
+    """NaN/inf are not JSON: they become null so strict parsers (jq, JavaScript) read the file."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(target: str | os.PathLike, obj) -> None:
-    write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    write_text_atomic(target, json.dumps(_json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:

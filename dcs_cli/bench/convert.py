@@ -59,6 +59,8 @@ def run_convert_bench(images: int, workers: int, baseline_images: int, json_path
                       workdir: Path | None = None) -> dict:
     identities = max(1, images // _PER_IDENTITY)
     images = identities * _PER_IDENTITY
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dcs-bench-convert-", dir=workdir) as tmp:
         tmp = Path(tmp)
         info(f"writing a synthetic .rec of {images:,} 112×112 JPEGs ({identities:,} identities)")

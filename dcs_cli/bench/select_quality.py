@@ -182,8 +182,9 @@ def register(bench_app: typer.Typer) -> None:
         row_lr: Annotated[float, typer.Option(
             "--row-lr", help="Class rows' learning rate per sample: the store's LR is row_lr × batch, "
                              "because the batch-mean loss gives each row 1/batch of a sample's gradient.")] = 0.32,
-        drift_threshold: Annotated[float, typer.Option("--drift-threshold",
-                                                       help="hf+adaptive refresh threshold.")] = 0.05,
+        drift_threshold: Annotated[float, typer.Option(
+            "--drift-threshold", help="hf+adaptive: refresh when the updated rows moved this much relative to "
+                                      "the snapshot (checked every 10 steps).")] = 0.1,
         train_per_class: Annotated[int, typer.Option("--train-per-class")] = 8,
         threads: Annotated[int, typer.Option("--threads", help="torch threads for the steps; 0 = torch's default. "
                                              "1 keeps a shared machine's load from distorting the ratios.")] = 1,

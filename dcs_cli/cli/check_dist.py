@@ -8,7 +8,7 @@ import typer
 
 from dcs_cli.cli.options import JsonOpt
 from dcs_cli.console import info, print_table
-from dcs_cli.errors import DistError
+from dcs_cli.errors import DistError, UsageError
 from dcs_cli.fsutil import write_json_atomic
 from dcs_cli.train.dist import LaunchSpec
 
@@ -35,7 +35,11 @@ def check_dist_command(
 ) -> None:
     """Check that N workers can all-reduce correctly and measure the bandwidth (exit 1 on any mismatch)."""
     from dcs_cli.train.check_dist import check_dist, parse_sizes
+    from dcs_cli.train.dist import resolve_backend
 
+    if node_rank >= nnodes:
+        raise UsageError(f"--node-rank {node_rank} must be in [0, --nnodes {nnodes})")
+    backend = resolve_backend(backend)
     spec = LaunchSpec(nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr,
                       master_port=master_port)
     size_list = parse_sizes(sizes)

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from dcs_cli.errors import DataError
+from dcs_cli.errors import DataError, UsageError
 
 ACC_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
@@ -82,9 +82,9 @@ def pair_distances(features: np.ndarray) -> np.ndarray:
 def fold_ids(n: int, folds: int) -> np.ndarray:
     """Fold index of each of `n` items, in order, with sklearn `KFold(shuffle=False)` sizes."""
     if folds < 2:
-        raise DataError(f"--folds {folds}: need at least 2 folds")
+        raise UsageError(f"--folds {folds}: need at least 2 folds")
     if folds > n:
-        raise DataError(f"--folds {folds} is more than the {n} pairs; use --folds {max(2, min(10, n))} or fewer")
+        raise UsageError(f"--folds {folds} is more than the {n} pairs; use --folds {n} or fewer")
     sizes = np.full(folds, n // folds)
     sizes[: n % folds] += 1
     return np.repeat(np.arange(folds), sizes)

@@ -63,6 +63,9 @@ def strip_prefix(state: dict, strict: bool) -> tuple[dict, bool]:
     return dict(state), False
 
 
+MIN_LOADED_SHARE = 0.5
+
+
 def load_backbone_weights(model: nn.Module, state: dict, strict: bool = True, where: str = "checkpoint") -> dict:
     """Copy `state` into `model`; returns {loaded, missing, unexpected, mismatched, stripped_prefix}."""
     state, stripped = strip_prefix(state, strict)
@@ -85,6 +88,11 @@ def load_backbone_weights(model: nn.Module, state: dict, strict: bool = True, wh
     if not usable:
         raise DataError(f"{where}: none of the {len(state)} checkpoint keys matches model.backbone "
                         f"(e.g. {_names(list(state), 3)}); the config does not describe this checkpoint")
+    if len(usable) < MIN_LOADED_SHARE * len(own):
+        # --no-strict is for wrapper prefixes and extra classifier keys, not for another architecture:
+        # features from a mostly random network would look valid and mean nothing.
+        raise DataError(f"{where}: only {len(usable)} of the backbone's {len(own)} keys match the checkpoint; "
+                        f"it was trained with another architecture — check --config/--set model.*")
     model.load_state_dict(usable, strict=False)
     if unexpected or mismatched:
         warn(f"skipped {len(unexpected) + len(mismatched)} checkpoint key(s) not in the backbone: "

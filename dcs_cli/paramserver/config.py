@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from dcs_cli.config_fields import opt, require
+
+_ADDRESS = re.compile(r"tcp://(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.*-]+):(\d{1,5}|\*)|ipc://.+|inproc://.+")
 
 
 @dataclass
@@ -25,6 +28,10 @@ class ParamServerConfig:
     )
 
     def validate(self, key: str) -> None:
+        require(not self.address or _ADDRESS.fullmatch(self.address) is not None, f"{key}.address",
+                f"= {self.address!r} is not a ZeroMQ address; use tcp://host:port (e.g. tcp://127.0.0.1:5570)")
+        require(_ADDRESS.fullmatch(self.bind) is not None, f"{key}.bind",
+                f"= {self.bind!r} is not a ZeroMQ address; use tcp://host:port, tcp://127.0.0.1:* or ipc://path")
         require(self.snapshot_every >= 0, f"{key}.snapshot_every", "must be >= 0")
         require(self.heartbeat_timeout > 0, f"{key}.heartbeat_timeout", "must be > 0")
         require(self.request_timeout > 0, f"{key}.request_timeout", "must be > 0")

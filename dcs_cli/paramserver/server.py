@@ -447,7 +447,11 @@ def serve(cfg, resume: str | None = None, ready_file: str | None = None) -> int:
             + ", ".join(f"'{m.spec.name}' step {m.step}" for m in matrices)
         )
     if ps.snapshot_dir:
+        if Path(ps.snapshot_dir).exists() and not Path(ps.snapshot_dir).is_dir():
+            raise ConfigError(f"--snapshot-dir {ps.snapshot_dir} is a file; pass a folder for the snapshots")
         Path(ps.snapshot_dir).mkdir(parents=True, exist_ok=True)
+    else:
+        warn("no --snapshot-dir: the matrices live only in memory and are lost when the server stops")
     if ps.torch_threads > 0:
         torch.set_num_threads(ps.torch_threads)
     params = OptimParams(lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)

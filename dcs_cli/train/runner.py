@@ -16,15 +16,15 @@ from pathlib import Path
 
 from dcs_cli import console
 from dcs_cli.config import save_resolved, to_dict
-from dcs_cli.errors import ConfigError, DataError, ServerError
+from dcs_cli.errors import ConfigError, DataError, Interrupted, OutputExistsError, ServerError
 from dcs_cli.fsutil import guard_output_folder, write_json_atomic
-from dcs_cli.train.checkpoint import load_checkpoint
+from dcs_cli.train.checkpoint import list_checkpoints, load_checkpoint
 from dcs_cli.train.data import build_data, steps_per_epoch
 from dcs_cli.train.dist import LaunchSpec, env_world_size, launch, resolve_backend
 from dcs_cli.train.loop import TrainJob, train_worker
 from dcs_cli.train.metrics import read_metrics
 
-MARKER = "config.yaml"  # a folder holding it belongs to a started run: resume it or pass --overwrite
+MARKER = "config.yaml"  # written by every run: a folder holding it is a dcs run folder
 
 
 def under_torchrun() -> bool:
@@ -82,6 +82,16 @@ def _check_resume(cfg, state: dict) -> None:
                           f"{cfg.optim.epochs}; raise optim.epochs to train further")
 
 
+def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse a folder holding a run that saved something; clear one whose run never saved a checkpoint."""
+    finished = (run_dir / "summary.json").exists()
+    if (finished or list_checkpoints(run_dir)) and not overwrite:
+        raise OutputExistsError(f"{run_dir} holds a {'finished' if finished else 'started'} run; continue it with "
+                                f"dcs train --resume {run_dir}, or pass --overwrite to start afresh")
+    # A folder with our config.yaml but no checkpoint is a run that stopped before saving: start afresh.
+    guard_output_folder(run_dir, overwrite=True, marker=MARKER)
+
+
 def resolve_config(config_path, overrides: list[str], resume: str | None):
     """The run's config: defaults ← the checkpoint's config (resume) ← the YAML file ← overrides.
 
@@ -118,7 +128,7 @@ def run_train(cfg, resume: str | dict | None = None, overwrite: bool = False,
     if main:
         resuming_here = state is not None and Path(state["_path"]).resolve().parent.parent == run_dir.resolve()
         if not resuming_here:
-            guard_output_folder(run_dir, overwrite or cfg.output.overwrite, MARKER)
+            _prepare_run_dir(run_dir, overwrite or cfg.output.overwrite)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, run_dir)
     job = TrainJob(config=to_dict(cfg), run_dir=str(run_dir), resume=state["_path"] if state else None,
@@ -127,13 +137,19 @@ def run_train(cfg, resume: str | dict | None = None, overwrite: bool = False,
     console.info(f"train: mode {mode}, {data.num_classes:,} classes, {len(data.train):,} samples, "
                  f"{world} worker(s), run folder {run_dir}")
     start = time.perf_counter()
-    if external or world == 1:
-        result = train_worker(job)
-    else:
-        d = cfg.dist
-        spec = LaunchSpec(nproc=d.nproc, nnodes=d.nnodes, node_rank=d.node_rank, master_addr=d.master_addr,
-                          master_port=d.master_port)
-        result = launch(train_worker, (job,), spec).get(0) or {}
+    try:
+        if external or world == 1:
+            result = train_worker(job)
+        else:
+            d = cfg.dist
+            spec = LaunchSpec(nproc=d.nproc, nnodes=d.nnodes, node_rank=d.node_rank, master_addr=d.master_addr,
+                              master_port=d.master_port)
+            result = launch(train_worker, (job,), spec).get(0) or {}
+    except KeyboardInterrupt:
+        saved = list_checkpoints(run_dir)
+        hint = (f"resume from {saved[-1].name} with: dcs train --resume {run_dir}" if saved else
+                "no epoch finished, so nothing was saved; run the same command again to start afresh")
+        raise Interrupted(f"training interrupted; {hint}") from None
     seconds = time.perf_counter() - start
     summary = _summary(run_dir, result, mode, world, seconds)
     if main and not result.get("stopped"):

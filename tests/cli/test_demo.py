@@ -14,7 +14,7 @@ def test_demo_runs_the_whole_pipeline(runner, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert [row["mode"] for row in summary["rows"]] == ["hf", "full"]
     for row in summary["rows"]:
-        assert 0.0 <= row["verif. acc"] <= 1.0 and row["steps"] > 0
+        assert 0.0 <= row["verif. acc %"] <= 100.0 and row["steps"] > 0
         features = np.load(out / "features" / row["mode"] / "pairs.npy")
         assert features.shape == (80, 64) and np.isfinite(features).all()
         assert (out / "runs" / row["mode"] / "curves.png").exists()

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dcs_cli.bench.verify import random_pairs, verify_loop, verify_vectorised
-from dcs_cli.errors import DataError
+from dcs_cli.errors import DataError, UsageError
 from dcs_cli.eval.verify import (
     evaluate,
     exact_roc,
@@ -48,7 +48,7 @@ def test_evaluate_reports_the_loop_figures():
 @given(n=st.integers(1, 500), folds=st.integers(2, 20))
 def test_fold_sizes_match_sklearn_kfold(n, folds):
     if folds > n:
-        with pytest.raises(DataError, match="more than"):
+        with pytest.raises(UsageError, match="more than"):
             fold_ids(n, folds)
         return
     ids = fold_ids(n, folds)
