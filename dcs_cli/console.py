@@ -27,6 +27,8 @@ from rich.table import Table
 
 console = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)
+if not out.is_terminal:  # tables piped to a file or CI log: do not squeeze them into 80 columns
+    out.width = max(out.width, 160)
 
 _state = {"quiet": False, "verbose": False}
 

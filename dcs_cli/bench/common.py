@@ -14,13 +14,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from dcs_cli.console import print_table
 from dcs_cli.fsutil import write_json_atomic
 
 
 def machine() -> dict:
+    import torch  # imported here: `dcs --help` must not pay for torch
+
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {
         "cpus": os.cpu_count(),

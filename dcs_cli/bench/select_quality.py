@@ -16,7 +16,7 @@ Why this regime (it converges; the earlier 0.6-epoch one did not):
     compound its velocity (exact selection trained *worse* than random with store momentum 0.9).
   * The residual backbone starts as the identity, so the rows learnt early stay valid as it trains.
 Figures:
-  top1      held-out top-1 over all N classes (argmax of the softmax head over the whole matrix)
+  top1_pct  held-out top-1 (percent) over all N classes (argmax of the softmax head over the whole matrix)
   recall10  recall of the exact top-10 confusers (highest-scoring wrong classes under the final weights)
             among the 10 the selector retrieves for the sample, measured when training ends against the
             index the selector serves then (after an in-flight refresh lands): for hf/hnsw, whose last
@@ -133,7 +133,7 @@ def train_one(name: str, p: dict, data) -> dict:
         g10 = {c for c in g if c != lab and c >= 0}
         hits += len(set(t10) & g10)
     selector.close()
-    return {"name": name, "top1": 100.0 * top1, "recall10": hits / (10 * len(y)),
+    return {"name": name, "top1_pct": 100.0 * top1, "recall10": hits / (10 * len(y)),
             "refreshes": getattr(selector, "refreshes", 0), "final_loss": float(loss.detach()), "wall_s": wall}
 
 
@@ -169,10 +169,10 @@ def run_select_quality(p: dict, contenders=CONTENDERS, json_path: Path | None = 
 def register(bench_app: typer.Typer) -> None:
     @bench_app.command("select-quality")
     def select_quality(
-        classes: Annotated[int, typer.Option("--classes", help="Synthetic classes N.")] = 10_000,
+        classes: Annotated[int, typer.Option("--classes", help="Synthetic classes N.")] = 20_000,
         dim: Annotated[int, typer.Option("--dim", help="Feature and embedding dimension.")] = 64,
         budget: Annotated[float, typer.Option("--budget", help="sample_num as a fraction of N.")] = 0.01,
-        batch: Annotated[int, typer.Option("--batch", help="Batch size (at most sample_num).")] = 50,
+        batch: Annotated[int, typer.Option("--batch", help="Batch size (at most sample_num).")] = 100,
         steps: Annotated[int, typer.Option("--steps", help="Training steps per contender.")] = 1500,
         interval: Annotated[int, typer.Option("--interval", help="Steps between index refreshes.")] = 150,
         ntrees: Annotated[int, typer.Option("--ntrees", help="Annoy trees (hf).")] = 10,

@@ -30,7 +30,7 @@ def test_select_quality_tiny(tmp_path):
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"full", "random", "hf", "hnsw", "exact", "hf+adaptive"}
-    assert rows["exact"]["recall10"] == 1.0 and 0 <= rows["hf"]["top1"] <= 100
+    assert rows["exact"]["recall10"] == 1.0 and 0 <= rows["hf"]["top1_pct"] <= 100
 
 
 def test_bad_options():
@@ -62,8 +62,8 @@ def test_select_quality_regime_converges():
     data = (*syn.arrays("train"), *syn.arrays("val"))
     rows = {name: train_one(name, p, data) for name in ("random", "exact", "hf")}
     # Measured: random 36%, exact 69%, hf 68% (the old regime: all under 3%); hard negatives beat uniform.
-    assert rows["exact"]["top1"] > 50, rows
-    assert rows["hf"]["top1"] > rows["random"]["top1"] + 3, rows
+    assert rows["exact"]["top1_pct"] > 50, rows
+    assert rows["hf"]["top1_pct"] > rows["random"]["top1_pct"] + 3, rows
 
 
 def test_cosine_factor():

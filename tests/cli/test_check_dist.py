@@ -47,3 +47,9 @@ def test_port_in_use_gives_a_hint():
         s.listen()
         with pytest.raises(DistError, match="in use"):
             check_dist(LaunchSpec(nproc=2, master_port=port), backend="gloo", sizes=[1024], iters=1)
+
+
+def test_node_rank_outside_nnodes_is_a_usage_error(runner):
+    result = runner.invoke(app, ["check-dist", "--nproc", "1", "--nnodes", "2", "--node-rank", "5"])
+    assert result.exit_code == 2
+    assert "--node-rank 5 must be in [0, --nnodes 2)" in result.output

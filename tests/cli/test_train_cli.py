@@ -74,3 +74,22 @@ def test_bad_input_is_one_line_before_workers(runner, tmp_path, case):
 def test_train_needs_a_config(runner):
     result = runner.invoke(app, ["train"])
     assert result.exit_code == 2 and "--config" in result.output
+
+
+def test_a_run_that_never_saved_can_be_started_again(runner, tmp_path):
+    out = tmp_path / "run"
+    # sample_num below the batch's distinct labels fails inside the first step, after the folder was made
+    bad = runner.invoke(app, ["train", "--config", CONFIG, "--mode", "random", "--out", str(out),
+                              "--set", "optim.epochs=1", *TINY, "--set", "selection.sample_num=5"])
+    assert bad.exit_code != 0
+    assert (out / "config.yaml").exists() and not (out / "checkpoints").exists()
+    good = runner.invoke(app, ["train", "--config", CONFIG, "--mode", "random", "--out", str(out),
+                               "--set", "optim.epochs=1", *TINY])
+    assert good.exit_code == 0, good.output
+
+
+def test_paramserver_address_is_checked(runner, tmp_path):
+    result = runner.invoke(app, ["train", "--config", CONFIG, "--mode", "hf", "--out", str(tmp_path / "r"),
+                                 "--set", "paramserver.address=foo:bar"])
+    assert result.exit_code == 2
+    assert "paramserver.address = 'foo:bar' is not a ZeroMQ address" in result.output
