@@ -31,6 +31,7 @@ def check_dist_command(
     node_rank: NodeRankOpt = 0,
     master_addr: MasterAddrOpt = "127.0.0.1",
     master_port: MasterPortOpt = 0,
+    timeout: Annotated[int, typer.Option("--timeout", help="Seconds to wait for every node to join.", min=1)] = 300,
     json_path: JsonOpt = None,
 ) -> None:
     """Check that N workers can all-reduce correctly and measure the bandwidth (exit 1 on any mismatch)."""
@@ -41,7 +42,7 @@ def check_dist_command(
         raise UsageError(f"--node-rank {node_rank} must be in [0, --nnodes {nnodes})")
     backend = resolve_backend(backend)
     spec = LaunchSpec(nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr,
-                      master_port=master_port)
+                      master_port=master_port, rdzv_timeout=timeout)
     size_list = parse_sizes(sizes)
     info(f"check-dist: {nproc * nnodes} workers, backend {backend}, sizes {sizes}, {iters} iterations")
     rows = check_dist(spec, backend=backend, sizes=size_list, iters=iters)

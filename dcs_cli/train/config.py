@@ -51,6 +51,7 @@ class DistConfig:
     backend: Literal["auto", "gloo", "nccl"] = opt("auto", "auto = nccl with CUDA, gloo otherwise")
     threads: int = opt(0, "CPU threads per worker for torch ops (torch.set_num_threads); 0 = torch's default "
                           "(one per core; launched workers get cores / nproc)")
+    rdzv_timeout: int = opt(300, "seconds to wait for every node to join the rendezvous before failing")
 
     def validate(self, key: str) -> None:
         require(self.nproc > 0, f"{key}.nproc", "must be > 0")
@@ -58,6 +59,7 @@ class DistConfig:
         require(0 <= self.node_rank < self.nnodes, f"{key}.node_rank", "must be in [0, nnodes)")
         require(0 <= self.master_port < 65536, f"{key}.master_port", "must be a port number")
         require(self.threads >= 0, f"{key}.threads", "must be >= 0 (0 = default)")
+        require(self.rdzv_timeout > 0, f"{key}.rdzv_timeout", "must be > 0")
 
 
 @dataclass

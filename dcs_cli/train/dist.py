@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from dcs_cli import errors
+from dcs_cli.console import info
 from dcs_cli.errors import DcsError, DistError, UsageError
 
 
@@ -218,6 +219,9 @@ def launch(fn: Callable, args: tuple, spec: LaunchSpec) -> dict[int, object]:
         if spec.node_rank == 0 and _port_in_use(spec.master_addr, port):
             raise DistError(f"port {port} on {spec.master_addr} is in use (another run?); "
                             f"pass --master-port 0 to pick a free one")
+    if spec.nnodes > 1:
+        info(f"node {spec.node_rank}: waiting up to {spec.rdzv_timeout}s for {spec.nnodes} nodes at "
+             f"{spec.master_addr}:{port}")
     for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
         logging.getLogger(name).setLevel(logging.ERROR)
     config = LaunchConfig(

@@ -143,7 +143,7 @@ def run_train(cfg, resume: str | dict | None = None, overwrite: bool = False,
         else:
             d = cfg.dist
             spec = LaunchSpec(nproc=d.nproc, nnodes=d.nnodes, node_rank=d.node_rank, master_addr=d.master_addr,
-                              master_port=d.master_port)
+                              master_port=d.master_port, rdzv_timeout=d.rdzv_timeout)
             result = launch(train_worker, (job,), spec).get(0) or {}
     except KeyboardInterrupt:
         saved = list_checkpoints(run_dir)
