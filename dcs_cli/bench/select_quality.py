@@ -185,7 +185,8 @@ def register(bench_app: typer.Typer) -> None:
         drift_threshold: Annotated[float, typer.Option(
             "--drift-threshold", help="hf+adaptive: refresh when the updated rows moved this much relative to "
                                       "the snapshot (checked every 10 steps).")] = 0.1,
-        train_per_class: Annotated[int, typer.Option("--train-per-class")] = 8,
+        train_per_class: Annotated[int, typer.Option("--train-per-class",
+                                                                help="Training samples per class.")] = 8,
         threads: Annotated[int, typer.Option("--threads", help="torch threads for the steps; 0 = torch's default. "
                                              "1 keeps a shared machine's load from distorting the ratios.")] = 1,
         store_momentum: Annotated[float, typer.Option(

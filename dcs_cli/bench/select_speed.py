@@ -184,7 +184,8 @@ def register(bench_app: typer.Typer) -> None:
                                                 "(a full step at N=1M takes seconds).")] = 3,
         ntrees: Annotated[int, typer.Option("--ntrees", help="Annoy trees (hf).")] = 4,
         hnsw_m: Annotated[int, typer.Option("--hnsw-m", help="hnswlib M.")] = 12,
-        hnsw_ef_construction: Annotated[int, typer.Option("--hnsw-ef-construction")] = 40,
+        hnsw_ef_construction: Annotated[int, typer.Option(
+            "--hnsw-ef-construction", help="hnswlib ef_construction of the hnsw contender.")] = 40,
         hnsw_ef: Annotated[int, typer.Option("--hnsw-ef", help="hnswlib ef at query time.")] = 64,
         index_dim: Annotated[int, typer.Option("--index-dim", help="hf/hnsw: PCA dimensions the index holds "
                                                "(0 = full rows); selection.index_dim.")] = 32,
@@ -194,7 +195,8 @@ def register(bench_app: typer.Typer) -> None:
             "--hnsw-rebuild-fraction", help="hnsw: fresh build when more than this share of rows changed.")] = 0.25,
         refresh: Annotated[str, typer.Option("--refresh", help="sync: refreshes run in the step and are timed "
                                              "alone; background: in a thread beside the steps.")] = "sync",
-        only: Annotated[Optional[list[str]], typer.Option("--only", help="Run only these contenders.")] = None,
+        only: Annotated[Optional[list[str]], typer.Option(
+            "--only", help="Run only these contenders (repeatable): full, random, exact, hf, hnsw.")] = None,
         threads: Annotated[int, typer.Option("--threads", help="torch threads for the steps; 0 = torch's default. "
                                              "1 keeps a shared machine's load from distorting the ratios.")] = 1,
         json: JsonOpt = None,
