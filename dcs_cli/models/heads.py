@@ -49,7 +49,8 @@ class _CosineHead(nn.Module):
         return F.normalize(features, dim=1) @ F.normalize(weight_rows, dim=1).T
 
     def target_logit(self, cos_t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError  # each subclass defines its margin
+        """The target's logit before scaling; subclasses apply their margin (here none: NormFace)."""
+        return cos_t
 
     def forward(self, features, weight_rows, bias_rows=None, local_labels=None):
         cos = self.cosine(features, weight_rows).clamp(-1.0, 1.0)
