@@ -1,28 +1,52 @@
-"""`dcs bench <scenario>`: side-by-side benchmarks (see BENCHMARKS in the README)."""
+"""`dcs bench <scenario>`: side-by-side benchmarks (see BENCHMARKS in the README).
+
+Scenario modules import torch, numpy and friends; they are imported only when a scenario (or
+`dcs bench --help`) is asked for, so `dcs --help` and every other command start without them.
+"""
 
 from __future__ import annotations
 
 import importlib
 
 import typer
+from typer.core import TyperGroup
 
-# One line per scenario module; each exposes `register(bench_app)`.
-SCENARIOS: list[str] = [
-    "dcs_cli.bench.verify",
-    "dcs_cli.bench.convert",
-    "dcs_cli.bench.select_speed",
-    "dcs_cli.bench.select_quality",
-    "dcs_cli.bench.paramserver",
-]
+# scenario name → module exposing `register(bench_app)`; one line per scenario.
+SCENARIOS: dict[str, str] = {
+    "convert": "dcs_cli.bench.convert",
+    "paramserver": "dcs_cli.bench.paramserver",
+    "select-quality": "dcs_cli.bench.select_quality",
+    "select-speed": "dcs_cli.bench.select_speed",
+    "verify": "dcs_cli.bench.verify",
+}
+
+
+class _LazyScenarios(TyperGroup):
+    """Builds a scenario's command from its module on first use."""
+
+    def list_commands(self, ctx):
+        return list(SCENARIOS)
+
+    def get_command(self, ctx, name):
+        module = SCENARIOS.get(name)
+        if module is None:
+            return None
+        scenario_app = typer.Typer()
+        importlib.import_module(module).register(scenario_app)
+        return typer.main.get_command(scenario_app)
+
 
 bench_app = typer.Typer(
+    cls=_LazyScenarios,
     help="Benchmarks that compare contenders side by side in one run; prints a table, --json writes it.",
     no_args_is_help=True,
 )
 
 
+@bench_app.callback()
+def _bench() -> None:
+    """Benchmarks that compare contenders side by side in one run; prints a table, --json writes it."""
+
+
 def register(app: typer.Typer) -> None:
-    for module in SCENARIOS:
-        importlib.import_module(module).register(bench_app)
-    if SCENARIOS:
-        app.add_typer(bench_app, name="bench")
+    app.add_typer(bench_app, name="bench")

@@ -10,7 +10,6 @@ from dcs_cli.cli.options import JsonOpt
 from dcs_cli.console import info, print_table
 from dcs_cli.errors import DistError, UsageError
 from dcs_cli.fsutil import write_json_atomic
-from dcs_cli.train.dist import LaunchSpec
 
 NprocOpt = Annotated[int, typer.Option("--nproc", help="Workers on this node (one per device).", min=1)]
 NnodesOpt = Annotated[int, typer.Option("--nnodes", help="Number of nodes.", min=1)]
@@ -36,7 +35,7 @@ def check_dist_command(
 ) -> None:
     """Check that N workers can all-reduce correctly and measure the bandwidth (exit 1 on any mismatch)."""
     from dcs_cli.train.check_dist import check_dist, parse_sizes
-    from dcs_cli.train.dist import resolve_backend
+    from dcs_cli.train.dist import LaunchSpec, resolve_backend
 
     if node_rank >= nnodes:
         raise UsageError(f"--node-rank {node_rank} must be in [0, --nnodes {nnodes})")

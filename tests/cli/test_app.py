@@ -17,3 +17,20 @@ def test_version(runner):
 def test_unknown_command_is_a_usage_error(runner):
     result = runner.invoke(app, ["no-such-command"])
     assert result.exit_code == 2
+
+
+def test_bench_lists_every_scenario(runner):
+    result = runner.invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0, result.output
+    for name in ("convert", "paramserver", "select-quality", "select-speed", "verify"):
+        assert name in result.output
+
+
+def test_cli_starts_without_torch():
+    """`dcs --help` must stay fast: command modules import their heavy libraries only when they run."""
+    import subprocess
+    import sys
+
+    code = "import sys, dcs_cli.cli.app; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
