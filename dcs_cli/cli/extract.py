@@ -15,7 +15,8 @@ def register(app: typer.Typer) -> None:
     def extract(
         checkpoint: Annotated[Path, typer.Option(help="Checkpoint of `dcs train` (or a bare backbone "
                                                  "state_dict with --config).", show_default=False)],
-        out_dir: Annotated[Path, typer.Option(help="Folder for <name>.npy (and extract.json).",
+        out_dir: Annotated[Path, typer.Option("--out-dir", "--out-folder", "-o",
+                                              help="Folder for <name>.npy (and extract.json).",
                                               show_default=False)],
         bin: Annotated[Optional[list[Path]], typer.Option("--bin", help="A .bin pair set (repeatable).",
                                                           show_default=False)] = None,

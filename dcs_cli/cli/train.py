@@ -38,7 +38,8 @@ def train_command(
         "--master-port", help="Rendezvous port on node 0; 0 = a free one, one node only (dist.master_port).",
         min=0, max=65535, show_default=False)] = None,
     out: Annotated[
-        Optional[Path], typer.Option("--out", help="Run folder (output.dir).", show_default=False)
+        Optional[Path], typer.Option("--out", "--out-folder", "-o", help="Run folder (output.dir).",
+                                     show_default=False)
     ] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
