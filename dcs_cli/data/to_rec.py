@@ -27,11 +27,12 @@ _MAX_LABEL = 1 << 24
 _WINDOW = 2048
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path) -> bytes | OSError:
+    """The file's bytes, or the OSError, so the caller can name the list entry that points at it."""
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise DataError(f"{path}: cannot read image ({exc.strerror})") from None
+        return exc
 
 
 def list_to_rec(list_path: str | os.PathLike, root: str | os.PathLike, out_folder: str | os.PathLike,
@@ -67,6 +68,10 @@ def list_to_rec(list_path: str | os.PathLike, root: str | os.PathLike, out_folde
             for w in range(0, n, _WINDOW):
                 # Read a window of files in parallel (order kept), write them sequentially.
                 for j, payload in enumerate(pool.map(_read, paths[w:w + _WINDOW])):
+                    if isinstance(payload, OSError):
+                        entry = int(order[w + j])
+                        raise DataError(f"{list_path}: entry {entry + 1} ({entries[entry][0]}): cannot read "
+                                        f"{paths[w + j]} ({payload.strerror}); fix the list or --root")
                     try:
                         image_ext(payload)
                     except DataError as exc:

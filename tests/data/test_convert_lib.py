@@ -108,7 +108,7 @@ def test_list_to_rec_rejects_label_gaps_and_missing_files(tmp_path):
     with pytest.raises(DataError, match="label 1 has no images"):
         list_to_rec(tmp_path / "gap.txt", tmp_path / "imgs" / "images", tmp_path / "o1")
     write_list(tmp_path / "missing.txt", entries + [("nope.jpg", 0)])
-    with pytest.raises(DataError, match=r"nope\.jpg: cannot read image"):
+    with pytest.raises(DataError, match=r"missing\.txt: entry 4 \(nope\.jpg\): cannot read .*nope\.jpg"):
         list_to_rec(tmp_path / "missing.txt", tmp_path / "imgs" / "images", tmp_path / "o2")
     assert not (tmp_path / "o2" / "train.rec").exists() and not (tmp_path / "o2" / "meta.json").exists()
 
