@@ -10,7 +10,6 @@ Progress bars are off with `--quiet` or when stderr is not a terminal.
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Callable, Iterator, Sequence
 
 from rich.console import Console
@@ -18,12 +17,14 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 console = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)
@@ -53,15 +54,16 @@ def progress_enabled() -> bool:
     return not _state["quiet"] and console.is_terminal
 
 
-class _Rate(TextColumn):
+class _Rate(ProgressColumn):
+    """Items per second in the progress bar's own unit (images/s, steps/s)."""
+
     def __init__(self, unit: str):
-        super().__init__("")
+        super().__init__()
         self.unit = unit
 
-    def render(self, task):  # noqa: D401 - rich hook
+    def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
-        text = f"{speed:,.0f} {self.unit}/s" if speed else f"? {self.unit}/s"
-        return super().render(task).__class__(text, style="progress.data.speed")
+        return Text(f"{speed:,.0f} {self.unit}/s" if speed else f"? {self.unit}/s", style="progress.data.speed")
 
 
 @contextlib.contextmanager
@@ -118,7 +120,3 @@ def print_table(title: str, rows: Sequence[dict], columns: Sequence[str] | None 
     for row in rows:
         table.add_row(*[_fmt(row.get(c, "")) for c in columns])
     out.print(table)
-
-
-def flush() -> None:
-    sys.stdout.flush()

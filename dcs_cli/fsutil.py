@@ -57,11 +57,6 @@ def write_json_atomic(target: str | os.PathLike, obj) -> None:
     write_text_atomic(target, json.dumps(_json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
-def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
-
-
 def guard_output_folder(folder: str | os.PathLike, overwrite: bool, marker: str) -> Path:
     """Refuse to reuse a finished output folder (one holding `marker`) unless `overwrite`.
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import platform
 import resource
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from dcs_cli.console import print_table
@@ -34,14 +32,6 @@ def machine() -> dict:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def timed(fn: Callable[[], object], repeat: int = 1) -> float:
-    """Mean seconds per call of `fn` over `repeat` calls."""
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - start) / repeat
 
 
 def report(scenario: str, params: dict, rows: list[dict], json_path: str | Path | None = None) -> dict:
