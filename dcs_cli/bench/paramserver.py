@@ -8,13 +8,17 @@ with 1 client (this process) and with 2 client processes (synchronous SGD: each 
 rows/s counts rows that went out and came back (one row = one get + one push); payload MB/s is the float32
 row bytes moved both ways (ids not counted). The "get only" rows time `rows()` alone (no SGD update), which
 isolates gather + transport from the update arithmetic both stores share. Latency is per client step
-(get + push, barrier included).
+(get + push, barrier included). The server runs twice: where the OS schedules it ("any"), and, on a
+machine with 2 or more cores, on a core of its own (`dcs paramserver --cpus`) with the clients on the
+others, as `taskset` would place them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing as mp
+import os
 import time
 from typing import Annotated
 
@@ -25,6 +29,7 @@ import typer
 from dcs_cli.bench.common import peak_rss_mb, report
 from dcs_cli.cli.options import JsonOpt
 from dcs_cli.console import info, progress_bar
+from dcs_cli.cpus import available_cpus, format_cpu_list
 from dcs_cli.errors import UsageError
 from dcs_cli.selection.store import ClassStore, LocalStore, OptimParams
 
@@ -59,11 +64,13 @@ def _run_steps(
 
 
 def _client_process(
-    address, num_classes, dim, rows, steps, warmup, seed, threads, start_barrier, out_queue
+    address, num_classes, dim, rows, steps, warmup, seed, threads, cores, start_barrier, out_queue
 ) -> None:
     """One of the 2 benchmark clients (a separate process, like one training rank)."""
     from dcs_cli.paramserver.client import RemoteStore
 
+    if cores:
+        os.sched_setaffinity(0, cores)
     torch.set_num_threads(threads)
     try:
         id_sets = _id_sets(num_classes, rows, steps + warmup, seed)
@@ -76,18 +83,69 @@ def _client_process(
 
 
 def _row(
-    name: str, clients: int, rows: int, dim: int, latencies: list[float], wall: float, ways: int = 2
+    name: str, clients: int, rows: int, dim: int, latencies: list[float], wall: float, ways: int = 2,
+    placement: str = "any",
 ) -> dict:
     total_rows = rows * len(latencies)
     rate = total_rows / wall
     return {
         "name": name,
         "clients": clients,
+        "placement": placement,
         "rows_per_s": rate,
         "payload_MB_per_s": rate * dim * 4 * ways / 1e6,
         "p50_step_ms": float(np.percentile(latencies, 50) * 1e3),
         "p99_step_ms": float(np.percentile(latencies, 99) * 1e3),
     }
+
+
+@contextlib.contextmanager
+def _affinity(cores: set[int] | None):
+    """This process on `cores` inside the block (None: leave it where it is)."""
+    if cores is None:
+        yield
+        return
+    before = available_cpus()
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _placements() -> list[tuple[str, int | None, set[int] | None]]:
+    """(label, server core, client cores): the OS's choice, and the server on a core of its own."""
+    cores = sorted(available_cpus())
+    out: list[tuple[str, int | None, set[int] | None]] = [("any", None, None)]
+    if len(cores) >= 2 and hasattr(os, "sched_setaffinity"):
+        server, clients = cores[0], set(cores[1:])
+        out.append((f"server {server} | clients {format_cpu_list(clients)}", server, clients))
+    return out
+
+
+def _two_clients(address, classes, dim, rows, steps, warmup, threads, cores) -> tuple[list[float], float]:
+    ctx = mp.get_context("spawn")
+    queue, start_barrier = ctx.Queue(), ctx.Barrier(2)
+    procs = [
+        ctx.Process(
+            target=_client_process,
+            args=(address, classes, dim, rows, steps, warmup, 10 + k, threads, cores, start_barrier, queue),
+        )
+        for k in range(2)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        outs = [queue.get(timeout=600 + 10 * steps) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    failed = [o for o in outs if isinstance(o, str)]
+    if failed:
+        raise UsageError(f"a benchmark client failed: {failed[0]}")
+    return [x for o in outs for x in o[0]], max(o[1] for o in outs)
 
 
 def run_paramserver_bench(
@@ -115,50 +173,22 @@ def run_paramserver_bench(
     del store
     gc.collect()
 
-    info("starting a paramserver process on a loopback port")
-    with start_background("tcp://127.0.0.1:*", torch_threads=threads) as server:
-        with RemoteStore(server.address, MATRIX, classes, dim, params=PARAMS, timeout=600) as remote:
-            with progress_bar("paramserver, 1 client", total=steps, unit="steps") as advance:
-                lat, wall = _run_steps(remote, id_sets, grad, warmup, advance)
-            lat_get, wall_get = _run_steps(remote, id_sets, None, warmup)
-        results.append(_row("paramserver", 1, rows, dim, lat, wall))
-        results.append(_row("paramserver, get only", 1, rows, dim, lat_get, wall_get, ways=1))
-
-        info("paramserver, 2 client processes")
-        ctx = mp.get_context("spawn")
-        queue, start_barrier = ctx.Queue(), ctx.Barrier(2)
-        procs = [
-            ctx.Process(
-                target=_client_process,
-                args=(
-                    server.address,
-                    classes,
-                    dim,
-                    rows,
-                    steps,
-                    warmup,
-                    10 + k,
-                    threads,
-                    start_barrier,
-                    queue,
-                ),
-            )
-            for k in range(2)
-        ]
-        for p in procs:
-            p.start()
-        try:
-            outs = [queue.get(timeout=600 + 10 * steps) for _ in procs]
-        finally:
-            for p in procs:
-                p.join(timeout=30)
-                if p.is_alive():
-                    p.kill()
-        failed = [o for o in outs if isinstance(o, str)]
-        if failed:
-            raise UsageError(f"a benchmark client failed: {failed[0]}")
-        lat = [x for o in outs for x in o[0]]
-        results.append(_row("paramserver", 2, rows, dim, lat, max(o[1] for o in outs)))
+    for placement, server_core, client_cores in _placements():
+        where = "" if server_core is None else f" on core {server_core}"
+        info(f"starting a paramserver process{where} on a loopback port")
+        cpus = None if server_core is None else [server_core]
+        with start_background("tcp://127.0.0.1:*", torch_threads=threads, cpus=cpus) as server:
+            with _affinity(client_cores), RemoteStore(
+                server.address, MATRIX, classes, dim, params=PARAMS, timeout=600
+            ) as remote:
+                with progress_bar(f"paramserver{where}, 1 client", total=steps, unit="steps") as advance:
+                    lat, wall = _run_steps(remote, id_sets, grad, warmup, advance)
+                lat_get, wall_get = _run_steps(remote, id_sets, None, warmup)
+            results.append(_row("paramserver", 1, rows, dim, lat, wall, placement=placement))
+            results.append(_row("paramserver, get only", 1, rows, dim, lat_get, wall_get, 1, placement))
+            info(f"paramserver{where}, 2 client processes")
+            lat, wall = _two_clients(server.address, classes, dim, rows, steps, warmup, threads, client_cores)
+            results.append(_row("paramserver", 2, rows, dim, lat, wall, placement=placement))
     base = {False: results[0]["rows_per_s"], True: results[1]["rows_per_s"]}
     for r in results:
         r["vs_in_process"] = r["rows_per_s"] / base["get only" in r["name"]]
@@ -169,6 +199,7 @@ def run_paramserver_bench(
         "steps": steps,
         "warmup": warmup,
         "threads": threads,
+        "cpus": format_cpu_list(available_cpus()),
         "peak_rss_mb": round(peak_rss_mb()),
     }
     return report("paramserver", params, results, json_path)

@@ -77,6 +77,15 @@ def paramserver(
             show_default=False,
         ),
     ] = None,
+    cpus: Annotated[
+        Optional[str],
+        typer.Option(
+            "--cpus",
+            help="Cores to run on, like 0 or 0,2-3 (taskset notation); default: paramserver.cpus "
+            "(empty = wherever the OS schedules it). A core of its own speeds up get+push.",
+            show_default=False,
+        ),
+    ] = None,
     ready_file: Annotated[
         Optional[Path],
         typer.Option(
@@ -90,6 +99,7 @@ def paramserver(
     import dataclasses
 
     from dcs_cli.config import load_config, validate
+    from dcs_cli.cpus import parse_cpu_list
     from dcs_cli.paramserver.server import serve
 
     cfg = load_config(config, set_)
@@ -98,6 +108,7 @@ def paramserver(
         "snapshot_dir": str(snapshot_dir) if snapshot_dir else None,
         "snapshot_every": snapshot_every,
         "token_file": str(token_file) if token_file else None,
+        "cpus": parse_cpu_list(cpus, "--cpus") if cpus is not None else None,
     }
     cfg.paramserver = dataclasses.replace(cfg.paramserver, **{k: v for k, v in ps.items() if v is not None})
     optim = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}

@@ -26,6 +26,11 @@ class ParamServerConfig:
         "server side: torch intra-op threads for the updates; 1 avoids fighting the "
         "training processes on the same host for cores, 0 = torch's default",
     )
+    cpus: list[int] = opt(
+        [],
+        "server side: cores the server runs on (e.g. [0]); empty = wherever the OS puts it. A core of "
+        "its own keeps the server's network and update threads on one cache",
+    )
 
     def validate(self, key: str) -> None:
         require(not self.address or _ADDRESS.fullmatch(self.address) is not None, f"{key}.address",
@@ -36,3 +41,4 @@ class ParamServerConfig:
         require(self.heartbeat_timeout > 0, f"{key}.heartbeat_timeout", "must be > 0")
         require(self.request_timeout > 0, f"{key}.request_timeout", "must be > 0")
         require(self.torch_threads >= 0, f"{key}.torch_threads", "must be >= 0")
+        require(all(c >= 0 for c in self.cpus), f"{key}.cpus", f"= {self.cpus} holds a negative core number")

@@ -81,6 +81,7 @@ def start_background(
     momentum: float | None = None,
     weight_decay: float | None = None,
     torch_threads: int | None = None,
+    cpus: list[int] | None = None,
     config: str | None = None,
     startup_timeout: float = 60.0,
 ) -> BackgroundServer:
@@ -109,6 +110,8 @@ def start_background(
         cmd += ["--set", f"paramserver.heartbeat_timeout={heartbeat_timeout}"]
     if torch_threads is not None:
         cmd += ["--set", f"paramserver.torch_threads={torch_threads}"]
+    if cpus:
+        cmd += ["--cpus", ",".join(str(c) for c in cpus)]
     env = dict(os.environ)
     env["PYTHONPATH"] = _REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     log = open(Path(workdir.name) / "server.log", "wb")  # noqa: SIM115 - handed to the child

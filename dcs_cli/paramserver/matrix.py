@@ -141,23 +141,41 @@ class ServedMatrix:
         """Sum the pending gradients per row, apply one SGD step, advance the step; returns rows updated."""
         pushes = [self.pending[c] for c in sorted(self.pending)]  # fixed order → reproducible sums
         if len(pushes) == 1:
-            ids, grad_w, grad_b = pushes[0].ids, pushes[0].grad_w, pushes[0].grad_b
-        else:
-            ids, inverse = torch.unique(torch.cat([p.ids for p in pushes]), return_inverse=True)
-            # each client's rows added in place, in client order (0 + g1 + g2 per row, as one index_add_
-            # over the concatenation would do), without concatenating the gradients first
-            parts = inverse.split([len(p.ids) for p in pushes])
-            grad_w = torch.zeros(len(ids), self.spec.dim)
-            for part, p in zip(parts, pushes, strict=True):
-                grad_w.index_add_(0, part, p.grad_w)
-            grad_b = None
+            p = pushes[0]
+            sgd_rows_(self.weight, self.momentum, p.ids, p.grad_w, self.params)
             if self.spec.bias:
-                grad_b = torch.zeros(len(ids))
-                for part, p in zip(parts, pushes, strict=True):
-                    grad_b.index_add_(0, part, p.grad_b)
-        sgd_rows_(self.weight, self.momentum, ids, grad_w, self.params)
-        if self.spec.bias:
-            sgd_rows_(self.bias, self.bias_momentum, ids, grad_b, self.params)
+                sgd_rows_(self.bias, self.bias_momentum, p.ids, p.grad_b, self.params)
+            rows = len(p.ids)
+        else:
+            rows = self._apply_summed(pushes)
         self.pending.clear()
         self.step += 1
-        return len(ids)
+        return rows
+
+    def _apply_summed(self, pushes: list[PendingPush]) -> int:
+        """Several clients: a row pushed by one client only takes that client's gradient as it arrived
+        (no copy); rows pushed by several get 0 + g1 + g2 + … in client order, as one index_add_ over
+        all pushes would sum them. Rows are independent, so the update order does not matter."""
+        sizes = [len(p.ids) for p in pushes]
+        uniq, inverse, counts = torch.unique(torch.cat([p.ids for p in pushes]), return_inverse=True,
+                                             return_counts=True)
+        shared = counts > 1
+        slot = torch.cumsum(shared, 0) - 1  # index of a shared row among the shared rows
+        shared_ids = uniq[shared]
+        sum_w = torch.zeros(len(shared_ids), self.spec.dim)
+        sum_b = torch.zeros(len(shared_ids)) if self.spec.bias else None
+        for p, inv in zip(pushes, inverse.split(sizes), strict=True):
+            is_shared = shared[inv]
+            own = torch.nonzero(~is_shared).squeeze(1)
+            sgd_rows_(self.weight, self.momentum, p.ids[own], p.grad_w, self.params, grad_rows=own)
+            if self.spec.bias:
+                sgd_rows_(self.bias, self.bias_momentum, p.ids[own], p.grad_b, self.params, grad_rows=own)
+            mine = torch.nonzero(is_shared).squeeze(1)
+            if len(mine):
+                sum_w.index_add_(0, slot[inv[mine]], p.grad_w[mine])
+                if sum_b is not None:
+                    sum_b.index_add_(0, slot[inv[mine]], p.grad_b[mine])
+        sgd_rows_(self.weight, self.momentum, shared_ids, sum_w, self.params)
+        if sum_b is not None:
+            sgd_rows_(self.bias, self.bias_momentum, shared_ids, sum_b, self.params)
+        return len(uniq)

@@ -25,6 +25,7 @@ import torch
 import zmq
 
 from dcs_cli.console import info, warn
+from dcs_cli.cpus import format_cpu_list, pin_to_cpus
 from dcs_cli.errors import ConfigError, ServerError
 from dcs_cli.fsutil import write_text_atomic
 from dcs_cli.paramserver.auth import is_loopback, read_token  # noqa: F401 (public API)
@@ -452,8 +453,16 @@ def serve(cfg, resume: str | None = None, ready_file: str | None = None) -> int:
         Path(ps.snapshot_dir).mkdir(parents=True, exist_ok=True)
     else:
         warn("no --snapshot-dir: the matrices live only in memory and are lost when the server stops")
-    if ps.torch_threads > 0:
-        torch.set_num_threads(ps.torch_threads)
+    threads = ps.torch_threads
+    if ps.cpus:  # before ZeroMQ and torch start their threads: they inherit the placement
+        pin_to_cpus(ps.cpus, key="paramserver.cpus")
+        cores = len(set(ps.cpus))
+        if threads > cores:  # more spinning OpenMP threads than cores: measured 50x slower, never wanted
+            warn(f"paramserver.torch_threads={threads} > {cores} pinned core(s); using {cores} threads")
+        threads = min(threads, cores) if threads > 0 else cores
+        info(f"pinned to cores {format_cpu_list(ps.cpus)}")
+    if threads > 0:
+        torch.set_num_threads(threads)
     params = OptimParams(lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
     server = ParamServer(ps, params, token, matrices)
     ctx = zmq.Context()

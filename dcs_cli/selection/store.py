@@ -74,24 +74,50 @@ def sgd_rows_(
     ids: torch.Tensor,
     grad: torch.Tensor,
     params: OptimParams,
+    grad_rows: torch.Tensor | None = None,
 ) -> None:
     """In place: one PyTorch-SGD step (dampening 0, no nesterov) on rows `ids` (unique) of `weight`.
+
+    Row `ids[i]` takes gradient `grad[i]`, or `grad[grad_rows[i]]` when `grad_rows` is given (a subset
+    of a larger gradient, picked block by block instead of copied out first).
 
     The single definition of the update rule, shared by `LocalStore` and the parameter server so the
     two cannot drift apart. A zero momentum buffer makes the first update `v = g`, exactly as
     `torch.optim.SGD` initialises its buffer. Works for 2-D weights (rows) and 1-D biases.
 
     Same arithmetic, in the same order, as `torch.optim.SGD`: g' = g + wd·w ; v = m·v + g' ; w -= lr·v.
-    Speed (a step is bound by random row access into a table far larger than the caches): the rows are
-    gathered into per-thread scratch buffers that are reused across calls (fresh S×d temporaries cost a
-    page fault per 4 KiB each time), every elementwise pass writes in place, and contiguous CPU float32
-    tables are written back with numpy's row scatter (measured 1.2-1.4x faster than `index_copy_`).
+    Speed (a step is bound by random row access into a table far larger than the caches): on the CPU the
+    rows go through in blocks of about `BLOCK_BYTES` per buffer, so the gathered rows stay in the core's
+    caches across the elementwise passes and only the gathers and scatters touch main memory
+    (measured 1.5x faster than whole-batch passes for 10,000 rows of 256 floats from a 1M-row table,
+    bit for bit the same: every element sees the same operations). Scratch buffers are reused across
+    calls (fresh temporaries cost a page fault per 4 KiB each time), and contiguous CPU float32 tables
+    are written back with numpy's row scatter (measured 1.2-1.4x faster than `index_copy_`). On a GPU,
+    one block is the whole batch.
     """
     n = ids.numel()
     if n == 0:
         return
-    g = grad.to(weight.dtype)
-    w, v, gw = _scratch(weight, n)
+    grad = grad.to(weight.dtype)
+    block = n
+    if weight.device.type == "cpu":
+        row_bytes = weight.element_size() * max(1, math.prod(weight.shape[1:]))
+        block = max(1, min(n, BLOCK_BYTES // row_bytes))
+    w_buf, v_buf, g_buf = _scratch(weight, block)
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        g_blk = g_buf[:hi - lo]
+        if grad_rows is None:
+            g = grad[lo:hi]
+        else:
+            g = torch.index_select(grad, 0, grad_rows[lo:hi], out=g_blk)
+        _sgd_block_(weight, momentum_buf, ids[lo:hi], g, params, w_buf[:hi - lo], v_buf[:hi - lo], g_blk)
+
+
+BLOCK_BYTES = 512 << 10  # per scratch buffer; 128 KiB-1 MiB all measured within 15% of each other
+
+
+def _sgd_block_(weight, momentum_buf, ids, g, params: OptimParams, w, v, gw) -> None:
     torch.index_select(weight, 0, ids, out=w)
     if params.weight_decay:
         g = torch.add(g, w, alpha=params.weight_decay, out=gw)

@@ -51,3 +51,26 @@ def test_two_clients_sum_in_client_order_without_concatenation():
     sgd_rows_(b, bmom, touched, gb, params)
     assert torch.equal(m.weight, w) and torch.equal(m.momentum, mom)
     assert torch.equal(m.bias, b) and torch.equal(m.bias_momentum, bmom)
+
+
+def test_three_clients_rows_shared_by_some_are_summed_once():
+    """Rows pushed by one, two or all three clients: each summed in client order and updated once."""
+    params = OptimParams(lr=0.05, momentum=0.9, weight_decay=1e-3)
+    m = ServedMatrix(0, MatrixSpec("m", 60, 4, seed=2), params)
+    w, mom = m.weight.clone(), m.momentum.clone()
+    m.members.update({1, 2, 3})
+    ids = {1: torch.tensor([0, 5, 9, 30]), 2: torch.tensor([9, 5, 41]), 3: torch.tensor([59, 9, 0, 7])}
+    gen = torch.Generator().manual_seed(1)
+    grads = {c: torch.randn(len(i), 4, generator=gen) for c, i in ids.items()}
+    for c in (3, 1, 2):
+        m.add_push(c, PendingPush(ids[c], grads[c], None))
+    assert m.apply() == 7
+    touched = torch.tensor([0, 5, 7, 9, 30, 41, 59])
+    dense = torch.zeros(60, 4)
+    for c in (1, 2, 3):
+        dense.index_add_(0, ids[c], grads[c])
+    sgd_rows_(w, mom, touched, dense[touched], params)
+    assert torch.equal(m.weight, w) and torch.equal(m.momentum, mom)
+    untouched = torch.ones(60, dtype=torch.bool)
+    untouched[touched] = False
+    assert torch.count_nonzero(m.momentum[untouched]) == 0

@@ -47,6 +47,25 @@ def test_bitwise_equal_to_reference_rule(n, d, steps, lr, momentum, wd, seed):
     assert torch.equal(w_fast, w_ref) and torch.equal(m_fast, m_ref)
 
 
+@pytest.mark.parametrize("block_bytes", [4, 3 * 4 * 7, 1 << 40])
+def test_blocked_update_equals_reference_for_any_block_size(monkeypatch, block_bytes):
+    """Rows go through in cache-sized blocks: 1-row blocks, a block size that does not divide the row
+    count, and one block hold the same bits as the whole-batch reference rule."""
+    from dcs_cli.selection import store as store_module
+
+    monkeypatch.setattr(store_module, "BLOCK_BYTES", block_bytes)
+    gen = torch.Generator().manual_seed(11)
+    params = OptimParams(lr=0.03, momentum=0.9, weight_decay=1e-3)
+    w_fast = torch.randn(300, 7, generator=gen)
+    w_ref, m_fast, m_ref = w_fast.clone(), torch.zeros(300, 7), torch.zeros(300, 7)
+    for _ in range(3):
+        ids = torch.randperm(300, generator=gen)[:97]
+        grad = torch.randn(97, 7, generator=gen)
+        sgd_rows_(w_fast, m_fast, ids, grad, params)
+        reference_sgd_rows_(w_ref, m_ref, ids, grad, params)
+    assert torch.equal(w_fast, w_ref) and torch.equal(m_fast, m_ref)
+
+
 def test_huge_page_tables_match_torch_sgd_on_touched_rows():
     """Tables above the huge-page threshold (the mmap path): several steps on overlapping row sets match
     torch.optim.SGD run on exactly the touched rows (lazy rows elsewhere)."""
@@ -120,3 +139,21 @@ def test_huge_page_store_state_roundtrip(tmp_path):
     assert b.weight.data_ptr() % HUGE_PAGE == 0  # loaded tables keep the fast layout
     b.push(torch.tensor([3]), torch.ones(1, 256))
     assert not torch.equal(a.weight[3], b.weight[3])
+
+
+@pytest.mark.parametrize("block_bytes", [3 * 4 * 5, 1 << 40])
+def test_grad_rows_picks_gradient_rows_like_a_copy(monkeypatch, block_bytes):
+    """`grad_rows` reads row grad[grad_rows[i]] for ids[i]: the same bits as copying those rows out first."""
+    from dcs_cli.selection import store as store_module
+
+    monkeypatch.setattr(store_module, "BLOCK_BYTES", block_bytes)
+    gen = torch.Generator().manual_seed(3)
+    params = OptimParams(lr=0.1, momentum=0.9, weight_decay=1e-2)
+    table = torch.randn(80, 5, generator=gen)
+    ref, mom, mom_ref = table.clone(), torch.zeros(80, 5), torch.zeros(80, 5)
+    grad = torch.randn(50, 5, generator=gen)
+    pick = torch.randperm(50, generator=gen)[:23]
+    ids = torch.randperm(80, generator=gen)[:23]
+    sgd_rows_(table, mom, ids, grad, params, grad_rows=pick)
+    reference_sgd_rows_(ref, mom_ref, ids, grad[pick], params)
+    assert torch.equal(table, ref) and torch.equal(mom, mom_ref)

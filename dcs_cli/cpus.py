@@ -1,0 +1,71 @@
+"""CPU placement: which cores a process may run on.
+
+    cores = parse_cpu_list("0,2-3")           # [0, 2, 3]
+    pin_to_cpus([0], key="paramserver.cpus")  # this process (and the threads it starts later) on core 0
+    others = available_cpus() - {0}
+
+Threads inherit the affinity of the thread that starts them, so pinning before ZeroMQ and torch start
+their threads keeps a whole server on the chosen cores.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dcs_cli.errors import ConfigError
+
+
+def available_cpus() -> set[int]:
+    """Cores this process may run on now (all of them where the platform cannot tell)."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
+def format_cpu_list(cores) -> str:
+    """[0, 1, 2, 5] → "0-2,5" (the notation of taskset and /sys)."""
+    cores = sorted(set(cores))
+    parts: list[str] = []
+    i = 0
+    while i < len(cores):
+        j = i
+        while j + 1 < len(cores) and cores[j + 1] == cores[j] + 1:
+            j += 1
+        parts.append(str(cores[i]) if i == j else f"{cores[i]}-{cores[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def parse_cpu_list(text: str, key: str = "--cpus") -> list[int]:
+    """ "0,2-3" → [0, 2, 3]; anything else is a ConfigError naming `key`."""
+    cores: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        low, sep, high = part.partition("-")
+        try:
+            lo = int(low)
+            hi = int(high) if sep else lo
+        except ValueError:
+            raise ConfigError(f"{key} {text!r} is not a core list; write it like 0 or 0,2-3") from None
+        if lo < 0 or hi < lo:
+            raise ConfigError(f"{key} {text!r}: range {part} is empty or negative; write it like 0 or 0,2-3")
+        cores.update(range(lo, hi + 1))
+    if not cores:
+        raise ConfigError(f"{key} is empty; name at least one core, like 0 or 0,2-3")
+    return sorted(cores)
+
+
+def pin_to_cpus(cores, key: str) -> None:
+    """Restrict this process to `cores`; a core it may not use is a ConfigError naming `key`."""
+    cores = sorted(set(int(c) for c in cores))
+    if not hasattr(os, "sched_setaffinity"):
+        raise ConfigError(f"{key}: this platform cannot pin a process to cores; leave {key} empty")
+    allowed = available_cpus()
+    missing = [c for c in cores if c not in allowed]
+    if missing:
+        raise ConfigError(
+            f"{key}: core {missing[0]} is not available to this process (available: "
+            f"{format_cpu_list(allowed)}); choose among those"
+        )
+    os.sched_setaffinity(0, cores)
