@@ -40,7 +40,8 @@ def convert(
         "--val-ratio", help="Share of each identity's images for val_list.txt (default 0.05).",
         show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the train/val split.")] = 0,
-    workers: Annotated[int, typer.Option("--workers", "-j", help="Writer threads; 0 = 2 per core (max 16); more on NFS/Lustre.")] = 0,
+    workers: Annotated[int, typer.Option(
+        "--workers", "-j", help="Writer threads; 0 = 2 per core (max 16); more on NFS/Lustre.")] = 0,
     to_rec: Annotated[bool, typer.Option("--to-rec", help="Pack images + a list file into train.rec/.idx.")] = False,
     list_file: Annotated[_PathOpt, typer.Option("--list", help="List file (`path label`) for --to-rec.",
                                                 show_default=False)] = None,

@@ -51,40 +51,59 @@ def split_per_identity(labels: np.ndarray, val_ratio: float, seed: int) -> np.nd
     return is_val
 
 
-def _write_chunk(table: ImageTable, out_images: Path, indices: range) -> list[str]:
+def _write_chunk(table: ImageTable, images_fd: int, indices: range) -> list[str]:
+    """Write images `indices` (label folders made on first use); their relative paths back."""
     rels = []
-    keys = table.keys[indices.start:indices.stop].tolist()
-    labels = table.labels[indices.start:indices.stop].tolist()
+    lo, hi = indices.start, indices.stop
+    keys, labels = table.keys[lo:hi].tolist(), table.labels[lo:hi].tolist()
+    starts, ends = table.data_start[lo:hi].tolist(), table.data_end[lo:hi].tolist()
+    view = memoryview(table.reader.buffer) if not isinstance(table.reader.buffer, bytes) else None
     dir_fds: dict[int, int] = {}
     try:
-        for i, key, label in zip(indices, keys, labels, strict=True):
-            payload = table.payload(i)
+        for i, key, label, start, end in zip(indices, keys, labels, starts, ends, strict=True):
+            # straight from the mapped .rec (no copy); the rare multi-part record is assembled first
+            payload = view[start:end] if start >= 0 and view is not None else table.payload(i)
             try:
                 ext = image_ext(payload)
             except DataError as exc:
                 raise DataError(f"{table.reader.rec_path}: record key {key}: {exc}") from None
             dir_fd = dir_fds.get(label)
             if dir_fd is None:
-                dir_fd = dir_fds[label] = os.open(out_images / str(label), os.O_RDONLY | os.O_DIRECTORY)
+                dir_fd = dir_fds[label] = _open_label_dir(images_fd, str(label))
             name = f"{key}.{ext}"
             write_file(name, payload, dir_fd=dir_fd)
             rels.append(f"{label}/{name}")
     finally:
         for fd in dir_fds.values():
             os.close(fd)
+        if view is not None:
+            view.release()
     return rels
 
 
+def _open_label_dir(images_fd: int, name: str) -> int:
+    """Create images/<label> (another worker may be creating it too) and open it."""
+    try:
+        os.mkdir(name, 0o755, dir_fd=images_fd)
+    except FileExistsError:
+        pass
+    return os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=images_fd)
+
+
 def write_images(table: ImageTable, out_images: Path, workers: int) -> list[str]:
-    """Write every payload to out_images/<label>/<key>.<ext> with `workers` threads; relative paths back."""
-    for label in np.unique(table.labels):
-        (out_images / str(label)).mkdir(parents=True, exist_ok=True)
+    """Write every payload to out_images/<label>/<key>.<ext> with `workers` threads; relative paths back.
+
+    The workers also create the label folders as they reach them, so making 10^5 folders overlaps the
+    writing instead of preceding it.
+    """
+    out_images.mkdir(parents=True, exist_ok=True)
     chunks = [range(s, min(s + _CHUNK, len(table))) for s in range(0, len(table), _CHUNK)]
     rels: list[list[str] | None] = [None] * len(chunks)
+    images_fd = os.open(out_images, os.O_RDONLY | os.O_DIRECTORY)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dcs-convert")
     try:
         with progress_bar("writing images", total=len(table), unit="images") as advance:
-            futures = {pool.submit(_write_chunk, table, out_images, c): j for j, c in enumerate(chunks)}
+            futures = {pool.submit(_write_chunk, table, images_fd, c): j for j, c in enumerate(chunks)}
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
@@ -93,6 +112,7 @@ def write_images(table: ImageTable, out_images: Path, workers: int) -> list[str]
                     advance(len(chunks[futures[fut]]))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        os.close(images_fd)
     return [rel for chunk in rels for rel in chunk]
 
 
