@@ -119,7 +119,7 @@ def _placements() -> list[tuple[str, int | None, set[int] | None]]:
     out: list[tuple[str, int | None, set[int] | None]] = [("any", None, None)]
     if len(cores) >= 2 and hasattr(os, "sched_setaffinity"):
         server, clients = cores[0], set(cores[1:])
-        out.append((f"server {server} | clients {format_cpu_list(clients)}", server, clients))
+        out.append((f"server {server}, clients {format_cpu_list(clients)}", server, clients))
     return out
 
 

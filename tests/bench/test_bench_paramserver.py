@@ -34,7 +34,7 @@ def test_bench_paramserver_tiny(runner, tmp_path):
     placements = ["any"]
     if len(available_cpus()) >= 2:  # the server also runs on a core of its own, clients on the others
         cores = sorted(available_cpus())
-        placements.append(f"server {cores[0]} | clients {format_cpu_list(cores[1:])}")
+        placements.append(f"server {cores[0]}, clients {format_cpu_list(cores[1:])}")
     expected = [("in-process LocalStore", 1, "any"), ("in-process LocalStore, get only", 1, "any")]
     for where in placements:
         expected += [("paramserver", 1, where), ("paramserver, get only", 1, where), ("paramserver", 2, where)]
