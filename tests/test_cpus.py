@@ -31,6 +31,9 @@ def test_cli_rejects_a_bad_core_list_in_one_line(runner):
     result = runner.invoke(app, ["paramserver", "--cpus", "zero"])
     assert result.exit_code == 2
     assert "--cpus 'zero' is not a core list" in result.output and "Traceback" not in result.output
+    missing = str(max(available_cpus()) + 1)
+    result = runner.invoke(app, ["paramserver", "--bind", "tcp://127.0.0.1:*", "--cpus", missing])
+    assert result.exit_code == 2 and f"paramserver.cpus: core {missing} is not available" in result.output
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")

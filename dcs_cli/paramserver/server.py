@@ -441,6 +441,16 @@ def serve(cfg, resume: str | None = None, ready_file: str | None = None) -> int:
             f"paramserver.bind {ps.bind} is not a loopback address; refusing to serve it without "
             "authentication: pass --token-file with a shared secret (or bind tcp://127.0.0.1)"
         )
+    threads = ps.torch_threads
+    if ps.cpus:  # before torch (the snapshot load) and ZeroMQ start threads: they inherit the placement
+        pin_to_cpus(ps.cpus, key="paramserver.cpus")
+        cores = len(set(ps.cpus))
+        if threads > cores:  # more spinning OpenMP threads than cores: measured 50x slower, never wanted
+            warn(f"paramserver.torch_threads={threads} > {cores} pinned core(s); using {cores} threads")
+        threads = min(threads, cores) if threads > 0 else cores
+        info(f"pinned to cores {format_cpu_list(ps.cpus)}")
+    if threads > 0:
+        torch.set_num_threads(threads)
     matrices = read_snapshot(resume) if resume else []
     if resume:
         info(
@@ -453,16 +463,6 @@ def serve(cfg, resume: str | None = None, ready_file: str | None = None) -> int:
         Path(ps.snapshot_dir).mkdir(parents=True, exist_ok=True)
     else:
         warn("no --snapshot-dir: the matrices live only in memory and are lost when the server stops")
-    threads = ps.torch_threads
-    if ps.cpus:  # before ZeroMQ and torch start their threads: they inherit the placement
-        pin_to_cpus(ps.cpus, key="paramserver.cpus")
-        cores = len(set(ps.cpus))
-        if threads > cores:  # more spinning OpenMP threads than cores: measured 50x slower, never wanted
-            warn(f"paramserver.torch_threads={threads} > {cores} pinned core(s); using {cores} threads")
-        threads = min(threads, cores) if threads > 0 else cores
-        info(f"pinned to cores {format_cpu_list(ps.cpus)}")
-    if threads > 0:
-        torch.set_num_threads(threads)
     params = OptimParams(lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
     server = ParamServer(ps, params, token, matrices)
     ctx = zmq.Context()

@@ -13,6 +13,7 @@ static rendezvous of `torchrun --nnodes/--node-rank/--master-addr/--master-port`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import pickle
@@ -201,6 +202,17 @@ def _env_default(name: str, value: str):
             os.environ.pop(name, None)
 
 
+def _agent_log_options(launch_config_cls, folder: Path) -> dict:
+    """LaunchConfig options that put the elastic agent's log folder under `folder` (removed with it)
+    instead of a fresh torchelastic_* folder in the system temp that nobody deletes."""
+    fields = {f.name for f in dataclasses.fields(launch_config_cls)}
+    if "logs_specs" in fields:  # torch >= 2.3; its default would mkdtemp as soon as a config is made
+        from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+
+        return {"logs_specs": DefaultLogsSpecs(log_dir=str(folder))}
+    return {"log_dir": str(folder)} if "log_dir" in fields else {}
+
+
 def launch(fn: Callable, args: tuple, spec: LaunchSpec) -> dict[int, object]:
     """Start `spec.nproc` workers on this node running `fn(*args)`; return {local_rank: fn's return value}.
 
@@ -224,20 +236,21 @@ def launch(fn: Callable, args: tuple, spec: LaunchSpec) -> dict[int, object]:
              f"{spec.master_addr}:{port}")
     for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    config = LaunchConfig(
-        min_nodes=spec.nnodes,
-        max_nodes=spec.nnodes,
-        nproc_per_node=spec.nproc,
-        run_id=f"dcs-{uuid.uuid4().hex[:8]}" if spec.nnodes == 1 else "dcs",
-        rdzv_backend="static",
-        rdzv_endpoint=f"{spec.master_addr}:{port}",
-        rdzv_configs={"rank": spec.node_rank, "timeout": spec.rdzv_timeout},
-        max_restarts=0,
-        monitor_interval=0.1,
-        start_method="spawn",
-    )
     # Workers inherit the environment; one OpenMP thread each keeps N workers from oversubscribing the cores.
     with _env_default("OMP_NUM_THREADS", "1"), tempfile.TemporaryDirectory(prefix="dcs-launch-") as error_dir:
+        config = LaunchConfig(
+            min_nodes=spec.nnodes,
+            max_nodes=spec.nnodes,
+            nproc_per_node=spec.nproc,
+            run_id=f"dcs-{uuid.uuid4().hex[:8]}" if spec.nnodes == 1 else "dcs",
+            rdzv_backend="static",
+            rdzv_endpoint=f"{spec.master_addr}:{port}",
+            rdzv_configs={"rank": spec.node_rank, "timeout": spec.rdzv_timeout},
+            max_restarts=0,
+            monitor_interval=0.1,
+            start_method="spawn",
+            **_agent_log_options(LaunchConfig, Path(error_dir) / "agent"),
+        )
         try:
             results = elastic_launch(config, _worker)(fn, args, error_dir)
         except ChildFailedError as exc:
