@@ -38,6 +38,7 @@ from dcs_cli.data.convert import rec_to_images
 from dcs_cli.data.images import image_ext
 from dcs_cli.data.layout import ImageTable, read_table
 from dcs_cli.data.listfile import read_list
+from dcs_cli.data.outfolder import default_workers
 from dcs_cli.data.synthetic_rec import write_synthetic_rec
 from dcs_cli.errors import UsageError
 
@@ -117,12 +118,8 @@ def run_convert_bench(images: int, workers: int, baseline_images: int, json_path
         n_base = min(baseline_images or len(table), len(table))
         os.sync()  # the fresh .rec's dirty pages are nobody's cost
 
-        used_workers = []
-
         def run_dcs(r: int) -> float:
-            summary = rec_to_images(tmp / "rec", tmp / f"dcs{r}", val_ratio=0.05, seed=0, workers=workers)
-            used_workers.append(summary["workers"])
-            return summary["seconds"]
+            return rec_to_images(tmp / "rec", tmp / f"dcs{r}", val_ratio=0.05, seed=0, workers=workers)["seconds"]
 
         contenders = {DCS: run_dcs, BASELINE: lambda r: _baseline(table, tmp / f"baseline{r}", n_base),
                       FLOOR: lambda r: _floor(table, tmp / f"floor{r}")}
@@ -140,10 +137,11 @@ def run_convert_bench(images: int, workers: int, baseline_images: int, json_path
         base_same = _identical_share(table, tmp / "baseline0", base_rels, index_of_key)
         info("removing the temporary files")
 
+    workers = default_workers(workers)
     counts = {DCS: images, BASELINE: n_base, FLOOR: images}
     rates = {name: [counts[name] / s for s in secs] for name, secs in seconds.items()}
     rows = []
-    for name, label in ((DCS, f"dcs convert (workers={used_workers[0]})"), (BASELINE, BASELINE), (FLOOR, FLOOR)):
+    for name, label in ((DCS, f"dcs convert (workers={workers})"), (BASELINE, BASELINE), (FLOOR, FLOOR)):
         ratios = [mine / base for mine, base in zip(rates[name], rates[BASELINE], strict=True)]
         rows.append({
             "name": label, "images": counts[name], "seconds": statistics.median(seconds[name]),
@@ -152,7 +150,7 @@ def run_convert_bench(images: int, workers: int, baseline_images: int, json_path
             "round_seconds": [round(x, 3) for x in seconds[name]],
             "bytes_identical": {DCS: dcs_same, BASELINE: base_same, FLOOR: None}[name],
         })
-    params = {"images": images, "image_size": 112, "identities": identities, "workers": used_workers[0],
+    params = {"images": images, "image_size": 112, "identities": identities, "workers": workers,
               "baseline_images": n_base, "rounds": rounds, "filesystem": filesystem,
               "rec_mb": round(rec_bytes / 2**20, 1), "peak_rss_mb": round(peak_rss_mb())}
     return report("convert", params, rows, json_path)

@@ -29,7 +29,7 @@ import typer
 from dcs_cli.bench.common import peak_rss_mb, report
 from dcs_cli.cli.options import JsonOpt
 from dcs_cli.console import info, progress_bar
-from dcs_cli.cpus import available_cpus, format_cpu_list
+from dcs_cli.cpus import available_cpus, format_cpu_list, pin_to_cpus
 from dcs_cli.errors import UsageError
 from dcs_cli.selection.store import ClassStore, LocalStore, OptimParams
 
@@ -70,7 +70,7 @@ def _client_process(
     from dcs_cli.paramserver.client import RemoteStore
 
     if cores:
-        os.sched_setaffinity(0, cores)
+        pin_to_cpus(cores, key="client cores")
     torch.set_num_threads(threads)
     try:
         id_sets = _id_sets(num_classes, rows, steps + warmup, seed)
@@ -106,10 +106,10 @@ def _affinity(cores: set[int] | None):
         yield
         return
     before = available_cpus()
-    os.sched_setaffinity(0, cores)
+    pin_to_cpus(cores, key="client cores")
     try:
         yield
-    finally:
+    finally:  # widening back is not pinning: the current (narrower) set must not vet it
         os.sched_setaffinity(0, before)
 
 

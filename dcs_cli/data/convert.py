@@ -57,12 +57,12 @@ def _write_chunk(table: ImageTable, images_fd: int, indices: range) -> list[str]
     lo, hi = indices.start, indices.stop
     keys, labels = table.keys[lo:hi].tolist(), table.labels[lo:hi].tolist()
     starts, ends = table.data_start[lo:hi].tolist(), table.data_end[lo:hi].tolist()
-    view = memoryview(table.reader.buffer) if not isinstance(table.reader.buffer, bytes) else None
+    view = memoryview(table.reader.buffer)
     dir_fds: dict[int, int] = {}
     try:
         for i, key, label, start, end in zip(indices, keys, labels, starts, ends, strict=True):
             # straight from the mapped .rec (no copy); the rare multi-part record is assembled first
-            payload = view[start:end] if start >= 0 and view is not None else table.payload(i)
+            payload = view[start:end] if start >= 0 else table.payload(i)
             try:
                 ext = image_ext(payload)
             except DataError as exc:
@@ -76,8 +76,7 @@ def _write_chunk(table: ImageTable, images_fd: int, indices: range) -> list[str]
     finally:
         for fd in dir_fds.values():
             os.close(fd)
-        if view is not None:
-            view.release()
+        view.release()
     return rels
 
 
