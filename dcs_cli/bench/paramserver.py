@@ -4,7 +4,9 @@
 
 Each step fetches `--rows` random rows (unique ids) and pushes a gradient for them, as a sampled-softmax
 trainer does. Contenders: `LocalStore` in this process; a real `dcs paramserver` process on a loopback port
-with 1 client (this process) and with 2 client processes (synchronous SGD: each push waits for the other).
+with 1 client (this process) and with 2 client processes (synchronous SGD: each push waits for the other),
+each with the rows in ZeroMQ frames over TCP ("tcp") and through the shared-memory segment a client on the
+server's host attaches ("shared memory", the default there; the control messages still go over TCP).
 rows/s counts rows that went out and came back (one row = one get + one push); payload MB/s is the float32
 row bytes moved both ways (ids not counted). The "get only" rows time `rows()` alone (no SGD update), which
 isolates gather + transport from the update arithmetic both stores share. Latency is per client step
@@ -28,7 +30,7 @@ import typer
 
 from dcs_cli.bench.common import peak_rss_mb, report
 from dcs_cli.cli.options import JsonOpt
-from dcs_cli.console import info, progress_bar
+from dcs_cli.console import info, progress_bar, warn
 from dcs_cli.cpus import available_cpus, format_cpu_list, pin_to_cpus
 from dcs_cli.errors import UsageError
 from dcs_cli.selection.store import ClassStore, LocalStore, OptimParams
@@ -64,7 +66,7 @@ def _run_steps(
 
 
 def _client_process(
-    address, num_classes, dim, rows, steps, warmup, seed, threads, cores, start_barrier, out_queue
+    address, num_classes, dim, rows, steps, warmup, seed, threads, cores, shared, start_barrier, out_queue
 ) -> None:
     """One of the 2 benchmark clients (a separate process, like one training rank)."""
     from dcs_cli.paramserver.client import RemoteStore
@@ -75,7 +77,7 @@ def _client_process(
     try:
         id_sets = _id_sets(num_classes, rows, steps + warmup, seed)
         grad = torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed)).mul_(1e-3)
-        with RemoteStore(address, MATRIX, num_classes, dim, timeout=600) as store:
+        with RemoteStore(address, MATRIX, num_classes, dim, timeout=600, shared_memory=shared) as store:
             start_barrier.wait(timeout=600)  # both registered before the first push, or it would go alone
             out_queue.put(_run_steps(store, id_sets, grad, warmup))
     except Exception as exc:  # report instead of hanging the parent
@@ -84,12 +86,13 @@ def _client_process(
 
 def _row(
     name: str, clients: int, rows: int, dim: int, latencies: list[float], wall: float, ways: int = 2,
-    placement: str = "any",
+    placement: str = "any", transport: str = "in process",
 ) -> dict:
     total_rows = rows * len(latencies)
     rate = total_rows / wall
     return {
         "name": name,
+        "transport": transport,
         "clients": clients,
         "placement": placement,
         "rows_per_s": rate,
@@ -123,13 +126,13 @@ def _placements() -> list[tuple[str, int | None, set[int] | None]]:
     return out
 
 
-def _two_clients(address, classes, dim, rows, steps, warmup, threads, cores) -> tuple[list[float], float]:
+def _two_clients(address, classes, dim, rows, steps, warmup, threads, cores, shared) -> tuple[list[float], float]:
     ctx = mp.get_context("spawn")
     queue, start_barrier = ctx.Queue(), ctx.Barrier(2)
     procs = [
         ctx.Process(
             target=_client_process,
-            args=(address, classes, dim, rows, steps, warmup, 10 + k, threads, cores, start_barrier, queue),
+            args=(address, classes, dim, rows, steps, warmup, 10 + k, threads, cores, shared, start_barrier, queue),
         )
         for k in range(2)
     ]
@@ -178,17 +181,24 @@ def run_paramserver_bench(
         info(f"starting a paramserver process{where} on a loopback port")
         cpus = None if server_core is None else [server_core]
         with start_background("tcp://127.0.0.1:*", torch_threads=threads, cpus=cpus) as server:
-            with _affinity(client_cores), RemoteStore(
-                server.address, MATRIX, classes, dim, params=PARAMS, timeout=600
-            ) as remote:
-                with progress_bar(f"paramserver{where}, 1 client", total=steps, unit="steps") as advance:
-                    lat, wall = _run_steps(remote, id_sets, grad, warmup, advance)
-                lat_get, wall_get = _run_steps(remote, id_sets, None, warmup)
-            results.append(_row("paramserver", 1, rows, dim, lat, wall, placement=placement))
-            results.append(_row("paramserver, get only", 1, rows, dim, lat_get, wall_get, 1, placement))
-            info(f"paramserver{where}, 2 client processes")
-            lat, wall = _two_clients(server.address, classes, dim, rows, steps, warmup, threads, client_cores)
-            results.append(_row("paramserver", 2, rows, dim, lat, wall, placement=placement))
+            for transport, shared in (("tcp", False), ("shared memory", True)):
+                with _affinity(client_cores), RemoteStore(
+                    server.address, MATRIX, classes, dim, params=PARAMS, timeout=600, shared_memory=shared
+                ) as remote:
+                    if shared and not remote.shared_memory_for(rows):
+                        warn("shared memory is not available on this host; its rows are left out")
+                        break
+                    label = f"paramserver{where}, {transport}"
+                    with progress_bar(f"{label}, 1 client", total=steps, unit="steps") as advance:
+                        lat, wall = _run_steps(remote, id_sets, grad, warmup, advance)
+                    lat_get, wall_get = _run_steps(remote, id_sets, None, warmup)
+                results.append(_row("paramserver", 1, rows, dim, lat, wall, 2, placement, transport))
+                results.append(_row("paramserver, get only", 1, rows, dim, lat_get, wall_get, 1, placement,
+                                    transport))
+                info(f"{label}, 2 client processes")
+                lat, wall = _two_clients(server.address, classes, dim, rows, steps, warmup, threads, client_cores,
+                                         shared)
+                results.append(_row("paramserver", 2, rows, dim, lat, wall, 2, placement, transport))
     base = {False: results[0]["rows_per_s"], True: results[1]["rows_per_s"]}
     for r in results:
         r["vs_in_process"] = r["rows_per_s"] / base["get only" in r["name"]]

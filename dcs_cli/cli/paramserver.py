@@ -100,7 +100,7 @@ def paramserver(
 
     from dcs_cli.config import load_config, validate
     from dcs_cli.cpus import parse_cpu_list
-    from dcs_cli.paramserver.server import serve
+    from dcs_cli.paramserver.serve import serve
 
     cfg = load_config(config, set_)
     ps = {

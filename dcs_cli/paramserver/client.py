@@ -9,6 +9,12 @@ Creating the store creates the matrix on the server (idempotent for the same spe
 client in its barrier; a background thread sends heartbeats so slow steps (evaluation, index builds) do
 not get the client dropped. Every request has a timeout; a server that does not answer, or answers with
 an error, raises `ServerError` with the server's reason.
+
+With a loopback or ipc:// address the rows of large requests move through a `/dev/shm` segment shared
+with the server (shm.py) instead of ZeroMQ frames; `shared_memory=False` (config
+`paramserver.shared_memory: false`) keeps everything on the socket. A server that cannot map the segment
+(another host behind a forwarded port, a container without the client's /dev/shm) is told once and the
+client carries on with frames.
 """
 
 from __future__ import annotations
@@ -22,9 +28,13 @@ import numpy as np
 import torch
 import zmq
 
+from dcs_cli.console import info
 from dcs_cli.errors import ConfigError, DataError, ServerError
+from dcs_cli.paramserver import shm
+from dcs_cli.paramserver.auth import is_loopback
 from dcs_cli.paramserver.protocol import (
     FLAG_MOMENTUM,
+    FLAG_SHARED,
     STATUS_ERROR,
     DType,
     Header,
@@ -37,6 +47,11 @@ from dcs_cli.paramserver.protocol import (
 from dcs_cli.selection.store import ClassStore, OptimParams
 
 CHUNK_BYTES = 64 << 20  # whole-matrix transfers go in pieces of this size
+SHARED_MAX_BYTES = CHUNK_BYTES  # per region; whole-matrix transfers do not grow the segment beyond it
+
+
+class RequestTimeout(ServerError):
+    """No reply in time: the request may still be served later, so nothing it refers to may be reused."""
 
 
 class _Connection:
@@ -63,7 +78,7 @@ class _Connection:
                 # the request may still sit in the queue; a fresh socket makes sure it is never sent late
                 self.sock.close()
                 self.sock = self._open()
-                raise ServerError(
+                raise RequestTimeout(
                     f"no reply from the paramserver at {self.address} within {timeout:g}s "
                     f"({Op(header.op).name}); is `dcs paramserver` running there?"
                 )
@@ -94,6 +109,11 @@ class _Connection:
         self.sock.close()
 
 
+def _nbytes(spec: tuple) -> int:
+    dtype, shape = spec
+    return int(np.dtype(dtype).itemsize * np.prod(shape))
+
+
 def _np(t: torch.Tensor, dtype) -> np.ndarray:
     return np.ascontiguousarray(t.detach().to("cpu", dtype).numpy())
 
@@ -115,6 +135,7 @@ class RemoteStore(ClassStore):
         timeout: float = 60.0,
         init_std: float = 0.01,
         heartbeat: bool = True,
+        shared_memory: bool = True,
     ):
         if num_classes <= 0 or dim <= 0:
             raise ConfigError(f"class store needs num_classes > 0 and dim > 0, got {num_classes} and {dim}")
@@ -124,6 +145,8 @@ class RemoteStore(ClassStore):
         self.client_id = secrets.randbits(63) or 1
         self._ctx = zmq.Context()
         self._conn = _Connection(self._ctx, address, self.token, self.client_id)
+        self._segment: shm.SharedSegment | None = None
+        self._shared_ok = shared_memory and is_loopback(address) and shm.available()
         spec = {
             "name": matrix,
             "num_classes": num_classes,
@@ -167,6 +190,7 @@ class RemoteStore(ClassStore):
             dim,
             token=read_token(ps_cfg.token_file),
             timeout=ps_cfg.request_timeout,
+            shared_memory=ps_cfg.shared_memory,
             **kwargs,
         )
 
@@ -187,6 +211,60 @@ class RemoteStore(ClassStore):
         finally:
             conn.close()
 
+    def _call_shared(self, op: Op, frames: list = (), **fields) -> tuple[Header, list]:
+        """`_call` for a request whose arrays lie in the segment: after a timeout the server may still
+        read or write it, so this store never uses shared memory again."""
+        try:
+            return self._call(op, frames, **fields)
+        except RequestTimeout:
+            self._segment, self._shared_ok = None, False
+            raise
+
+    def _row_specs(self, rows: int, reply: bool, with_momentum: bool = False) -> list[tuple]:
+        """(dtype, shape) of the arrays of a GET_ROWS reply or of a PUSH request, in wire order."""
+        per_row = [(np.dtype("<f4"), (rows, self.dim))] * (1 + with_momentum)
+        per_row += [(np.dtype("<f4"), (rows,))] * ((1 + with_momentum) * self.has_bias)
+        return per_row if reply else [(np.dtype("<i8"), (rows,))] + per_row
+
+    def _shared(self, rows: int, with_momentum: bool = False) -> shm.SharedSegment | None:
+        """The attached segment, sized for `rows` rows both ways (attaching a larger one first if
+        needed), or None when these rows travel as frames."""
+        if not self._shared_ok:
+            return None
+        reply = shm.layout([_nbytes(s) for s in self._row_specs(rows, True, with_momentum)])[1]
+        request = shm.layout([_nbytes(s) for s in self._row_specs(rows, False)])[1]
+        if max(reply, request) > SHARED_MAX_BYTES:
+            return None
+        seg = self._segment
+        if seg is not None and seg.reply_bytes >= reply and seg.request_bytes >= request:
+            return seg
+        if seg is not None:  # grow with headroom, so a batch a little larger next step fits too
+            reply, request = max(reply, seg.reply_bytes), max(request, seg.request_bytes)
+        try:
+            new = shm.SharedSegment.create(reply + reply // 4, request + request // 4)
+        except shm.SegmentError as exc:
+            return self._frames_from_now(str(exc))
+        try:
+            spec = {"name": new.name, "reply_bytes": new.reply_bytes, "request_bytes": new.request_bytes}
+            self._call_shared(Op.ATTACH, [json_frame(spec)], dtype=DType.JSON)
+        except RequestTimeout:
+            raise
+        except ServerError as exc:
+            return self._frames_from_now(str(exc))
+        finally:
+            new.unlink()  # both sides have it mapped (or the server refused): no file is left behind
+        self._segment = new
+        return new
+
+    def shared_memory_for(self, rows: int) -> bool:
+        """Whether requests of `rows` rows move through shared memory (attaching the segment now if needed)."""
+        return self._shared(rows) is not None
+
+    def _frames_from_now(self, why: str) -> None:
+        info(f"paramserver {self.address}: shared memory not used ({why}); rows travel over ZeroMQ")
+        self._segment, self._shared_ok = None, False
+        return None
+
     def _chunk_rows(self, arrays_per_row: int) -> int:
         return max(1, CHUNK_BYTES // (4 * self.dim * arrays_per_row))
 
@@ -198,28 +276,28 @@ class RemoteStore(ClassStore):
 
     def _get(self, ids: torch.Tensor, with_momentum: bool) -> dict[str, torch.Tensor]:
         ids_np = _np(ids.reshape(-1), torch.int64)
-        reply, frames = self._call(
-            Op.GET_ROWS,
-            [ids_np],
-            dtype=DType.FLOAT32,
-            rows=len(ids_np),
-            cols=self.dim,
-            flags=FLAG_MOMENTUM if with_momentum else 0,
+        seg = self._shared(len(ids_np), with_momentum)
+        flags = (FLAG_MOMENTUM if with_momentum else 0) | (FLAG_SHARED if seg else 0)
+        reply, frames = (self._call_shared if seg else self._call)(
+            Op.GET_ROWS, [ids_np], dtype=DType.FLOAT32, rows=len(ids_np), cols=self.dim, flags=flags
         )
         names = ["weight"] + ["momentum"] * with_momentum
         if self.has_bias:
             names += ["bias"] + ["bias_momentum"] * with_momentum
-        if len(frames) != len(names):
+        specs = self._row_specs(len(ids_np), True, with_momentum)
+        if seg is not None:  # copied out: the region is overwritten by the next request
+            arrays = [a.copy() for a in seg.arrays(seg.reply, specs)] if not frames else []
+        else:
+            arrays = [np.frombuffer(f.buffer, dtype="<f4") for f in frames]
+        if len(arrays) != len(names) or any(a.size != np.prod(s[1]) for a, s in zip(arrays, specs, strict=True)):
             raise ServerError(
-                f"paramserver {self.address}: GET_ROWS answered {len(frames)} frames, expected {len(names)}"
+                f"paramserver {self.address}: GET_ROWS answered {len(frames)} frames "
+                f"{'(shared memory) ' if seg else ''}that do not hold {len(names)} arrays of {len(ids_np)} rows"
             )
-        out = {}
-        for name, frame in zip(names, frames, strict=True):
-            array = np.frombuffer(frame.buffer, dtype="<f4")
-            out[name] = torch.from_numpy(
-                array.reshape(len(ids_np), -1) if name in ("weight", "momentum") else array
-            ).to(ids.device)
-        return out
+        return {
+            name: torch.from_numpy(a.reshape(spec[1])).to(ids.device)
+            for name, a, spec in zip(names, arrays, specs, strict=True)
+        }
 
     def push(self, ids: torch.Tensor, grad_w: torch.Tensor, grad_b: torch.Tensor | None = None) -> None:
         if tuple(grad_w.shape) != (ids.numel(), self.dim):
@@ -236,8 +314,15 @@ class RemoteStore(ClassStore):
         frames = [ids_np, _np(grad_w, torch.float32)]
         if grad_b is not None:
             frames.append(_np(grad_b.reshape(-1), torch.float32))
-        reply, _ = self._call(
-            Op.PUSH, frames, dtype=DType.FLOAT32, rows=len(ids_np), cols=self.dim, step=self.step
+        seg = self._shared(len(ids_np))
+        if seg is not None:  # written into the request region; the server reads it there
+            for dest, array in zip(seg.arrays(seg.request, self._row_specs(len(ids_np), False)), frames,
+                                   strict=True):
+                np.copyto(dest, array.reshape(dest.shape))
+            frames = []
+        reply, _ = (self._call_shared if seg else self._call)(
+            Op.PUSH, frames, dtype=DType.FLOAT32, rows=len(ids_np), cols=self.dim, step=self.step,
+            flags=FLAG_SHARED if seg else 0,
         )
         self.step = reply.step
 
@@ -332,6 +417,7 @@ class RemoteStore(ClassStore):
         self._shutdown_sockets()
 
     def _shutdown_sockets(self) -> None:
+        self._segment = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None

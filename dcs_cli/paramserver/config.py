@@ -21,6 +21,11 @@ class ParamServerConfig:
     snapshot_every: float = opt(0.0, "seconds between periodic snapshots; 0 = only on exit")
     heartbeat_timeout: float = opt(30.0, "seconds of silence after which a client leaves the barrier")
     request_timeout: float = opt(60.0, "client side: seconds to wait for a reply before failing")
+    shared_memory: bool = opt(
+        True,
+        "client side: with a loopback or ipc:// address, move rows through a /dev/shm segment shared "
+        "with the server instead of the socket (falls back to the socket when the server cannot map it)",
+    )
     torch_threads: int = opt(
         1,
         "server side: torch intra-op threads for the updates; 1 avoids fighting the "

@@ -104,6 +104,25 @@ class PendingPush:
 
 
 @dataclass
+class SentRows:
+    """The weight rows of a client's last GET_ROWS as they were sent (the reply's own buffer, read-only).
+
+    A trainer pushes gradients for exactly the rows it fetched; while the weights are unchanged since
+    (same `version`), the update reads these instead of gathering the same random rows from the table
+    again: one of its four passes over scattered rows saved.
+    """
+
+    version: int
+    ids: np.ndarray
+    weight: np.ndarray
+
+    def rows_for(self, version: int, ids: torch.Tensor) -> torch.Tensor | None:
+        if version != self.version or not np.array_equal(self.ids, ids.numpy()):
+            return None
+        return torch.from_numpy(self.weight)
+
+
+@dataclass
 class ServedMatrix:
     """Weights + momentum of one named matrix and the pushes collected for its current step."""
 
@@ -117,7 +136,9 @@ class ServedMatrix:
     step: int = 0
     members: set[int] = field(default_factory=set)
     pending: dict[int, PendingPush] = field(default_factory=dict)
-    waiters: list[tuple] = field(default_factory=list)  # (routing identity, request id, client id)
+    waiters: list[tuple] = field(default_factory=list)  # (routing identity, request header)
+    version: int = 0  # bumped by every change of the weights
+    sent: dict[int, SentRows] = field(default_factory=dict)  # per client: the weight rows its last GET got
 
     def __post_init__(self) -> None:
         if self.weight is None:
@@ -129,12 +150,38 @@ class ServedMatrix:
         if self.spec.bias and self.bias_momentum is None:
             self.bias_momentum = torch.zeros(self.spec.num_classes)
 
-    def gather(self, ids: np.ndarray, with_momentum: bool) -> list[np.ndarray]:
-        """The arrays of a GET_ROWS reply, in wire order: weight rows, then (momentum), (bias), (bias momentum)."""
+    def _tables(self, with_momentum: bool) -> list[torch.Tensor]:
         tables = [self.weight] + [self.momentum] * with_momentum
         if self.spec.bias:
             tables += [self.bias] + [self.bias_momentum] * with_momentum
-        return [np.take(t.numpy(), ids, axis=0) for t in tables]  # ~3x faster than torch.index_select here
+        return tables
+
+    def reply_specs(self, rows: int, with_momentum: bool) -> list[tuple[np.dtype, tuple[int, ...]]]:
+        """(dtype, shape) of each array of a GET_ROWS reply of `rows` rows, in wire order."""
+        return [(np.dtype("<f4"), (rows, *t.shape[1:])) for t in self._tables(with_momentum)]
+
+    def gather(self, ids: np.ndarray, with_momentum: bool, out: list[np.ndarray] | None = None) -> list[np.ndarray]:
+        """The arrays of a GET_ROWS reply, in wire order: weight rows, then (momentum), (bias), (bias
+        momentum); into `out` (e.g. a shared-memory reply region) when given. `ids` are in range."""
+        tables = [t.numpy() for t in self._tables(with_momentum)]
+        if out is None:
+            return [np.take(t, ids, axis=0) for t in tables]  # ~3x faster than torch.index_select here
+        for table, dest in zip(tables, out, strict=True):  # "clip" writes `dest` directly; the default
+            np.take(table, ids, axis=0, out=dest, mode="clip")  # mode gathers into a temporary first
+        return out
+
+    def remember_sent(self, client: int, ids: np.ndarray, weight_rows: np.ndarray) -> None:
+        """Keep the rows just sent to a registered `client` for its coming PUSH (see `SentRows`)."""
+        if client in self.members:
+            self.sent[client] = SentRows(self.version, ids.copy(), weight_rows)
+
+    def changed(self) -> None:
+        """The weights changed (an update, SET_ROWS): rows sent before no longer show them."""
+        self.version += 1
+        self.sent.clear()
+
+    def forget(self, client: int) -> None:
+        self.sent.pop(client, None)
 
     def add_push(self, client: int, push: PendingPush) -> None:
         if client in self.pending:
@@ -147,20 +194,27 @@ class ServedMatrix:
 
     def apply(self) -> int:
         """Sum the pending gradients per row, apply one SGD step, advance the step; returns rows updated."""
-        pushes = [self.pending[c] for c in sorted(self.pending)]  # fixed order → reproducible sums
+        clients = sorted(self.pending)  # fixed order → reproducible sums
+        pushes = [self.pending[c] for c in clients]
+        current = [self._sent_rows(c, p.ids) for c, p in zip(clients, pushes, strict=True)]
         if len(pushes) == 1:
             p = pushes[0]
-            sgd_rows_(self.weight, self.momentum, p.ids, p.grad_w, self.params)
+            sgd_rows_(self.weight, self.momentum, p.ids, p.grad_w, self.params, current=current[0])
             if self.spec.bias:
                 sgd_rows_(self.bias, self.bias_momentum, p.ids, p.grad_b, self.params)
             rows = len(p.ids)
         else:
-            rows = self._apply_summed(pushes)
+            rows = self._apply_summed(pushes, current)
         self.pending.clear()
+        self.changed()
         self.step += 1
         return rows
 
-    def _apply_summed(self, pushes: list[PendingPush]) -> int:
+    def _sent_rows(self, client: int, ids: torch.Tensor) -> torch.Tensor | None:
+        sent = self.sent.get(client)
+        return None if sent is None else sent.rows_for(self.version, ids)
+
+    def _apply_summed(self, pushes: list[PendingPush], current: list[torch.Tensor | None]) -> int:
         """Several clients: a row pushed by one client only takes that client's gradient as it arrived
         (no copy); rows pushed by several get 0 + g1 + g2 + … in client order, as one index_add_ over
         all pushes would sum them. Rows are independent, so the update order does not matter."""
@@ -172,10 +226,10 @@ class ServedMatrix:
         shared_ids = uniq[shared]
         sum_w = torch.zeros(len(shared_ids), self.spec.dim)
         sum_b = torch.zeros(len(shared_ids)) if self.spec.bias else None
-        for p, inv in zip(pushes, inverse.split(sizes), strict=True):
+        for p, inv, cur in zip(pushes, inverse.split(sizes), current, strict=True):
             is_shared = shared[inv]
             own = torch.nonzero(~is_shared).squeeze(1)
-            sgd_rows_(self.weight, self.momentum, p.ids[own], p.grad_w, self.params, grad_rows=own)
+            sgd_rows_(self.weight, self.momentum, p.ids[own], p.grad_w, self.params, grad_rows=own, current=cur)
             if self.spec.bias:
                 sgd_rows_(self.bias, self.bias_momentum, p.ids[own], p.grad_b, self.params, grad_rows=own)
             mine = torch.nonzero(is_shared).squeeze(1)

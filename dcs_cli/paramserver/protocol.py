@@ -9,7 +9,8 @@ A message is a ZeroMQ multipart message (DEALER → ROUTER). Frame 0 is the 72-b
     0      4    magic       b"DCSP"
     4      1    version     PROTOCOL_VERSION; a different version is refused
     5      1    op          Op below; replies repeat the request's op
-    6      1    flags       request flags (FLAG_MOMENTUM: rows travel with their momentum)
+    6      1    flags       FLAG_MOMENTUM: rows travel with their momentum; FLAG_SHARED: the arrays lie
+                            in the client's shared-memory segment instead of frames (see shm.py)
     7      1    status      replies: 0 ok, 1 error (frame 1 is then {"error": "..."} as JSON)
     8      1    dtype       dtype of the array frames: 0 none, 1 float32, 2 int64, 3 json
     9      3    (padding)
@@ -24,6 +25,9 @@ A message is a ZeroMQ multipart message (DEALER → ROUTER). Frame 0 is the 72-b
 The frames after the header are raw C-contiguous little-endian arrays whose sizes must match rows/cols
 exactly, or one small UTF-8 JSON object (control data such as a CREATE spec, optimiser params, stats).
 The token itself never travels: a server with a token recomputes the MAC of each header.
+
+ATTACH (frame: {"name", "reply_bytes", "request_bytes"}) maps a registered client's `/dev/shm` segment on
+the server; afterwards GET_ROWS and PUSH with FLAG_SHARED move their arrays through it (shm.py).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ HEADER = struct.Struct("<4sBBBBB3xIQQqQQ16s")
 MAC_SIZE = 16
 MAX_JSON_BYTES = 64 * 1024
 FLAG_MOMENTUM = 1
+FLAG_SHARED = 2
 STATUS_OK = 0
 STATUS_ERROR = 1
 NO_AUTH = b"\0" * MAC_SIZE
@@ -62,6 +67,7 @@ class Op(enum.IntEnum):
     SHUTDOWN = 11
     HEARTBEAT = 12
     SET_STEP = 13
+    ATTACH = 14
 
 
 class DType(enum.IntEnum):

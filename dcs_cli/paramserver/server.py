@@ -1,6 +1,6 @@
 """The parameter server: matrices of class rows served over ZeroMQ with synchronous SGD across clients.
 
-    serve(load_config(overrides=["paramserver.bind=tcp://127.0.0.1:5570"]))   # blocks until SIGTERM/SHUTDOWN
+    ParamServer(cfg.paramserver, params, token).run(router_socket)            # what `serve` (serve.py) runs
     handle = start_background("tcp://127.0.0.1:*")                            # a real server process
     handle.address, handle.stop()
 
@@ -14,25 +14,21 @@ request is validated and a bad one gets an error reply; nothing a client sends c
 from __future__ import annotations
 
 import dataclasses
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 import zmq
 
 from dcs_cli.console import info, warn
-from dcs_cli.cpus import place
-from dcs_cli.errors import ConfigError, ServerError
-from dcs_cli.fsutil import write_text_atomic
+from dcs_cli.errors import ServerError
 from dcs_cli.paramserver.auth import is_loopback, read_token  # noqa: F401 (public API)
 from dcs_cli.paramserver.launcher import BackgroundServer, start_background  # noqa: F401 (public API)
 from dcs_cli.paramserver.matrix import MatrixSpec, PendingPush, ServedMatrix, optim_from_dict
 from dcs_cli.paramserver.protocol import (
     FLAG_MOMENTUM,
+    FLAG_SHARED,
     STATUS_ERROR,
     DType,
     Header,
@@ -43,10 +39,10 @@ from dcs_cli.paramserver.protocol import (
     parse_json,
     peek_request_id,
 )
-from dcs_cli.paramserver.snapshot import read_snapshot, write_snapshot
+from dcs_cli.paramserver.shm import SegmentError, SharedSegment, region_frames
+from dcs_cli.paramserver.snapshot import write_snapshot
 from dcs_cli.paramserver.status import StatusLine
 from dcs_cli.paramserver.validate import (
-    MAX_MESSAGE_BYTES,
     check_row_request,
     expect_frames,
     row_ids,
@@ -61,6 +57,7 @@ POLL_MS = 100
 class ClientInfo:
     last_seen: float
     matrices: set[int] = field(default_factory=set)
+    segment: SharedSegment | None = None  # ATTACHed shared memory (same-host clients)
 
 
 class ParamServer:
@@ -101,6 +98,7 @@ class ParamServer:
             Op.SHUTDOWN: self._shutdown,
             Op.HEARTBEAT: self._heartbeat,
             Op.SET_STEP: self._set_step,
+            Op.ATTACH: self._attach,
         }
         self.sock: zmq.Socket | None = None
 
@@ -236,6 +234,7 @@ class ParamServer:
 
     def _leave(self, client_id: int, m: ServedMatrix) -> None:
         m.members.discard(client_id)
+        m.forget(client_id)
         client = self.clients.get(client_id)
         if client is not None:
             client.matrices.discard(m.matrix_id)
@@ -247,12 +246,22 @@ class ParamServer:
         check_row_request(m, header, "GET_ROWS")
         expect_frames(frames, 1, "GET_ROWS")
         ids_np = row_ids(m, header, frames[0], unique=False, op="GET_ROWS").numpy()
-        out = m.gather(ids_np, with_momentum=bool(header.flags & FLAG_MOMENTUM))
+        with_momentum, shared = bool(header.flags & FLAG_MOMENTUM), bool(header.flags & FLAG_SHARED)
+        out = None
+        if shared:  # gathered straight into the client's segment; the reply carries no arrays
+            segment = self._segment(header, "GET_ROWS")
+            try:
+                out = segment.arrays(segment.reply, m.reply_specs(len(ids_np), with_momentum))
+            except SegmentError as exc:
+                raise ProtocolError(f"GET_ROWS: reply {exc}; ATTACH a larger segment") from None
+        out = m.gather(ids_np, with_momentum, out)
+        if not with_momentum:
+            m.remember_sent(header.client_id, ids_np, out[0])
         self.counters["rows_read"] += len(ids_np)
         self._reply(
             identity,
             header,
-            out,
+            [] if shared else out,
             dtype=DType.FLOAT32,
             rows=len(ids_np),
             cols=m.spec.dim,
@@ -272,6 +281,14 @@ class ParamServer:
             raise ProtocolError(
                 f"PUSH: gradient for step {header.step} but '{m.spec.name}' is at step {m.step}"
             )
+        if header.flags & FLAG_SHARED:
+            expect_frames(frames, 0, "PUSH")
+            segment, rows = self._segment(header, "PUSH"), header.rows
+            sizes = [8 * rows, 4 * rows * m.spec.dim] + [4 * rows] * m.spec.bias
+            try:
+                frames = region_frames(segment.request, sizes, copy=(0,))
+            except SegmentError as exc:
+                raise ProtocolError(f"PUSH: request {exc}; ATTACH a larger segment") from None
         expect_frames(frames, 3 if m.spec.bias else 2, "PUSH")
         ids = row_ids(m, header, frames[0], unique=True, op="PUSH")
         grad_w = row_values(m, header, frames[1], m.spec.dim, "PUSH", "weight gradient")
@@ -313,8 +330,29 @@ class ParamServer:
                 )
         for target, source in updates:  # all validated first: a refused request changes nothing
             target.index_copy_(0, ids, source)
+        m.changed()
         self.counters["rows_written"] += len(ids)
         self._reply(identity, header, step=m.step)
+
+    def _segment(self, header: Header, op: str) -> SharedSegment:
+        client = self.clients.get(header.client_id)
+        if client is None or client.segment is None:
+            raise ProtocolError(f"{op}: FLAG_SHARED but no shared-memory segment is attached; ATTACH first")
+        return client.segment
+
+    def _attach(self, identity, header: Header, frames) -> None:
+        expect_frames(frames, 1, "ATTACH")
+        client = self.clients.get(header.client_id)
+        if client is None:
+            raise ProtocolError(f"ATTACH: client {header.client_id:x} is not registered; REGISTER first")
+        spec = parse_json(frames[0].buffer)
+        if set(spec) != {"name", "reply_bytes", "request_bytes"}:
+            raise ProtocolError("ATTACH: the frame must hold exactly name, reply_bytes and request_bytes")
+        try:
+            client.segment = SharedSegment.open(spec["name"], spec["reply_bytes"], spec["request_bytes"])
+        except SegmentError as exc:
+            raise ProtocolError(f"ATTACH: {exc}") from None
+        self._reply(identity, header)
 
     def _get_optim(self, identity, header: Header, frames) -> None:
         expect_frames(frames, 0, "GET_OPTIM")
@@ -355,6 +393,7 @@ class ParamServer:
             **self.counters,
             "uptime_s": round(time.monotonic() - self.started, 3),
             "clients": len(self.clients),
+            "shared_memory_clients": sum(c.segment is not None for c in self.clients.values()),
             "matrices": [
                 {
                     "id": m.matrix_id,
@@ -419,74 +458,3 @@ class ParamServer:
                 self._write_snapshot("final")
             except OSError as exc:
                 raise ServerError(f"final snapshot to {self.cfg.snapshot_dir} failed: {exc}") from exc
-
-
-def serve(cfg, resume: str | None = None, ready_file: str | None = None) -> int:
-    """Run the server described by `cfg.paramserver` (optimiser defaults from `cfg.optim`); returns 0."""
-    ps = cfg.paramserver
-    token = read_token(ps.token_file)
-    if not is_loopback(ps.bind) and token is None:
-        raise ConfigError(
-            f"paramserver.bind {ps.bind} is not a loopback address; refusing to serve it without "
-            "authentication: pass --token-file with a shared secret (or bind tcp://127.0.0.1)"
-        )
-    # before torch (the snapshot load) and ZeroMQ start threads: they inherit the placement
-    threads = place(ps.cpus, ps.torch_threads, "paramserver.cpus", "paramserver.torch_threads")
-    if threads > 0:
-        torch.set_num_threads(threads)
-    matrices = read_snapshot(resume) if resume else []
-    if resume:
-        info(
-            f"resumed {len(matrices)} matrices from {resume}: "
-            + ", ".join(f"'{m.spec.name}' step {m.step}" for m in matrices)
-        )
-    if ps.snapshot_dir:
-        if Path(ps.snapshot_dir).exists() and not Path(ps.snapshot_dir).is_dir():
-            raise ConfigError(f"--snapshot-dir {ps.snapshot_dir} is a file; pass a folder for the snapshots")
-        Path(ps.snapshot_dir).mkdir(parents=True, exist_ok=True)
-    else:
-        warn("no --snapshot-dir: the matrices live only in memory and are lost when the server stops")
-    params = OptimParams(lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
-    server = ParamServer(ps, params, token, matrices)
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-    try:
-        sock.bind(ps.bind)
-    except zmq.ZMQError as exc:
-        sock.close()
-        ctx.term()
-        raise ServerError(f"cannot bind {ps.bind}: {exc}; choose another --bind address or port") from None
-    address = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
-    info(
-        f"paramserver listening on {address} ({'token required' if token else 'no token, loopback only'}; "
-        f"heartbeat timeout {ps.heartbeat_timeout}s)"
-    )
-    previous = _install_signals(server)
-    try:
-        if ready_file:
-            write_text_atomic(ready_file, address + "\n")
-        server.run(sock)
-    finally:
-        _restore_signals(previous)
-        sock.close()
-        ctx.term()
-    server.final_snapshot()
-    info("paramserver stopped")
-    return 0
-
-
-def _install_signals(server: ParamServer) -> dict:
-    if threading.current_thread() is not threading.main_thread():
-        return {}  # signals can only be caught on the main thread (e.g. tests run serve() in a thread)
-
-    def stop(signum, frame):
-        server.stop_requested = True
-
-    return {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-
-def _restore_signals(previous: dict) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)

@@ -196,7 +196,8 @@ def _build_store(cfg, num_classes: int, ctx: DistContext, resume: dict | None, r
 
     def connect():
         return RemoteStore(address, "classifier", num_classes, dim, bias=bias, seed=seed, params=params,
-                           token=token, timeout=cfg.paramserver.request_timeout, init_std=INIT_STD)
+                           token=token, timeout=cfg.paramserver.request_timeout, init_std=INIT_STD,
+                           shared_memory=cfg.paramserver.shared_memory)
 
     # Rank 0 restores the snapshot first; the others register afterwards, so they see the restored step,
     # and nobody pushes before every rank is registered in the server's barrier.

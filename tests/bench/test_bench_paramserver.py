@@ -4,6 +4,7 @@ import pytest
 
 from dcs_cli.cli.app import app
 from dcs_cli.cpus import available_cpus, format_cpu_list
+from dcs_cli.paramserver import shm
 
 
 @pytest.mark.slow
@@ -35,9 +36,18 @@ def test_bench_paramserver_tiny(runner, tmp_path):
     if len(available_cpus()) >= 2:  # the server also runs on a core of its own, clients on the others
         cores = sorted(available_cpus())
         placements.append(f"server {cores[0]}, clients {format_cpu_list(cores[1:])}")
-    expected = [("in-process LocalStore", 1, "any"), ("in-process LocalStore, get only", 1, "any")]
+    expected = [
+        ("in-process LocalStore", "in process", 1, "any"),
+        ("in-process LocalStore, get only", "in process", 1, "any"),
+    ]
+    transports = ["tcp", "shared memory"] if shm.available() else ["tcp"]
     for where in placements:
-        expected += [("paramserver", 1, where), ("paramserver, get only", 1, where), ("paramserver", 2, where)]
-    assert [(r["name"], r["clients"], r["placement"]) for r in data["rows"]] == expected
+        for transport in transports:
+            expected += [
+                ("paramserver", transport, 1, where),
+                ("paramserver, get only", transport, 1, where),
+                ("paramserver", transport, 2, where),
+            ]
+    assert [(r["name"], r["transport"], r["clients"], r["placement"]) for r in data["rows"]] == expected
     for row in data["rows"]:
         assert row["rows_per_s"] > 0 and row["p99_step_ms"] >= row["p50_step_ms"] > 0

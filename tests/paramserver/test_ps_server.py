@@ -25,13 +25,15 @@ from .conftest import HEARTBEAT_TIMEOUT
 PARAMS = OptimParams(lr=0.05, momentum=0.9, weight_decay=1e-3)
 
 
-def test_one_client_follows_local_store_exactly(server):
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-memory", "frames"])
+def test_one_client_follows_local_store_exactly(server, shared):
     n, d, steps = 500, 16, 12
     gen = torch.Generator().manual_seed(0)
     local = LocalStore(n, d, bias=True, init_std=0.1, seed=3, params=PARAMS)
     dense_w, dense_m = local.weight.clone(), torch.zeros(n, d)
     with RemoteStore(
-        server.address, "trajectory", n, d, bias=True, init_std=0.1, seed=3, params=PARAMS
+        server.address, f"trajectory-{shared}", n, d, bias=True, init_std=0.1, seed=3, params=PARAMS,
+        shared_memory=shared,
     ) as remote:
         assert torch.equal(remote.weights(), local.weight)  # same seeded init as LocalStore
         for step in range(steps):
@@ -49,6 +51,7 @@ def test_one_client_follows_local_store_exactly(server):
                 local.set_optim(PARAMS2)
                 assert remote.get_optim() == PARAMS2
         state = remote.state_dict()
+        assert (remote._segment is not None) == shared
         assert state["step"] == steps == remote.step
         assert torch.equal(state["weight"], local.weight) and torch.equal(state["momentum"], local.momentum)
         assert torch.equal(state["bias"], local.bias) and torch.equal(
@@ -215,6 +218,7 @@ def test_garbage_messages_get_error_replies_and_leave_the_matrix_alone(server):
                 rows=int(rng.integers(0, 2**40)),
                 cols=int(rng.integers(0, 300)),
                 dtype=int(rng.integers(0, 256)),
+                flags=int(rng.integers(0, 256)),  # FLAG_SHARED included: no segment is attached
                 client_id=99,
             )
             return [h.pack(None), rng.bytes(int(rng.integers(1, 500)))] + junk

@@ -1,0 +1,150 @@
+"""Shared-memory row transport for clients on the server's host (Linux `/dev/shm`).
+
+    segment = SharedSegment.create(reply_bytes=10 << 20, request_bytes=11 << 20)   # client
+    ATTACH {"name": segment.name, "reply_bytes": ..., "request_bytes": ...}          # server maps it
+    segment.unlink()                        # at once: the mapping lives on, no file is left behind
+
+Over TCP a 10 MB array is copied four times (into the sender's kernel buffer, out of it, and once per
+ZeroMQ side) and paced by the loopback stack. A client on the same host instead maps one file of
+`/dev/shm` with the server: the server gathers GET_ROWS rows straight into the segment's reply region
+and reads PUSH ids and gradients straight from its request region, so only the client's own copy in or
+out remains; the small control messages (header, row ids of a GET) still travel over ZeroMQ. A request or
+reply that uses the segment sets `FLAG_SHARED` and carries no array frames; its arrays lie in the region
+in wire order, each at an offset rounded up to 64 bytes.
+
+A client has one request in flight at a time, so one reply and one request region suffice. The segment
+is trusted like the process that created it: only a file of the server's own user, named
+`dcs-ps-<32 hex digits>`, is ever mapped, and its contents are validated like any frame.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import secrets
+import stat
+from pathlib import Path
+
+import numpy as np
+
+SHM_DIR = Path("/dev/shm")
+NAME = re.compile(r"dcs-ps-[0-9a-f]{32}")
+ALIGN = 64
+MAX_SEGMENT_BYTES = 2 << 30  # two regions of at most one maximal message each
+
+
+class SegmentError(Exception):
+    """A segment that cannot be created or mapped; the caller falls back to frames or refuses ATTACH."""
+
+
+def aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
+
+
+def layout(sizes: list[int]) -> tuple[list[int], int]:
+    """Offsets of consecutive arrays of `sizes` bytes, each 64-byte aligned, and the bytes they span."""
+    offsets, end = [], 0
+    for size in sizes:
+        offsets.append(end)
+        end += aligned(size)
+    return offsets, end
+
+
+class SharedSegment:
+    """One mapped `/dev/shm` file: the reply region `[0, reply_bytes)`, then the request region."""
+
+    def __init__(self, name: str, buf: mmap.mmap, reply_bytes: int, request_bytes: int):
+        self.name, self.reply_bytes, self.request_bytes = name, reply_bytes, request_bytes
+        self._buf = buf
+        raw = np.frombuffer(buf, dtype=np.uint8)
+        self.reply = raw[:reply_bytes]
+        self.request = raw[reply_bytes : reply_bytes + request_bytes]
+
+    @classmethod
+    def create(cls, reply_bytes: int, request_bytes: int) -> SharedSegment:
+        reply_bytes, request_bytes = aligned(reply_bytes), aligned(request_bytes)
+        total = reply_bytes + request_bytes
+        if total > MAX_SEGMENT_BYTES:
+            raise SegmentError(f"{total} bytes exceed the {MAX_SEGMENT_BYTES}-byte segment limit")
+        name = f"dcs-ps-{secrets.token_hex(16)}"
+        path = SHM_DIR / name
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise SegmentError(f"cannot create {path}: {exc.strerror}") from None
+        try:
+            os.ftruncate(fd, total)
+            buf = mmap.mmap(fd, total)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise SegmentError(f"cannot size {path} to {total} bytes: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        return cls(name, buf, reply_bytes, request_bytes)
+
+    @classmethod
+    def open(cls, name: str, reply_bytes: int, request_bytes: int) -> SharedSegment:
+        """The server's side: map the segment a client created, after checking everything about it."""
+        if not isinstance(name, str) or NAME.fullmatch(name) is None:
+            raise SegmentError("segment name must be dcs-ps-<32 hex digits>")
+        for what, size in (("reply_bytes", reply_bytes), ("request_bytes", request_bytes)):
+            if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % ALIGN:
+                raise SegmentError(f"{what} must be a positive multiple of {ALIGN}")
+        total = reply_bytes + request_bytes
+        if total > MAX_SEGMENT_BYTES:
+            raise SegmentError(f"{total} bytes exceed the {MAX_SEGMENT_BYTES}-byte segment limit")
+        path = SHM_DIR / name
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise SegmentError(f"cannot open {path} ({exc.strerror}); is the client on this host?") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                raise SegmentError(f"{path} is not a regular file of this server's user")
+            if st.st_size != total:
+                raise SegmentError(f"{path} holds {st.st_size} bytes, ATTACH announced {total}")
+            buf = mmap.mmap(fd, total)
+        finally:
+            os.close(fd)
+        return cls(name, buf, reply_bytes, request_bytes)
+
+    def unlink(self) -> None:
+        """Remove the file; both mappings stay valid until dropped, and nothing is left if a side dies."""
+        (SHM_DIR / self.name).unlink(missing_ok=True)
+
+    def arrays(self, region: np.ndarray, specs: list[tuple[np.dtype, tuple[int, ...]]]) -> list[np.ndarray]:
+        """Views of consecutive arrays `(dtype, shape)` in `region`; SegmentError if they do not fit."""
+        sizes = [np.dtype(dt).itemsize * int(np.prod(shape)) for dt, shape in specs]
+        offsets, end = layout(sizes)
+        if end > len(region):
+            raise SegmentError(f"{end} bytes do not fit the {len(region)}-byte region")
+        return [
+            region[off : off + size].view(dt).reshape(shape)
+            for off, size, (dt, shape) in zip(offsets, sizes, specs, strict=True)
+        ]
+
+
+def available() -> bool:
+    """Whether this host offers `/dev/shm` (Linux); elsewhere rows always travel as frames."""
+    return SHM_DIR.is_dir() and os.access(SHM_DIR, os.W_OK)
+
+
+class RegionFrame:
+    """A slice of a segment region in place of a ZeroMQ frame: the validators read `.buffer` alike."""
+
+    __slots__ = ("buffer",)
+
+    def __init__(self, view: np.ndarray):
+        self.buffer = memoryview(view)
+
+
+def region_frames(region: np.ndarray, sizes: list[int], copy: tuple[int, ...] = ()) -> list[RegionFrame]:
+    """Frames over consecutive arrays of `sizes` bytes in `region` (indices in `copy` are copied out
+    first, so what is validated cannot change afterwards); SegmentError if they do not fit."""
+    offsets, end = layout(sizes)
+    if end > len(region):
+        raise SegmentError(f"{end} bytes do not fit the {len(region)}-byte region")
+    views = [region[off : off + size] for off, size in zip(offsets, sizes, strict=True)]
+    return [RegionFrame(v.copy() if i in copy else v) for i, v in enumerate(views)]
