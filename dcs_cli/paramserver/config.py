@@ -31,6 +31,11 @@ class ParamServerConfig:
         "server side: torch intra-op threads for the updates; 1 avoids fighting the "
         "training processes on the same host for cores, 0 = torch's default",
     )
+    update_threads: int = opt(
+        0,
+        "server side: threads that share each row gather and update (random rows are memory-latency "
+        "bound, so 2 fetch faster than 1); 0 = one per core the server may use, at most 4",
+    )
     cpus: list[int] = opt(
         [],
         "server side: cores the server runs on (e.g. [0]); empty = wherever the OS puts it. A core of "
@@ -46,4 +51,5 @@ class ParamServerConfig:
         require(self.heartbeat_timeout > 0, f"{key}.heartbeat_timeout", "must be > 0")
         require(self.request_timeout > 0, f"{key}.request_timeout", "must be > 0")
         require(self.torch_threads >= 0, f"{key}.torch_threads", "must be >= 0")
+        require(self.update_threads >= 0, f"{key}.update_threads", "must be >= 0")
         require(all(c >= 0 for c in self.cpus), f"{key}.cpus", f"= {self.cpus} holds a negative core number")

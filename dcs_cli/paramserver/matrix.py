@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from dcs_cli.paramserver.protocol import ProtocolError
+from dcs_cli.paramserver.workers import SERIAL, RowWorkers
 from dcs_cli.selection.store import OptimParams, empty_rows, sgd_rows_
 
 INITS = ("normal", "uniform")  # as LocalStore
@@ -139,6 +140,7 @@ class ServedMatrix:
     waiters: list[tuple] = field(default_factory=list)  # (routing identity, request header)
     version: int = 0  # bumped by every change of the weights
     sent: dict[int, SentRows] = field(default_factory=dict)  # per client: the weight rows its last GET got
+    workers: RowWorkers = SERIAL  # threads that share gathers and updates (the server sets its own)
 
     def __post_init__(self) -> None:
         if self.weight is None:
@@ -163,12 +165,29 @@ class ServedMatrix:
     def gather(self, ids: np.ndarray, with_momentum: bool, out: list[np.ndarray] | None = None) -> list[np.ndarray]:
         """The arrays of a GET_ROWS reply, in wire order: weight rows, then (momentum), (bias), (bias
         momentum); into `out` (e.g. a shared-memory reply region) when given. `ids` are in range."""
-        tables = [t.numpy() for t in self._tables(with_momentum)]
+        tables = [t.numpy() for t in self._tables(with_momentum)]  # np.take: ~3x faster than index_select
         if out is None:
-            return [np.take(t, ids, axis=0) for t in tables]  # ~3x faster than torch.index_select here
-        for table, dest in zip(tables, out, strict=True):  # "clip" writes `dest` directly; the default
-            np.take(table, ids, axis=0, out=dest, mode="clip")  # mode gathers into a temporary first
+            out = [np.empty((len(ids), *t.shape[1:]), dtype=t.dtype) for t in tables]
+
+        def part(lo: int, hi: int) -> None:  # "clip" writes `dest` directly; the default mode gathers
+            for table, dest in zip(tables, out, strict=True):  # into a temporary first
+                np.take(table, ids[lo:hi], axis=0, out=dest[lo:hi], mode="clip")
+
+        self.workers.run(len(ids), part)
         return out
+
+    def _update(self, ids: torch.Tensor, grad: torch.Tensor, grad_rows=None, current=None) -> None:
+        """`sgd_rows_` on the weights, split over `workers` by row (the rows are distinct)."""
+
+        def part(lo: int, hi: int) -> None:
+            if grad_rows is None:
+                cur = None if current is None else current[lo:hi]
+                sgd_rows_(self.weight, self.momentum, ids[lo:hi], grad[lo:hi], self.params, current=cur)
+            else:
+                sgd_rows_(self.weight, self.momentum, ids[lo:hi], grad, self.params, grad_rows=grad_rows[lo:hi],
+                          current=current)
+
+        self.workers.run(len(ids), part)
 
     def remember_sent(self, client: int, ids: np.ndarray, weight_rows: np.ndarray) -> None:
         """Keep the rows just sent to a registered `client` for its coming PUSH (see `SentRows`)."""
@@ -199,7 +218,7 @@ class ServedMatrix:
         current = [self._sent_rows(c, p.ids) for c, p in zip(clients, pushes, strict=True)]
         if len(pushes) == 1:
             p = pushes[0]
-            sgd_rows_(self.weight, self.momentum, p.ids, p.grad_w, self.params, current=current[0])
+            self._update(p.ids, p.grad_w, current=current[0])
             if self.spec.bias:
                 sgd_rows_(self.bias, self.bias_momentum, p.ids, p.grad_b, self.params)
             rows = len(p.ids)
@@ -229,7 +248,7 @@ class ServedMatrix:
         for p, inv, cur in zip(pushes, inverse.split(sizes), current, strict=True):
             is_shared = shared[inv]
             own = torch.nonzero(~is_shared).squeeze(1)
-            sgd_rows_(self.weight, self.momentum, p.ids[own], p.grad_w, self.params, grad_rows=own, current=cur)
+            self._update(p.ids[own], p.grad_w, grad_rows=own, current=cur)
             if self.spec.bias:
                 sgd_rows_(self.bias, self.bias_momentum, p.ids[own], p.grad_b, self.params, grad_rows=own)
             mine = torch.nonzero(is_shared).squeeze(1)
@@ -237,7 +256,7 @@ class ServedMatrix:
                 sum_w.index_add_(0, slot[inv[mine]], p.grad_w[mine])
                 if sum_b is not None:
                     sum_b.index_add_(0, slot[inv[mine]], p.grad_b[mine])
-        sgd_rows_(self.weight, self.momentum, shared_ids, sum_w, self.params)
+        self._update(shared_ids, sum_w)
         if sum_b is not None:
             sgd_rows_(self.bias, self.bias_momentum, shared_ids, sum_b, self.params)
         return len(uniq)

@@ -15,13 +15,14 @@ import torch
 import zmq
 
 from dcs_cli.console import info, warn
-from dcs_cli.cpus import place
+from dcs_cli.cpus import available_cpus, place
 from dcs_cli.errors import ConfigError, ServerError
 from dcs_cli.fsutil import write_text_atomic
 from dcs_cli.paramserver.auth import is_loopback, read_token
 from dcs_cli.paramserver.server import ParamServer
 from dcs_cli.paramserver.snapshot import read_snapshot
 from dcs_cli.paramserver.validate import MAX_MESSAGE_BYTES
+from dcs_cli.paramserver.workers import RowWorkers
 from dcs_cli.selection.store import OptimParams
 
 
@@ -51,7 +52,8 @@ def serve(cfg, resume: str | None = None, ready_file: str | None = None) -> int:
     else:
         warn("no --snapshot-dir: the matrices live only in memory and are lost when the server stops")
     params = OptimParams(lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
-    server = ParamServer(ps, params, token, matrices)
+    workers = RowWorkers(ps.update_threads or min(4, len(available_cpus())))
+    server = ParamServer(ps, params, token, matrices, workers)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -65,7 +67,7 @@ def serve(cfg, resume: str | None = None, ready_file: str | None = None) -> int:
     address = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
     info(
         f"paramserver listening on {address} ({'token required' if token else 'no token, loopback only'}; "
-        f"heartbeat timeout {ps.heartbeat_timeout}s)"
+        f"heartbeat timeout {ps.heartbeat_timeout}s; {workers.threads} update thread(s))"
     )
     previous = _install_signals(server)
     try:
@@ -76,6 +78,7 @@ def serve(cfg, resume: str | None = None, ready_file: str | None = None) -> int:
         _restore_signals(previous)
         sock.close()
         ctx.term()
+        workers.close()
     server.final_snapshot()
     info("paramserver stopped")
     return 0

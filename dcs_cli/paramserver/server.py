@@ -48,6 +48,7 @@ from dcs_cli.paramserver.validate import (
     row_ids,
     row_values,
 )
+from dcs_cli.paramserver.workers import SERIAL, RowWorkers
 from dcs_cli.selection.store import OptimParams
 
 POLL_MS = 100
@@ -63,11 +64,17 @@ class ClientInfo:
 class ParamServer:
     """The socket loop and request handlers: `ParamServer(cfg, params, token).run(sock)`."""
 
-    def __init__(self, cfg, params: OptimParams, token: bytes | None, matrices: list[ServedMatrix] = ()):
+    def __init__(
+        self, cfg, params: OptimParams, token: bytes | None, matrices: list[ServedMatrix] = (),
+        workers: RowWorkers = SERIAL,
+    ):
         self.cfg = cfg  # ParamServerConfig
         self.default_params = params
         self.token = token
+        self.workers = workers
         self.matrices: list[ServedMatrix] = sorted(matrices, key=lambda m: m.matrix_id)
+        for m in self.matrices:
+            m.workers = workers
         self.clients: dict[int, ClientInfo] = {}
         self.stop_requested = False
         self.counters = {
@@ -195,7 +202,9 @@ class ParamServer:
                     )
                 break
         else:
-            m = ServedMatrix(len(self.matrices), spec, dataclasses.replace(self.default_params))
+            m = ServedMatrix(
+                len(self.matrices), spec, dataclasses.replace(self.default_params), workers=self.workers
+            )
             self.matrices.append(m)
             info(f"created matrix '{spec.name}' {spec.num_classes}x{spec.dim} (id {m.matrix_id})")
         header.matrix = m.matrix_id

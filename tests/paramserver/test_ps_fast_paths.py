@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from dcs_cli.paramserver.matrix import MatrixSpec, PendingPush, ServedMatrix
 from dcs_cli.paramserver.validate import all_finite
+from dcs_cli.paramserver.workers import RowWorkers
 from dcs_cli.selection.store import OptimParams, sgd_rows_
 
 
@@ -74,3 +75,51 @@ def test_three_clients_rows_shared_by_some_are_summed_once():
     untouched = torch.ones(60, dtype=torch.bool)
     untouched[touched] = False
     assert torch.count_nonzero(m.momentum[untouched]) == 0
+
+
+def test_row_workers_cover_every_row_once_and_raise_a_parts_error():
+    workers = RowWorkers(3)
+    try:
+        seen = []
+        workers.run(5000, lambda lo, hi: seen.append((lo, hi)))
+        assert len(seen) == 3 and sorted(r for lo, hi in seen for r in range(lo, hi)) == list(range(5000))
+        seen.clear()
+        workers.run(1500, lambda lo, hi: seen.append((lo, hi)))  # too few rows to be worth splitting
+        assert seen == [(0, 1500)]
+
+        def fail_late(lo, hi):
+            if lo > 0:
+                raise ValueError("part failed")
+
+        with pytest.raises(ValueError, match="part failed"):
+            workers.run(5000, fail_late)
+    finally:
+        workers.close()
+
+
+def test_threaded_gathers_and_updates_equal_the_serial_ones_bit_for_bit():
+    spec = MatrixSpec("m", 20_000, 8, bias=True, seed=2)
+    params = OptimParams(lr=0.1, momentum=0.9, weight_decay=1e-3)
+    gen = torch.Generator().manual_seed(3)
+    workers = RowWorkers(2)
+    try:
+        serial, threaded = ServedMatrix(0, spec, params), ServedMatrix(0, spec, params, workers=workers)
+        ids_sets = [torch.randperm(20_000, generator=gen)[:6000] for _ in range(2)]
+        grads = [torch.randn(6000, 8, generator=gen) for _ in range(2)]
+        biases = [torch.randn(6000, generator=gen) for _ in range(2)]
+        for m in (serial, threaded):
+            m.members.update({1, 2})
+            m.remember_sent(1, ids_sets[0].numpy(), m.gather(ids_sets[0].numpy(), False)[0])
+            for client, (ids, g, b) in enumerate(zip(ids_sets, grads, biases, strict=True), start=1):
+                m.add_push(client, PendingPush(ids, g, b))  # two clients, overlapping rows
+            m.apply()
+            m.members.discard(2)
+            m.add_push(1, PendingPush(ids_sets[1], grads[0], biases[0]))  # one client
+            m.apply()
+        for key in ("weight", "momentum", "bias", "bias_momentum"):
+            assert torch.equal(getattr(serial, key), getattr(threaded, key)), key
+        ids = ids_sets[0].numpy()
+        for a, b in zip(serial.gather(ids, True), threaded.gather(ids, True), strict=True):
+            assert np.array_equal(a, b)
+    finally:
+        workers.close()
