@@ -74,11 +74,13 @@ class SharedSegment:
         except OSError as exc:
             raise SegmentError(f"cannot create {path}: {exc.strerror}") from None
         try:
-            os.ftruncate(fd, total)
+            # allocated now, not on first touch: a small /dev/shm (Docker's 64 MB) fails here with ENOSPC
+            # instead of killing the process with SIGBUS in the middle of a step
+            os.posix_fallocate(fd, 0, total)
             buf = mmap.mmap(fd, total)
         except OSError as exc:
             path.unlink(missing_ok=True)
-            raise SegmentError(f"cannot size {path} to {total} bytes: {exc.strerror}") from None
+            raise SegmentError(f"cannot allocate {total} bytes in {SHM_DIR}: {exc.strerror}") from None
         finally:
             os.close(fd)
         return cls(name, buf, reply_bytes, request_bytes)

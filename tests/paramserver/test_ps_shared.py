@@ -231,3 +231,16 @@ def test_a_killed_client_leaves_no_segment_behind(server):
         proc.kill()
         proc.wait()
     assert _segments() == before
+
+
+def test_a_full_dev_shm_means_frames_not_a_crash(server, monkeypatch, capsys):
+    def no_space(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    before = _segments()
+    with RemoteStore(server.address, "shared-full", 60, 4, params=PARAMS) as store:
+        store.push(torch.tensor([1, 2]), torch.ones(2, 4))
+        assert store.step == 1 and store._segment is None
+    assert "No space left on device" in capsys.readouterr().err
+    assert _segments() == before
