@@ -10,8 +10,8 @@ client in its barrier; a background thread sends heartbeats so slow steps (evalu
 not get the client dropped. Every request has a timeout; a server that does not answer, or answers with
 an error, raises `ServerError` with the server's reason.
 
-With a loopback or ipc:// address the rows of large requests move through a `/dev/shm` segment shared
-with the server (shm.py) instead of ZeroMQ frames; `shared_memory=False` (config
+With a loopback or ipc:// address the rows of `rows()` and `push()` (up to 64 MiB each way) move through
+a `/dev/shm` segment shared with the server (shm.py) instead of ZeroMQ frames; `shared_memory=False` (config
 `paramserver.shared_memory: false`) keeps everything on the socket. A server that cannot map the segment
 (another host behind a forwarded port, a container without the client's /dev/shm) is told once and the
 client carries on with frames.

@@ -345,7 +345,12 @@ class ParamServer:
 
     def _segment(self, header: Header, op: str) -> SharedSegment:
         client = self.clients.get(header.client_id)
-        if client is None or client.segment is None:
+        if client is None:
+            raise ProtocolError(
+                f"{op}: shared memory of client {header.client_id:x}, which is not registered "
+                "(dropped after the heartbeat timeout?); register and ATTACH again"
+            )
+        if client.segment is None:
             raise ProtocolError(f"{op}: FLAG_SHARED but no shared-memory segment is attached; ATTACH first")
         return client.segment
 
