@@ -47,7 +47,7 @@ from dcs_cli.paramserver.protocol import (
 from dcs_cli.selection.store import ClassStore, OptimParams
 
 CHUNK_BYTES = 64 << 20  # whole-matrix transfers go in pieces of this size
-SHARED_MAX_BYTES = CHUNK_BYTES  # per region; whole-matrix transfers do not grow the segment beyond it
+SHARED_MAX_BYTES = CHUNK_BYTES  # per region; larger rows()/push() calls travel as frames
 
 
 class RequestTimeout(ServerError):
@@ -146,6 +146,7 @@ class RemoteStore(ClassStore):
         self._ctx = zmq.Context()
         self._conn = _Connection(self._ctx, address, self.token, self.client_id)
         self._segment: shm.SharedSegment | None = None
+        self._segment_full = False  # a larger segment could not be had: keep this one
         self._shared_ok = shared_memory and is_loopback(address) and shm.available()
         spec = {
             "name": matrix,
@@ -238,23 +239,33 @@ class RemoteStore(ClassStore):
         seg = self._segment
         if seg is not None and seg.reply_bytes >= reply and seg.request_bytes >= request:
             return seg
+        if seg is not None and self._segment_full:
+            return None  # this request as frames; the segment serves the sizes it has
         if seg is not None:  # grow with headroom, so a batch a little larger next step fits too
             reply, request = max(reply, seg.reply_bytes), max(request, seg.request_bytes)
         try:
             new = shm.SharedSegment.create(reply + reply // 4, request + request // 4)
         except shm.SegmentError as exc:
-            return self._frames_from_now(str(exc))
+            return self._cannot_grow(str(exc))
         try:
             spec = {"name": new.name, "reply_bytes": new.reply_bytes, "request_bytes": new.request_bytes}
             self._call_shared(Op.ATTACH, [json_frame(spec)], dtype=DType.JSON)
         except RequestTimeout:
             raise
         except ServerError as exc:
-            return self._frames_from_now(str(exc))
+            return self._cannot_grow(str(exc))
         finally:
             new.unlink()  # both sides have it mapped (or the server refused): no file is left behind
         self._segment = new
         return new
+
+    def _cannot_grow(self, why: str) -> None:
+        if self._segment is None:
+            return self._frames_from_now(why)
+        info(f"paramserver {self.address}: shared-memory segment not grown ({why}); larger requests travel "
+             "over ZeroMQ")
+        self._segment_full = True
+        return None
 
     def shared_memory_for(self, rows: int) -> bool:
         """Whether requests of `rows` rows move through shared memory (attaching the segment now if needed)."""
@@ -274,9 +285,11 @@ class RemoteStore(ClassStore):
         out = self._get(ids, with_momentum=False)
         return out["weight"], out.get("bias")
 
-    def _get(self, ids: torch.Tensor, with_momentum: bool) -> dict[str, torch.Tensor]:
+    def _get(self, ids: torch.Tensor, with_momentum: bool, bulk: bool = False) -> dict[str, torch.Tensor]:
+        """Rows of `ids`; `bulk` (whole-matrix reads in chunks) always as frames: the segment stays the
+        size of a training step's rows."""
         ids_np = _np(ids.reshape(-1), torch.int64)
-        seg = self._shared(len(ids_np), with_momentum)
+        seg = None if bulk else self._shared(len(ids_np), with_momentum)
         flags = (FLAG_MOMENTUM if with_momentum else 0) | (FLAG_SHARED if seg else 0)
         reply, frames = (self._call_shared if seg else self._call)(
             Op.GET_ROWS, [ids_np], dtype=DType.FLOAT32, rows=len(ids_np), cols=self.dim, flags=flags
@@ -285,14 +298,17 @@ class RemoteStore(ClassStore):
         if self.has_bias:
             names += ["bias"] + ["bias_momentum"] * with_momentum
         specs = self._row_specs(len(ids_np), True, with_momentum)
-        if seg is not None:  # copied out: the region is overwritten by the next request
+        if reply.flags & FLAG_SHARED:  # copied out: the region is overwritten by the next request
+            if seg is None:
+                raise ServerError(f"paramserver {self.address}: GET_ROWS answered through shared memory unasked")
             arrays = [a.copy() for a in seg.arrays(seg.reply, specs)] if not frames else []
-        else:
+        else:  # frames (also the server's answer to a client it no longer knows, e.g. dropped)
             arrays = [np.frombuffer(f.buffer, dtype="<f4") for f in frames]
         if len(arrays) != len(names) or any(a.size != np.prod(s[1]) for a, s in zip(arrays, specs, strict=True)):
+            via = "through shared memory" if reply.flags & FLAG_SHARED else f"with {len(frames)} frames"
             raise ServerError(
-                f"paramserver {self.address}: GET_ROWS answered {len(frames)} frames "
-                f"{'(shared memory) ' if seg else ''}that do not hold {len(names)} arrays of {len(ids_np)} rows"
+                f"paramserver {self.address}: GET_ROWS answered {via}, not {len(names)} arrays of "
+                f"{len(ids_np)} rows"
             )
         return {
             name: torch.from_numpy(a.reshape(spec[1])).to(ids.device)
@@ -329,7 +345,7 @@ class RemoteStore(ClassStore):
     def weights(self) -> torch.Tensor:
         chunk = self._chunk_rows(1)
         parts = [
-            self._get(torch.arange(lo, min(lo + chunk, self.num_classes)), False)["weight"]
+            self._get(torch.arange(lo, min(lo + chunk, self.num_classes)), False, bulk=True)["weight"]
             for lo in range(0, self.num_classes, chunk)
         ]
         return torch.cat(parts)
@@ -345,7 +361,7 @@ class RemoteStore(ClassStore):
         """Weights, momentum (and bias), the server's step and optimiser params, as CPU tensors."""
         chunk = self._chunk_rows(2)
         parts = [
-            self._get(torch.arange(lo, min(lo + chunk, self.num_classes)), True)
+            self._get(torch.arange(lo, min(lo + chunk, self.num_classes)), True, bulk=True)
             for lo in range(0, self.num_classes, chunk)
         ]
         state = {"num_classes": self.num_classes, "dim": self.dim}  # the keys LocalStore uses, plus step

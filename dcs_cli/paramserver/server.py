@@ -256,9 +256,13 @@ class ParamServer:
         expect_frames(frames, 1, "GET_ROWS")
         ids_np = row_ids(m, header, frames[0], unique=False, op="GET_ROWS").numpy()
         with_momentum, shared = bool(header.flags & FLAG_MOMENTUM), bool(header.flags & FLAG_SHARED)
+        client = self.clients.get(header.client_id)
+        shared = shared and client is not None and client.segment is not None  # else: frames (flag cleared)
         out = None
         if shared:  # gathered straight into the client's segment; the reply carries no arrays
-            segment = self._segment(header, "GET_ROWS")
+            segment = client.segment
+            for other in self.matrices:  # rows kept for a coming PUSH are about to be overwritten
+                other.forget(header.client_id)
             try:
                 out = segment.arrays(segment.reply, m.reply_specs(len(ids_np), with_momentum))
             except SegmentError as exc:
@@ -275,7 +279,7 @@ class ParamServer:
             rows=len(ids_np),
             cols=m.spec.dim,
             step=m.step,
-            flags=header.flags,
+            flags=header.flags if shared else header.flags & ~FLAG_SHARED,
         )
 
     def _push(self, identity, header: Header, frames) -> None:

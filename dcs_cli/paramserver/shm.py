@@ -14,7 +14,8 @@ in wire order, each at an offset rounded up to 64 bytes.
 
 A client has one request in flight at a time, so one reply and one request region suffice. The segment
 is trusted like the process that created it: only a file of the server's own user, named
-`dcs-ps-<32 hex digits>`, is ever mapped, and its contents are validated like any frame.
+`dcs-ps-<32 hex digits>`, mode 600 with a single link, is ever mapped, and its contents are validated like
+any frame. (A process of the same user can always harm the server, e.g. by truncating the file it mapped.)
 """
 
 from __future__ import annotations
@@ -103,13 +104,20 @@ class SharedSegment:
             raise SegmentError(f"cannot open {path} ({exc.strerror}); is the client on this host?") from None
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-                raise SegmentError(f"{path} is not a regular file of this server's user")
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+                raise SegmentError(f"{path} is not a regular file of this server's user with one link")
+            if st.st_mode & 0o077:
+                raise SegmentError(f"{path} is open to other users (mode {st.st_mode & 0o777:o}); need 600")
             if st.st_size != total:
                 raise SegmentError(f"{path} holds {st.st_size} bytes, ATTACH announced {total}")
-            buf = mmap.mmap(fd, total)
+            try:  # every page backed now (a no-op for a segment made by create()): no SIGBUS later
+                os.posix_fallocate(fd, 0, total)
+                buf = mmap.mmap(fd, total)
+            except OSError as exc:
+                raise SegmentError(f"cannot map {path}: {exc.strerror}") from None
         finally:
             os.close(fd)
+        path.unlink(missing_ok=True)  # mapped: the name is no longer needed (the client unlinks it too)
         return cls(name, buf, reply_bytes, request_bytes)
 
     def unlink(self) -> None:

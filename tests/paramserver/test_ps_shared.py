@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from dcs_cli.errors import ServerError
 from dcs_cli.paramserver import shm
 from dcs_cli.paramserver.client import RemoteStore, RequestTimeout
 from dcs_cli.paramserver.matrix import MatrixSpec, PendingPush, ServedMatrix
-from dcs_cli.paramserver.protocol import FLAG_SHARED, DType, Op, json_frame
+from dcs_cli.paramserver.protocol import FLAG_MOMENTUM, FLAG_SHARED, DType, Op, json_frame
 from dcs_cli.selection.store import LocalStore, OptimParams, sgd_rows_
 
 PARAMS = OptimParams(lr=0.05, momentum=0.9, weight_decay=1e-3)
@@ -132,8 +133,9 @@ def _request(store, op, frames=(), **fields):
 def test_bad_attach_and_shared_requests_are_refused(server, tmp_path):
     with RemoteStore(server.address, "shared-bad", 40, 4, params=PARAMS, shared_memory=False) as store:
         before = store.weights().clone()
-        with pytest.raises(ServerError, match="no shared-memory segment"):
-            _request(store, Op.GET_ROWS, [np.arange(3)], dtype=DType.FLOAT32, rows=3, cols=4, flags=FLAG_SHARED)
+        reply, frames = _request(store, Op.GET_ROWS, [np.arange(3)], dtype=DType.FLOAT32, rows=3, cols=4,
+                                 flags=FLAG_SHARED)  # no segment to write into: answered with frames
+        assert not reply.flags & FLAG_SHARED and len(frames) == 1
         with pytest.raises(ServerError, match="no shared-memory segment"):
             _request(store, Op.PUSH, [], dtype=DType.FLOAT32, rows=3, cols=4, flags=FLAG_SHARED)
         seg = shm.SharedSegment.create(256, 256)
@@ -244,3 +246,65 @@ def test_a_full_dev_shm_means_frames_not_a_crash(server, monkeypatch, capsys):
         assert store.step == 1 and store._segment is None
     assert "No space left on device" in capsys.readouterr().err
     assert _segments() == before
+
+
+def test_a_checkpoint_between_get_and_push_changes_nothing(server):
+    """Reads between a step's get and push (checkpoints, rows with momentum through the segment) must not
+    feed the update."""
+    n, d = 3000, 16
+    gen = torch.Generator().manual_seed(8)
+    local = LocalStore(n, d, params=PARAMS)
+    with RemoteStore(server.address, "shared-checkpoint", n, d, params=PARAMS) as remote:
+        for _ in range(3):
+            ids = torch.randperm(n, generator=gen)[:500]
+            grad = torch.randn(500, d, generator=gen)
+            remote.state_dict()  # whole-matrix reads go as frames, the segment keeps its size
+            remote.weights()
+            remote.rows(ids)
+            other = np.ascontiguousarray(torch.randperm(n, generator=gen)[:300].numpy())
+            reply, _ = _request(remote, Op.GET_ROWS, [other], dtype=DType.FLOAT32, rows=300, cols=d,
+                                flags=FLAG_SHARED | FLAG_MOMENTUM)  # overwrites the reply region
+            assert reply.flags & FLAG_SHARED
+            remote.push(ids, grad)
+            local.push(ids, grad)
+        assert remote._segment is not None
+        assert remote._segment.reply_bytes < 500 * d * 4 * 2  # bulk reads did not grow the segment
+        assert torch.equal(remote.weights(), local.weight)
+
+
+def test_a_dropped_client_still_reads_over_frames(tmp_path):
+    from dcs_cli.paramserver.server import start_background
+
+    with start_background("tcp://127.0.0.1:*", heartbeat_timeout=0.3) as srv:
+        store = RemoteStore(srv.address, "shared-dropped", 50, 4, params=PARAMS, heartbeat=False)
+        try:
+            w = store.rows(torch.tensor([1, 2]))[0]
+            assert store._segment is not None
+            time.sleep(2.0)  # silent (any request would count as a sign of life) well past the timeout
+            assert store.stats()["clients_dropped"] == 1, srv.log()
+            assert torch.equal(store.rows(torch.tensor([1, 2]))[0], w)
+            with pytest.raises(ServerError, match="register again"):
+                store.push(torch.tensor([1]), torch.ones(1, 4))
+        finally:
+            store.close()
+
+
+def test_attach_refuses_files_other_users_could_reach(server):
+    with RemoteStore(server.address, "shared-modes", 40, 4, shared_memory=False) as store:
+        seg = shm.SharedSegment.create(256, 256)
+        extra = shm.SHM_DIR / f"dcs-ps-{'1' * 32}"
+        try:
+            os.chmod(shm.SHM_DIR / seg.name, 0o644)
+            spec = {"name": seg.name, "reply_bytes": 256, "request_bytes": 256}
+            with pytest.raises(ServerError, match="mode 644"):
+                _request(store, Op.ATTACH, [json_frame(spec)], dtype=DType.JSON)
+            os.chmod(shm.SHM_DIR / seg.name, 0o600)
+            os.link(shm.SHM_DIR / seg.name, extra)
+            with pytest.raises(ServerError, match="one link"):
+                _request(store, Op.ATTACH, [json_frame(spec)], dtype=DType.JSON)
+            extra.unlink()
+            _request(store, Op.ATTACH, [json_frame(spec)], dtype=DType.JSON)
+            assert not (shm.SHM_DIR / seg.name).exists()  # the server unlinks what it mapped
+        finally:
+            extra.unlink(missing_ok=True)
+            seg.unlink()
