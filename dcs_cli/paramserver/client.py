@@ -43,6 +43,7 @@ from dcs_cli.paramserver.protocol import (
     decode_header,
     json_frame,
     parse_json,
+    row_arrays,
 )
 from dcs_cli.selection.store import ClassStore, OptimParams
 
@@ -107,11 +108,6 @@ class _Connection:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def _nbytes(spec: tuple) -> int:
-    dtype, shape = spec
-    return int(np.dtype(dtype).itemsize * np.prod(shape))
 
 
 def _np(t: torch.Tensor, dtype) -> np.ndarray:
@@ -221,19 +217,16 @@ class RemoteStore(ClassStore):
             self._segment, self._shared_ok = None, False
             raise
 
-    def _row_specs(self, rows: int, reply: bool, with_momentum: bool = False) -> list[tuple]:
-        """(dtype, shape) of the arrays of a GET_ROWS reply or of a PUSH request, in wire order."""
-        per_row = [(np.dtype("<f4"), (rows, self.dim))] * (1 + with_momentum)
-        per_row += [(np.dtype("<f4"), (rows,))] * ((1 + with_momentum) * self.has_bias)
-        return per_row if reply else [(np.dtype("<i8"), (rows,))] + per_row
+    def _row_specs(self, rows: int, kind: str, with_momentum: bool = False) -> list[tuple]:
+        return row_arrays(kind, rows, self.dim, self.has_bias, with_momentum)
 
     def _shared(self, rows: int, with_momentum: bool = False) -> shm.SharedSegment | None:
         """The attached segment, sized for `rows` rows both ways (attaching a larger one first if
         needed), or None when these rows travel as frames."""
         if not self._shared_ok:
             return None
-        reply = shm.layout([_nbytes(s) for s in self._row_specs(rows, True, with_momentum)])[1]
-        request = shm.layout([_nbytes(s) for s in self._row_specs(rows, False)])[1]
+        reply = shm.span(self._row_specs(rows, "reply", with_momentum))
+        request = shm.span(self._row_specs(rows, "push"))
         if max(reply, request) > SHARED_MAX_BYTES:
             return None
         seg = self._segment
@@ -297,7 +290,7 @@ class RemoteStore(ClassStore):
         names = ["weight"] + ["momentum"] * with_momentum
         if self.has_bias:
             names += ["bias"] + ["bias_momentum"] * with_momentum
-        specs = self._row_specs(len(ids_np), True, with_momentum)
+        specs = self._row_specs(len(ids_np), "reply", with_momentum)
         if reply.flags & FLAG_SHARED:  # copied out: the region is overwritten by the next request
             if seg is None:
                 raise ServerError(f"paramserver {self.address}: GET_ROWS answered through shared memory unasked")
@@ -332,7 +325,7 @@ class RemoteStore(ClassStore):
             frames.append(_np(grad_b.reshape(-1), torch.float32))
         seg = self._shared(len(ids_np))
         if seg is not None:  # written into the request region; the server reads it there
-            for dest, array in zip(seg.arrays(seg.request, self._row_specs(len(ids_np), False)), frames,
+            for dest, array in zip(seg.arrays(seg.request, self._row_specs(len(ids_np), "push")), frames,
                                    strict=True):
                 np.copyto(dest, array.reshape(dest.shape))
             frames = []

@@ -158,10 +158,6 @@ class ServedMatrix:
             tables += [self.bias] + [self.bias_momentum] * with_momentum
         return tables
 
-    def reply_specs(self, rows: int, with_momentum: bool) -> list[tuple[np.dtype, tuple[int, ...]]]:
-        """(dtype, shape) of each array of a GET_ROWS reply of `rows` rows, in wire order."""
-        return [(np.dtype("<f4"), (rows, *t.shape[1:])) for t in self._tables(with_momentum)]
-
     def gather(self, ids: np.ndarray, with_momentum: bool, out: list[np.ndarray] | None = None) -> list[np.ndarray]:
         """The arrays of a GET_ROWS reply, in wire order: weight rows, then (momentum), (bias), (bias
         momentum); into `out` (e.g. a shared-memory reply region) when given. `ids` are in range."""

@@ -176,6 +176,14 @@ def parse_json(buf) -> dict:
     return obj
 
 
+def row_arrays(kind: str, rows: int, dim: int, bias: bool, momentum: bool = False) -> list[tuple]:
+    """(dtype, shape) of the arrays of a GET_ROWS reply (`kind="reply"`) or a PUSH request (`"push"`),
+    in wire order: (ids), weight rows, (momentum), (bias), (bias momentum)."""
+    f32 = NUMPY_DTYPES[DType.FLOAT32]
+    arrays = [(f32, (rows, dim))] * (1 + momentum) + [(f32, (rows,))] * ((1 + momentum) * bias)
+    return [(NUMPY_DTYPES[DType.INT64], (rows,))] + arrays if kind == "push" else arrays
+
+
 def array_from_frame(buf, dtype: np.dtype, shape: tuple[int, ...], what: str) -> np.ndarray:
     """A zero-copy view of `buf` as an array of `shape`; the byte count must match exactly."""
     expected = dtype.itemsize

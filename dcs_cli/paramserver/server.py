@@ -38,6 +38,7 @@ from dcs_cli.paramserver.protocol import (
     json_frame,
     parse_json,
     peek_request_id,
+    row_arrays,
 )
 from dcs_cli.paramserver.shm import SegmentError, SharedSegment, region_frames
 from dcs_cli.paramserver.snapshot import write_snapshot
@@ -264,7 +265,8 @@ class ParamServer:
             for other in self.matrices:  # rows kept for a coming PUSH are about to be overwritten
                 other.forget(header.client_id)
             try:
-                out = segment.arrays(segment.reply, m.reply_specs(len(ids_np), with_momentum))
+                specs = row_arrays("reply", len(ids_np), m.spec.dim, m.spec.bias, with_momentum)
+                out = segment.arrays(segment.reply, specs)
             except SegmentError as exc:
                 raise ProtocolError(f"GET_ROWS: reply {exc}; ATTACH a larger segment") from None
         out = m.gather(ids_np, with_momentum, out)
@@ -296,10 +298,12 @@ class ParamServer:
             )
         if header.flags & FLAG_SHARED:
             expect_frames(frames, 0, "PUSH")
-            segment, rows = self._segment(header, "PUSH"), header.rows
-            sizes = [8 * rows, 4 * rows * m.spec.dim] + [4 * rows] * m.spec.bias
+            segment = self.clients[header.client_id].segment  # a member is a known client
+            if segment is None:
+                raise ProtocolError("PUSH: FLAG_SHARED but no shared-memory segment is attached; ATTACH first")
             try:
-                frames = region_frames(segment.request, sizes, copy=(0,))
+                specs = row_arrays("push", header.rows, m.spec.dim, m.spec.bias)
+                frames = region_frames(segment.request, specs, copy=(0,))
             except SegmentError as exc:
                 raise ProtocolError(f"PUSH: request {exc}; ATTACH a larger segment") from None
         expect_frames(frames, 3 if m.spec.bias else 2, "PUSH")
@@ -346,17 +350,6 @@ class ParamServer:
         m.changed()
         self.counters["rows_written"] += len(ids)
         self._reply(identity, header, step=m.step)
-
-    def _segment(self, header: Header, op: str) -> SharedSegment:
-        client = self.clients.get(header.client_id)
-        if client is None:
-            raise ProtocolError(
-                f"{op}: shared memory of client {header.client_id:x}, which is not registered "
-                "(dropped after the heartbeat timeout?); register and ATTACH again"
-            )
-        if client.segment is None:
-            raise ProtocolError(f"{op}: FLAG_SHARED but no shared-memory segment is attached; ATTACH first")
-        return client.segment
 
     def _attach(self, identity, header: Header, frames) -> None:
         expect_frames(frames, 1, "ATTACH")

@@ -20,6 +20,7 @@ any frame. (A process of the same user can always harm the server, e.g. by trunc
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import re
@@ -43,13 +44,24 @@ def aligned(nbytes: int) -> int:
     return -(-nbytes // ALIGN) * ALIGN
 
 
-def layout(sizes: list[int]) -> tuple[list[int], int]:
-    """Offsets of consecutive arrays of `sizes` bytes, each 64-byte aligned, and the bytes they span."""
-    offsets, end = [], 0
+def nbytes(spec: tuple) -> int:
+    dtype, shape = spec
+    return np.dtype(dtype).itemsize * math.prod(shape)  # Python ints: a hostile header cannot overflow
+
+
+def layout(specs: list[tuple]) -> tuple[list[int], list[int], int]:
+    """Offsets and sizes of consecutive arrays `(dtype, shape)`, each 64-byte aligned, and the bytes they
+    span."""
+    offsets, sizes, end = [], [nbytes(spec) for spec in specs], 0
     for size in sizes:
         offsets.append(end)
         end += aligned(size)
-    return offsets, end
+    return offsets, sizes, end
+
+
+def span(specs: list[tuple]) -> int:
+    """Bytes a region needs for the arrays `specs`."""
+    return layout(specs)[2]
 
 
 class SharedSegment:
@@ -126,8 +138,7 @@ class SharedSegment:
 
     def arrays(self, region: np.ndarray, specs: list[tuple[np.dtype, tuple[int, ...]]]) -> list[np.ndarray]:
         """Views of consecutive arrays `(dtype, shape)` in `region`; SegmentError if they do not fit."""
-        sizes = [np.dtype(dt).itemsize * int(np.prod(shape)) for dt, shape in specs]
-        offsets, end = layout(sizes)
+        offsets, sizes, end = layout(specs)
         if end > len(region):
             raise SegmentError(f"{end} bytes do not fit the {len(region)}-byte region")
         return [
@@ -150,10 +161,10 @@ class RegionFrame:
         self.buffer = memoryview(view)
 
 
-def region_frames(region: np.ndarray, sizes: list[int], copy: tuple[int, ...] = ()) -> list[RegionFrame]:
-    """Frames over consecutive arrays of `sizes` bytes in `region` (indices in `copy` are copied out
-    first, so what is validated cannot change afterwards); SegmentError if they do not fit."""
-    offsets, end = layout(sizes)
+def region_frames(region: np.ndarray, specs: list[tuple], copy: tuple[int, ...] = ()) -> list[RegionFrame]:
+    """Frames over the consecutive arrays `specs` in `region` (indices in `copy` are copied out first,
+    so what is validated cannot change afterwards); SegmentError if they do not fit."""
+    offsets, sizes, end = layout(specs)
     if end > len(region):
         raise SegmentError(f"{end} bytes do not fit the {len(region)}-byte region")
     views = [region[off : off + size] for off, size in zip(offsets, sizes, strict=True)]
