@@ -54,6 +54,22 @@ class ListDataset(_ImageDataset):
     def __len__(self) -> int:
         return len(self.entries)
 
+    def check_images_exist(self) -> None:
+        """DataError naming the first entry whose image is missing (one listing per folder, not a stat
+        per image, so a million entries take seconds)."""
+        listed: dict[Path, set[str]] = {}
+        for i, (rel, _) in enumerate(self.entries):
+            path = self.root / rel
+            names = listed.get(path.parent)
+            if names is None:
+                try:
+                    names = listed[path.parent] = set(os.listdir(path.parent))
+                except OSError:
+                    names = listed[path.parent] = set()
+            if path.name not in names:
+                raise DataError(f"{self.list_file}:{i + 1}: image {path} not found; fix the list or its "
+                                f"images root (data.train_root)")
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         rel, label = self.entries[i]
         path = self.root / rel

@@ -15,11 +15,18 @@ from dcs_cli.errors import DataError
 from dcs_cli.eval.verify import evaluate
 from dcs_cli.fsutil import write_json_atomic
 
+NPY_MAGIC = b"\x93NUMPY"
+
 
 def load_features(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such features file; run `dcs extract` first")
+    with open(path, "rb") as fh:
+        magic = fh.read(len(NPY_MAGIC))
+    if magic != NPY_MAGIC:  # np.load would call any other file "pickled data"
+        raise DataError(f"{path}: not a .npy file (it does not start with the NumPy header); pass the "
+                        "features that `dcs extract` wrote")
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

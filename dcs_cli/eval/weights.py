@@ -19,6 +19,7 @@ from torch import nn
 
 from dcs_cli.console import warn
 from dcs_cli.errors import DataError
+from dcs_cli.torchfile import load_torch_file
 
 PREFIX = "module."
 
@@ -28,10 +29,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict | None]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"checkpoint {path} not found; pass an existing .pt file to --checkpoint")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any failure here means the file is not a checkpoint
-        raise DataError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+    obj = load_torch_file(path, "checkpoint")
     if not isinstance(obj, dict) or not obj:
         raise DataError(f"{path}: expected a checkpoint dict, found {type(obj).__name__}")
     if "backbone" in obj:

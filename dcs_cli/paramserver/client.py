@@ -32,6 +32,7 @@ from dcs_cli.console import info
 from dcs_cli.errors import ConfigError, DataError, ServerError
 from dcs_cli.paramserver import shm
 from dcs_cli.paramserver.auth import is_loopback
+from dcs_cli.paramserver.config import MAX_MESSAGE_BYTES
 from dcs_cli.paramserver.protocol import (
     FLAG_MOMENTUM,
     FLAG_SHARED,
@@ -164,6 +165,8 @@ class RemoteStore(ClassStore):
             self._shutdown_sockets()
             raise
         self.step = reply.step
+        # the server's frame limit (older servers did not say: ZeroMQ's 1 GiB ceiling)
+        self.max_frame_bytes = int(registered.get("max_frame_bytes", MAX_MESSAGE_BYTES))
         if params is not None:
             self.set_optim(params)
         self._stop = threading.Event()
@@ -270,7 +273,7 @@ class RemoteStore(ClassStore):
         return None
 
     def _chunk_rows(self, arrays_per_row: int) -> int:
-        return max(1, CHUNK_BYTES // (4 * self.dim * arrays_per_row))
+        return max(1, min(CHUNK_BYTES, self.max_frame_bytes) // (4 * self.dim * arrays_per_row))
 
     # ---------------------------------------------------------------------------------- ClassStore
 
@@ -318,6 +321,12 @@ class RemoteStore(ClassStore):
             raise DataError(
                 f"matrix '{self.name}' {'has' if self.has_bias else 'has no'} bias; "
                 f"grad_b must {'be given' if self.has_bias else 'be None'}"
+            )
+        if 4 * grad_w.numel() > self.max_frame_bytes:
+            raise DataError(
+                f"class store push: {ids.numel()} rows of dim {self.dim} ({4 * grad_w.numel():,} bytes) exceed "
+                f"the paramserver's max_frame_bytes ({self.max_frame_bytes:,}); raise paramserver.max_frame_bytes "
+                "on the server or lower selection.sample_num"
             )
         ids_np = _np(ids.reshape(-1), torch.int64)
         frames = [ids_np, _np(grad_w, torch.float32)]

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from dcs_cli.config_fields import opt, require
 
+MAX_MESSAGE_BYTES = 1 << 30  # ZeroMQ drops larger messages itself; no frame is ever allowed past this
+
 _ADDRESS = re.compile(r"tcp://(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.*-]+):(\d{1,5}|\*)|ipc://.+|inproc://.+")
 
 
@@ -36,6 +38,16 @@ class ParamServerConfig:
         "server side: threads that share each row gather and update (random rows are memory-latency "
         "bound, so 2 fetch faster than 1); 0 = one per core the server may use, at most 4",
     )
+    max_frame_bytes: int = opt(
+        128 << 20,
+        "server side: largest frame accepted (a step's rows: S x d x 4 bytes); a larger one drops its "
+        "connection, and clients refuse to send one",
+    )
+    max_inflight_bytes: int = opt(
+        4 << 30,
+        "server side: memory the server may reserve for messages still arriving; each connection can hold "
+        "one frame, so at most max_inflight_bytes / max_frame_bytes connections are kept (32 by default)",
+    )
     cpus: list[int] = opt(
         [],
         "server side: cores the server runs on (e.g. [0]); empty = wherever the OS puts it. A core of "
@@ -52,4 +64,8 @@ class ParamServerConfig:
         require(self.request_timeout > 0, f"{key}.request_timeout", "must be > 0")
         require(self.torch_threads >= 0, f"{key}.torch_threads", "must be >= 0")
         require(self.update_threads >= 0, f"{key}.update_threads", "must be >= 0")
+        require(1 << 20 <= self.max_frame_bytes <= MAX_MESSAGE_BYTES, f"{key}.max_frame_bytes",
+                f"= {self.max_frame_bytes} must be in [1 MiB, {MAX_MESSAGE_BYTES}]")
+        require(self.max_inflight_bytes >= self.max_frame_bytes, f"{key}.max_inflight_bytes",
+                f"= {self.max_inflight_bytes} must be >= paramserver.max_frame_bytes ({self.max_frame_bytes})")
         require(all(c >= 0 for c in self.cpus), f"{key}.cpus", f"= {self.cpus} holds a negative core number")

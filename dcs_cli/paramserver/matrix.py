@@ -23,6 +23,26 @@ from dcs_cli.selection.store import OptimParams, empty_rows, sgd_rows_
 
 INITS = ("normal", "uniform")  # as LocalStore
 MAX_ELEMENTS = 1 << 34  # 64 GiB of float32 weights: anything larger is a typo, not a model
+MAX_NAME = 200
+MAX_STEP = 1 << 62  # far beyond any run, and step + 1 always fits the header's signed 64-bit field
+
+
+def check_name(name: str) -> None:
+    """A matrix name is 1..200 printable characters (no control characters, line breaks or lone
+    surrogates): it is printed in the server's log and written into snapshots."""
+    if not 1 <= len(name) <= MAX_NAME:
+        raise ProtocolError(f"CREATE: name must be 1..{MAX_NAME} characters")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("CREATE: name holds a lone surrogate; use printable characters") from None
+    if not name.isprintable():
+        raise ProtocolError("CREATE: name holds control or line-break characters; use printable characters")
+
+
+def check_step(step: int, op: str) -> None:
+    if not 0 <= step < MAX_STEP:
+        raise ProtocolError(f"{op}: step {step} out of range [0, 2**62)")
 
 
 @dataclass(frozen=True)
@@ -57,8 +77,7 @@ class MatrixSpec:
             if key in obj and (not isinstance(obj[key], tp) or (tp is int and isinstance(obj[key], bool))):
                 raise ProtocolError(f"CREATE: '{key}' has the wrong type")
         spec = cls(**{**obj, "init_std": float(obj.get("init_std", 0.01))})
-        if not spec.name or len(spec.name) > 200:
-            raise ProtocolError("CREATE: name must be 1..200 characters")
+        check_name(spec.name)
         if spec.num_classes <= 0 or spec.dim <= 0 or spec.num_classes * spec.dim > MAX_ELEMENTS:
             raise ProtocolError(f"CREATE: impossible shape {spec.num_classes}x{spec.dim}")
         if spec.init not in INITS:

@@ -171,6 +171,8 @@ def parse_json(buf) -> dict:
         obj = json.loads(bytes(buf).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"JSON frame is not valid UTF-8 JSON ({exc.__class__.__name__})") from None
+    except RecursionError:
+        raise ProtocolError("JSON frame nests too deeply; control messages are flat objects") from None
     if not isinstance(obj, dict):
         raise ProtocolError("JSON frame must hold an object")
     return obj

@@ -21,7 +21,6 @@ from dcs_cli.fsutil import write_text_atomic
 from dcs_cli.paramserver.auth import is_loopback, read_token
 from dcs_cli.paramserver.server import ParamServer
 from dcs_cli.paramserver.snapshot import read_snapshot
-from dcs_cli.paramserver.validate import MAX_MESSAGE_BYTES
 from dcs_cli.paramserver.workers import RowWorkers
 from dcs_cli.selection.store import OptimParams
 
@@ -57,7 +56,7 @@ def serve(cfg, resume: str | None = None, ready_file: str | None = None) -> int:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    sock.setsockopt(zmq.MAXMSGSIZE, ps.max_frame_bytes)  # per frame; connections.py caps the total
     try:
         sock.bind(ps.bind)
     except zmq.ZMQError as exc:

@@ -24,8 +24,9 @@ import zmq
 from dcs_cli.console import info, warn
 from dcs_cli.errors import ServerError
 from dcs_cli.paramserver.auth import is_loopback, read_token  # noqa: F401 (public API)
+from dcs_cli.paramserver.connections import ConnectionBudget
 from dcs_cli.paramserver.launcher import BackgroundServer, start_background  # noqa: F401 (public API)
-from dcs_cli.paramserver.matrix import MatrixSpec, PendingPush, ServedMatrix, optim_from_dict
+from dcs_cli.paramserver.matrix import MatrixSpec, PendingPush, ServedMatrix, check_step, optim_from_dict
 from dcs_cli.paramserver.protocol import (
     FLAG_MOMENTUM,
     FLAG_SHARED,
@@ -115,12 +116,24 @@ class ParamServer:
     def run(self, sock: zmq.Socket) -> None:
         """Serve until SHUTDOWN or `stop_requested` (set by the signal handlers)."""
         self.sock = sock
+        budget = ConnectionBudget(sock, self.cfg.max_inflight_bytes, self.cfg.max_frame_bytes)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        poller.register(budget.monitor, zmq.POLLIN)
         status = StatusLine(self)
         next_snapshot = self._next_snapshot_time()
+        try:
+            self._loop(sock, poller, budget, status, next_snapshot)
+        finally:
+            budget.close()
+            status.close()
+
+    def _loop(self, sock, poller, budget, status, next_snapshot) -> None:
         while not self.stop_requested:
-            if poller.poll(POLL_MS):
+            ready = dict(poller.poll(POLL_MS))
+            if budget.monitor in ready:
+                budget.poll()
+            if sock in ready:
                 for _ in range(64):  # drain a burst, then look after timers again
                     try:
                         frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -138,7 +151,6 @@ class ParamServer:
                     warn(f"periodic snapshot to {self.cfg.snapshot_dir} failed: {exc}")
                 next_snapshot = self._next_snapshot_time()
             status.update(now)
-        status.close()
 
     def _next_snapshot_time(self) -> float | None:
         if self.cfg.snapshot_dir and self.cfg.snapshot_every > 0:
@@ -229,7 +241,8 @@ class ParamServer:
         self._reply(
             identity,
             header,
-            [json_frame({"step": m.step, "heartbeat_timeout": self.cfg.heartbeat_timeout})],
+            [json_frame({"step": m.step, "heartbeat_timeout": self.cfg.heartbeat_timeout,
+                         "max_frame_bytes": self.cfg.max_frame_bytes})],
             dtype=DType.JSON,
             step=m.step,
         )
@@ -270,7 +283,7 @@ class ParamServer:
             except SegmentError as exc:
                 raise ProtocolError(f"GET_ROWS: reply {exc}; ATTACH a larger segment") from None
         out = m.gather(ids_np, with_momentum, out)
-        if not with_momentum:
+        if not with_momentum and not shared:  # the segment's copy is the client's to rewrite: not kept
             m.remember_sent(header.client_id, ids_np, out[0])
         self.counters["rows_read"] += len(ids_np)
         self._reply(
@@ -303,7 +316,7 @@ class ParamServer:
                 raise ProtocolError("PUSH: FLAG_SHARED but no shared-memory segment is attached; ATTACH first")
             try:
                 specs = row_arrays("push", header.rows, m.spec.dim, m.spec.bias)
-                frames = region_frames(segment.request, specs, copy=(0,))
+                frames = region_frames(segment.request, specs)
             except SegmentError as exc:
                 raise ProtocolError(f"PUSH: request {exc}; ATTACH a larger segment") from None
         expect_frames(frames, 3 if m.spec.bias else 2, "PUSH")
@@ -318,9 +331,18 @@ class ParamServer:
     def _maybe_apply(self, m: ServedMatrix) -> None:
         if not m.barrier_ready():
             return
-        m.apply()
-        self.counters["steps_applied"] += 1
         waiters, m.waiters = m.waiters, []
+        try:
+            m.apply()
+        except Exception as exc:  # every client held in the barrier hears of it; none is left waiting
+            m.pending.clear()
+            m.changed()
+            warn(f"internal error applying step {m.step} of '{m.spec.name}': {exc!r}")
+            for identity, req in waiters:
+                self._error(identity, req, f"internal server error applying step {m.step}: "
+                                           f"{exc.__class__.__name__}: {exc}; the step was not completed")
+            return
+        self.counters["steps_applied"] += 1
         for identity, req in waiters:
             self._reply(identity, req, step=m.step)
 
@@ -381,8 +403,7 @@ class ParamServer:
     def _set_step(self, identity, header: Header, frames) -> None:
         expect_frames(frames, 0, "SET_STEP")
         m = self._matrix(header)
-        if header.step < 0:
-            raise ProtocolError("SET_STEP: step must be >= 0")
+        check_step(header.step, "SET_STEP")
         if m.pending:
             raise ProtocolError(f"SET_STEP: step {m.step} has pushes pending; set the step before training")
         m.step = header.step
@@ -467,5 +488,6 @@ class ParamServer:
         if self.cfg.snapshot_dir and self.matrices:
             try:
                 self._write_snapshot("final")
-            except OSError as exc:
-                raise ServerError(f"final snapshot to {self.cfg.snapshot_dir} failed: {exc}") from exc
+            except Exception as exc:  # noqa: BLE001 - one line, whatever went wrong
+                raise ServerError(f"final snapshot to {self.cfg.snapshot_dir} failed: "
+                                  f"{exc.__class__.__name__}: {exc}") from exc

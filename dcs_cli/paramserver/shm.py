@@ -12,10 +12,12 @@ out remains; the small control messages (header, row ids of a GET) still travel 
 reply that uses the segment sets `FLAG_SHARED` and carries no array frames; its arrays lie in the region
 in wire order, each at an offset rounded up to 64 bytes.
 
-A client has one request in flight at a time, so one reply and one request region suffice. The segment
-is trusted like the process that created it: only a file of the server's own user, named
-`dcs-ps-<32 hex digits>`, mode 600 with a single link, is ever mapped, and its contents are validated like
-any frame. (A process of the same user can always harm the server, e.g. by truncating the file it mapped.)
+A client has one request in flight at a time, so one reply and one request region suffice. Only a file of
+the server's own user, named `dcs-ps-<32 hex digits>`, mode 600 with a single link, is ever mapped. Its
+contents are never trusted after a check: a PUSH's arrays are copied out of the request region before
+they are validated, and the server never reads back what it wrote into the reply region (rows a GET sent
+are kept for reuse only when they went as frames). (A process of the same user can still stop the server,
+e.g. by truncating the file it mapped: a SIGBUS.)
 """
 
 from __future__ import annotations
@@ -161,11 +163,10 @@ class RegionFrame:
         self.buffer = memoryview(view)
 
 
-def region_frames(region: np.ndarray, specs: list[tuple], copy: tuple[int, ...] = ()) -> list[RegionFrame]:
-    """Frames over the consecutive arrays `specs` in `region` (indices in `copy` are copied out first,
-    so what is validated cannot change afterwards); SegmentError if they do not fit."""
+def region_frames(region: np.ndarray, specs: list[tuple]) -> list[RegionFrame]:
+    """Frames holding private copies of the consecutive arrays `specs` in `region`: the client can rewrite
+    its segment at any time, so what is validated must be what is applied. SegmentError if they do not fit."""
     offsets, sizes, end = layout(specs)
     if end > len(region):
         raise SegmentError(f"{end} bytes do not fit the {len(region)}-byte region")
-    views = [region[off : off + size] for off, size in zip(offsets, sizes, strict=True)]
-    return [RegionFrame(v.copy() if i in copy else v) for i, v in enumerate(views)]
+    return [RegionFrame(region[off : off + size].copy()) for off, size in zip(offsets, sizes, strict=True)]

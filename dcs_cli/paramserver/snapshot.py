@@ -4,11 +4,15 @@
     matrices = read_snapshot(path)                 # verifies format and checksum; DataError otherwise
 
 Format (safetensors, so any safetensors reader can open it):
-- tensors `<name>/weight` (N×d float32), `<name>/momentum` (N×d), and with a bias `<name>/bias`,
-  `<name>/bias_momentum` (N), one group per served matrix;
-- string metadata: `format` = "dcs-paramserver-snapshot", `format_version` = "1", `matrices` = JSON list
-  of {"id", "spec", "step", "optim"} and `sha256` = hex SHA-256 over the `matrices` JSON followed, for each
-  tensor in sorted name order, by its name and its raw little-endian bytes.
+- tensors `<id>/weight` (N×d float32), `<id>/momentum` (N×d), and with a bias `<id>/bias`,
+  `<id>/bias_momentum` (N), one group per served matrix, keyed by its matrix id;
+- string metadata: `format` = "dcs-paramserver-snapshot", `format_version` = "2", `matrices` = JSON list
+  (ASCII only: other characters are escaped) of {"id", "spec", "step", "optim"} and `sha256` = hex
+  SHA-256 over the `matrices` JSON followed, for each tensor in sorted name order, by its name and its raw
+  little-endian bytes.
+
+Matrix names appear only inside the escaped JSON, so no name can make a snapshot unwritable. Version 1
+files (tensors keyed `<name>/…`) are still read.
 """
 
 from __future__ import annotations
@@ -23,22 +27,23 @@ from safetensors.torch import save_file
 
 from dcs_cli.errors import DataError
 from dcs_cli.fsutil import atomic_path
-from dcs_cli.paramserver.matrix import MatrixSpec, ServedMatrix, optim_from_dict
+from dcs_cli.paramserver.matrix import MatrixSpec, ServedMatrix, check_step, optim_from_dict
 from dcs_cli.paramserver.protocol import ProtocolError
 
 FORMAT = "dcs-paramserver-snapshot"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+READABLE_VERSIONS = {"1": "name", "2": "id"}  # version → what keys the tensor groups
 SNAPSHOT_NAME = "paramserver.safetensors"
 
 
 def _tensors(matrices: list[ServedMatrix]) -> dict[str, torch.Tensor]:
     out = {}
     for m in matrices:
-        out[f"{m.spec.name}/weight"] = m.weight
-        out[f"{m.spec.name}/momentum"] = m.momentum
+        out[f"{m.matrix_id}/weight"] = m.weight
+        out[f"{m.matrix_id}/momentum"] = m.momentum
         if m.spec.bias:
-            out[f"{m.spec.name}/bias"] = m.bias
-            out[f"{m.spec.name}/bias_momentum"] = m.bias_momentum
+            out[f"{m.matrix_id}/bias"] = m.bias
+            out[f"{m.matrix_id}/bias_momentum"] = m.bias_momentum
     return out
 
 
@@ -67,7 +72,8 @@ def write_snapshot(folder: str | Path, matrices: list[ServedMatrix]) -> Path:
                 },
             }
             for m in matrices
-        ]
+        ],
+        ensure_ascii=True,
     )
     metadata = {
         "format": FORMAT,
@@ -93,8 +99,9 @@ def read_snapshot(path: str | Path) -> list[ServedMatrix]:
         raise DataError(
             f"snapshot {path}: not a readable safetensors file ({exc}); it may be truncated"
         ) from exc
-    if metadata.get("format") != FORMAT or metadata.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"snapshot {path}: not a {FORMAT} version {FORMAT_VERSION} file")
+    keyed_by = READABLE_VERSIONS.get(metadata.get("format_version"))
+    if metadata.get("format") != FORMAT or keyed_by is None:
+        raise DataError(f"snapshot {path}: not a {FORMAT} file of version {', '.join(READABLE_VERSIONS)}")
     meta_json = metadata.get("matrices", "")
     if _checksum(meta_json, tensors) != metadata.get("sha256"):
         raise DataError(f"snapshot {path}: checksum mismatch; the file is corrupt, resume from another one")
@@ -103,7 +110,7 @@ def read_snapshot(path: str | Path) -> list[ServedMatrix]:
         matrices = []
         for entry in entries:
             spec = MatrixSpec.from_dict(entry["spec"])
-            name = spec.name
+            name = spec.name if keyed_by == "name" else str(int(entry["id"]))
             shape = (spec.num_classes, spec.dim)
             m = ServedMatrix(
                 int(entry["id"]),
@@ -115,8 +122,9 @@ def read_snapshot(path: str | Path) -> list[ServedMatrix]:
                 bias_momentum=tensors.get(f"{name}/bias_momentum"),
                 step=int(entry["step"]),
             )
+            check_step(m.step, "snapshot")
             if tuple(m.weight.shape) != shape or tuple(m.momentum.shape) != shape:
-                raise ValueError(f"matrix {name} has the wrong shape")
+                raise ValueError(f"matrix {spec.name!r} has the wrong shape")
             matrices.append(m)
     except (KeyError, TypeError, ValueError, ProtocolError) as exc:
         raise DataError(f"snapshot {path}: inconsistent metadata ({exc})") from exc

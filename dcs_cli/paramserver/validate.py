@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dcs_cli.paramserver.config import MAX_MESSAGE_BYTES
 from dcs_cli.paramserver.matrix import ServedMatrix
 from dcs_cli.paramserver.protocol import NUMPY_DTYPES, DType, Header, ProtocolError, array_from_frame
 
-MAX_MESSAGE_BYTES = 1 << 30  # larger messages make ZeroMQ drop the connection before we allocate them
 F32 = NUMPY_DTYPES[DType.FLOAT32]
 I64 = NUMPY_DTYPES[DType.INT64]
 

@@ -4,8 +4,9 @@
     state = load_checkpoint(path)
 
 A checkpoint is a `torch.save` dict with the keys agreed with `dcs extract`: backbone, classifier, config,
-epoch, step, optimizer, scheduler, store, rng. When the class store lives in a paramserver, the server's
-snapshot of the same step sits beside it as `epoch_003.store.pt` and the checkpoint's `store` names it.
+epoch, step, optimizer, scheduler, store, rng, plus a content checksum (`dcs_cli.torchfile`); it is loaded
+as data only, never as code. When the class store lives in a paramserver, the server's snapshot of the same
+step sits beside it as `epoch_003.store.pt` and the checkpoint's `store` names it.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
-
 from dcs_cli.errors import DataError
-from dcs_cli.fsutil import atomic_path
+from dcs_cli.torchfile import load_torch_file, save_torch_file
 
 _NAME = re.compile(r"epoch_(\d+)\.pt$")
 
@@ -35,12 +34,6 @@ def store_snapshot_path(ckpt: str | Path) -> Path:
     return ckpt.with_name(ckpt.stem + ".store.pt")
 
 
-def save_torch_atomic(obj, target: str | Path) -> Path:
-    with atomic_path(target) as tmp:
-        torch.save(obj, tmp)
-    return Path(target)
-
-
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     folder = checkpoint_dir(run_dir)
     if not folder.is_dir():
@@ -51,7 +44,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 def save_checkpoint(run_dir: str | Path, epoch: int, state: dict, keep: int = 0) -> Path:
     """Write `state` as the checkpoint of `epoch`; then delete all but the newest `keep` (0 = keep all)."""
-    path = save_torch_atomic(state, checkpoint_path(run_dir, epoch))
+    path = save_torch_file(state, checkpoint_path(run_dir, epoch))
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
             old.unlink(missing_ok=True)
@@ -69,10 +62,7 @@ def load_checkpoint(path: str | Path) -> dict:
         path = found[-1]
     if not path.is_file():
         raise DataError(f"checkpoint {path} not found; pass an existing .pt file to --resume")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    state = load_torch_file(path, "checkpoint")
     missing = [k for k in ("backbone", "config", "epoch", "step", "optimizer") if k not in (state or {})]
     if not isinstance(state, dict) or missing:
         raise DataError(f"{path}: not a dcs train checkpoint (missing {', '.join(missing) or 'dict'})")

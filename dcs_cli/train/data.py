@@ -83,6 +83,9 @@ def _image_datasets(cfg) -> tuple[Dataset, Dataset | None, int]:
     _check_labels(train, num_classes, train_where)
     if val is not None:
         _check_labels(val, num_classes, d.val_list)
+    for ds in (train, val):
+        if isinstance(ds, ListDataset):
+            ds.check_images_exist()
     return train, val, num_classes
 
 

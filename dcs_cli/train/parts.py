@@ -23,8 +23,10 @@ from torch import nn
 
 from dcs_cli.config import to_dict
 from dcs_cli.console import warn
+from dcs_cli.errors import DataError
 from dcs_cli.selection.store import OptimParams
-from dcs_cli.train.checkpoint import store_snapshot_path
+from dcs_cli.torchfile import load_torch_file, save_torch_file
+from dcs_cli.train.checkpoint import checkpoint_path, store_snapshot_path
 from dcs_cli.train.classifier import FullClassifier, FullModel, SampledClassifier
 from dcs_cli.train.dist import DistContext, barrier
 
@@ -84,7 +86,6 @@ class Parts:
 
     def state_dict(self, run_dir: Path, epoch: int, step: int) -> dict:
         """The checkpoint dict (rank 0 calls this; a remote store writes its snapshot beside the checkpoint)."""
-        from dcs_cli.train.checkpoint import checkpoint_path, save_torch_atomic
 
         state = {
             "backbone": self.backbone.state_dict(),
@@ -103,7 +104,7 @@ class Parts:
             state["selector"]["_refreshes"] = int(getattr(self.sampled.selector, "refreshes", 0))
             if hasattr(store, "address"):
                 snap = store_snapshot_path(checkpoint_path(run_dir, epoch))
-                save_torch_atomic(store.state_dict(), snap)
+                save_torch_file(store.state_dict(), snap)
                 state["store"] = {"snapshot": snap.name, "step": step}
             else:
                 state["store"] = store.state_dict()
@@ -161,8 +162,6 @@ def _start_shared_server(cfg, ctx: DistContext):
 
 def saved_store_state(resume: dict) -> dict:
     """The class-store state of a checkpoint: inside it (in-process store) or its snapshot beside it."""
-    from dcs_cli.errors import DataError
-
     saved = resume["store"]
     if "snapshot" not in saved:
         return saved
@@ -170,7 +169,7 @@ def saved_store_state(resume: dict) -> dict:
     if not path.is_file():
         raise DataError(f"{resume['_path']}: its class-store snapshot {path} is missing; copy it beside the "
                         f"checkpoint")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return load_torch_file(path, "class-store snapshot")
 
 
 def _build_store(cfg, num_classes: int, ctx: DistContext, resume: dict | None, run_dir: Path, lr: float):

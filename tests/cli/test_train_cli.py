@@ -40,7 +40,8 @@ def _list(tmp_path: Path, lines: list[str]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["missing_list", "label_too_big", "empty", "sample_num", "paramserver"])
+@pytest.mark.parametrize("case", ["missing_list", "label_too_big", "missing_image", "empty", "sample_num",
+                                  "paramserver"])
 def test_bad_input_is_one_line_before_workers(runner, tmp_path, case):
     out = tmp_path / "out"
     base = ["train", "--config", CONFIG, "--nproc", "2", "--out", str(out)]
@@ -52,6 +53,13 @@ def test_bad_input_is_one_line_before_workers(runner, tmp_path, case):
         extra = ["--set", "data.source=list", "--set", f"data.train_list={lst}", "--set",
                  f"data.train_root={tmp_path / 'images'}", "--set", "data.num_classes=3"]
         expect = "label 5"
+    elif case == "missing_image":
+        lst = _list(tmp_path, ["0/a.jpg 0", "1/b.jpg 1"])
+        (tmp_path / "images" / "0").mkdir()
+        (tmp_path / "images" / "0" / "a.jpg").write_bytes(b"\xff\xd8\xff")
+        extra = ["--set", "data.source=list", "--set", f"data.train_list={lst}", "--set",
+                 f"data.train_root={tmp_path / 'images'}"]
+        expect = "train_list.txt:2: image"
     elif case == "empty":
         lst = _list(tmp_path, [])
         extra = ["--set", "data.source=list", "--set", f"data.train_list={lst}", "--set",

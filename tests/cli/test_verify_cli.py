@@ -80,3 +80,11 @@ def test_bin_without_pairs_and_option_mixups(runner, tmp_path, pairs_bin):
     assert both.exit_code == 2
     alone = runner.invoke(app, ["verify", "--features", "a.npy"])
     assert alone.exit_code == 2
+
+
+def test_a_text_file_as_features_is_named_as_not_npy(runner, tmp_path, pairs_bin):
+    text = tmp_path / "lfw.npy"
+    text.write_text("these are not features\n")
+    result = runner.invoke(app, ["verify", "--features", str(text), "--bin", str(pairs_bin)])
+    assert result.exit_code == 1
+    assert "not a .npy file" in result.output and "pickled" not in result.output

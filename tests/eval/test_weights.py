@@ -61,7 +61,7 @@ def test_read_checkpoint_variants(tmp_path):
     assert cfg is None and len(state) == len(net.state_dict())
     with pytest.raises(DataError, match="no 'backbone' key"):
         read_checkpoint(tmp_path / "bad.pt")
-    with pytest.raises(DataError, match="not a readable torch checkpoint"):
+    with pytest.raises(DataError, match="not a readable checkpoint"):
         read_checkpoint(tmp_path / "junk.pt")
     with pytest.raises(DataError, match="not found"):
         read_checkpoint(tmp_path / "missing.pt")

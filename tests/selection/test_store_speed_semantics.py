@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dcs_cli.selection.store import HUGE_PAGE, LocalStore, OptimParams, empty_rows, sgd_rows_
+from dcs_cli.torchfile import load_torch_file, save_torch_file
 
 
 def reference_sgd_rows_(weight, momentum_buf, ids, grad, params):
@@ -132,9 +133,9 @@ def test_huge_page_store_state_roundtrip(tmp_path):
     a = LocalStore(5000, 256, seed=1)
     a.push(torch.tensor([3, 4999]), torch.ones(2, 256))
     path = tmp_path / "store.pt"
-    torch.save(a.state_dict(), path)
+    save_torch_file(a.state_dict(), path)
     b = LocalStore(5000, 256, seed=2)
-    b.load_state_dict(torch.load(path, weights_only=False))
+    b.load_state_dict(load_torch_file(path, "store"))
     assert torch.equal(a.weight, b.weight) and torch.equal(a.momentum, b.momentum)
     assert b.weight.data_ptr() % HUGE_PAGE == 0  # loaded tables keep the fast layout
     b.push(torch.tensor([3]), torch.ones(1, 256))
