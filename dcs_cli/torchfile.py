@@ -65,17 +65,15 @@ def load_torch_file(path: str | Path, what: str) -> object:
     path = Path(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = _GLOBAL.search(str(exc))
-        if found is None:  # torch words every failure of its restricted unpickler alike: bytes that are no pickle
-            raise DataError(f"{path}: not a readable {what} (no torch pickle); it may be truncated or not a "
-                            "torch file") from None
-        raise DataError(f"{path}: refused to load this {what}: it holds a reference to {found.group(1)}, "
-                        "which could run code; dcs loads only tensors and plain values — re-save it as a plain "
-                        "state_dict") from None
-    except Exception as exc:  # noqa: BLE001 - any other failure means the file is not a torch file
-        raise DataError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc}); "
-                        "it may be truncated or not a torch file") from None
+    except Exception as exc:  # noqa: BLE001 - a refusal, or a file that is not a torch file
+        found = _GLOBAL.search(str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+        if found is not None:
+            raise DataError(f"{path}: refused to load this {what}: it holds a reference to {found.group(1)}, "
+                            "which could run code; dcs loads only tensors and plain values — re-save it as a "
+                            "plain state_dict") from None
+        # torch words every failure of its restricted unpickler alike, so only the exception type is shown
+        raise DataError(f"{path}: not a readable {what} ({type(exc).__name__}); it may be truncated or not a "
+                        "torch file") from None
     if isinstance(obj, dict) and CHECKSUM_KEY in obj:
         stored = obj.pop(CHECKSUM_KEY)
         if stored != content_digest(obj):

@@ -275,8 +275,6 @@ class ParamServer:
         out = None
         if shared:  # gathered straight into the client's segment; the reply carries no arrays
             segment = client.segment
-            for other in self.matrices:  # rows kept for a coming PUSH are about to be overwritten
-                other.forget(header.client_id)
             try:
                 specs = row_arrays("reply", len(ids_np), m.spec.dim, m.spec.bias, with_momentum)
                 out = segment.arrays(segment.reply, specs)

@@ -110,16 +110,16 @@ def read_snapshot(path: str | Path) -> list[ServedMatrix]:
         matrices = []
         for entry in entries:
             spec = MatrixSpec.from_dict(entry["spec"])
-            name = spec.name if keyed_by == "name" else str(int(entry["id"]))
+            key = spec.name if keyed_by == "name" else str(int(entry["id"]))  # of its tensor group
             shape = (spec.num_classes, spec.dim)
             m = ServedMatrix(
                 int(entry["id"]),
                 spec,
                 optim_from_dict(entry["optim"]),
-                weight=tensors[f"{name}/weight"],
-                momentum=tensors[f"{name}/momentum"],
-                bias=tensors.get(f"{name}/bias"),
-                bias_momentum=tensors.get(f"{name}/bias_momentum"),
+                weight=tensors[f"{key}/weight"],
+                momentum=tensors[f"{key}/momentum"],
+                bias=tensors.get(f"{key}/bias"),
+                bias_momentum=tensors.get(f"{key}/bias_momentum"),
                 step=int(entry["step"]),
             )
             check_step(m.step, "snapshot")
