@@ -2,14 +2,16 @@
 
     summary = run_demo("demo_out")
 
-synthesize (InsightFace .rec + held-out pairs.bin) → convert (images + lists) → train `hf` and `full`
-→ extract pair features → verify → one comparison table, plots and `summary.json`, all under one folder:
+synthesize (InsightFace .rec + held-out pairs.bin) → convert (images + lists) → train the sampled mode
+(`ivf`) and `full` → extract pair features → verify → a large-class stage (the classifier step alone at
+100,000 classes, where it dominates the cost: full vs the sampled mode, same run) → one comparison table,
+plots and `summary.json`, all under one folder:
 
     demo_out/data/            train.rec, train.idx, pairs.bin          (the "user's" data)
     demo_out/converted/       images/<label>/<key>.jpg, train_list.txt, val_list.txt, meta.json
     demo_out/runs/<mode>/     config.yaml, metrics.jsonl, curves.png, checkpoints/, summary.json
     demo_out/features/<mode>/ pairs.npy                                 (2 × pairs × feature_dim)
-    demo_out/roc.png, demo_out/summary.json
+    demo_out/roc.png, demo_out/summary.json   (rows: mode, verify_acc, ...; large_class: speedup, recall)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dcs_cli.errors import UsageError
 from dcs_cli.fsutil import guard_output_folder, write_json_atomic
 
 MARKER = "summary.json"
+LARGE_BATCH = 256  # the large-class stage's batch (features fixed, as in `dcs bench select-speed`)
 
 
 @dataclasses.dataclass
@@ -35,8 +38,10 @@ class DemoSpec:
     pairs: int = 600
     epochs: int = 3
     batch_size: int = 64
-    sample_num: int = 100  # 20% of the classes: the sampled run trains a tenth of the classifier per step
-    modes: tuple[str, ...] = ("hf", "full")
+    sample_num: int = 100  # 20% of the classes
+    modes: tuple[str, ...] = ("ivf", "full")
+    large_classes: int = 100_000  # the large-class stage; 0 skips it
+    large_sample_num: int = 5_000  # 5% of large_classes
     seed: int = 0
 
     def validate(self) -> None:
@@ -45,6 +50,9 @@ class DemoSpec:
         if not self.batch_size <= self.sample_num <= self.identities:
             raise UsageError(f"--sample-num must lie between the batch size ({self.batch_size}) and the number "
                              f"of identities ({self.identities})")
+        if self.large_classes and not LARGE_BATCH <= self.large_sample_num <= self.large_classes:
+            raise UsageError(f"--large-classes {self.large_classes} must be 0 (skip) or at least "
+                             f"{max(LARGE_BATCH, self.large_sample_num)}")
 
 
 def _train_config(spec: DemoSpec, converted: Path, run_dir: Path, mode: str):
@@ -79,40 +87,68 @@ def run_demo(out_folder: str | Path, spec: DemoSpec | None = None, overwrite: bo
     out = guard_output_folder(out_folder, overwrite, MARKER)
     start = time.perf_counter()
 
-    console.info(f"[bold]1/5 synthesize[/bold] {spec.identities} identities × {spec.images_per_identity} images "
+    console.info(f"[bold]1/6 synthesize[/bold] {spec.identities} identities × {spec.images_per_identity} images "
                  f"({spec.image_size}px) + {spec.pairs} held-out pairs")
     data = write_synthetic_rec(out / "data", spec.identities, spec.images_per_identity, spec.image_size,
                                seed=spec.seed, pairs=spec.pairs)
-    console.info("[bold]2/5 convert[/bold] .rec → images + train/val lists")
+    console.info("[bold]2/6 convert[/bold] .rec → images + train/val lists")
     converted = out / "converted"
     meta = rec_to_images(out / "data", converted, val_ratio=0.1, seed=spec.seed, overwrite=True)
 
     rows, targets = [], []
     for mode in spec.modes:
-        console.info(f"[bold]3/5 train[/bold] --mode {mode} ({spec.epochs} epochs)")
+        console.info(f"[bold]3/6 train[/bold] --mode {mode} ({spec.epochs} epochs)")
         run_dir = out / "runs" / mode
         summary = run_train(_train_config(spec, converted, run_dir, mode), overwrite=True)
         checkpoint = list_checkpoints(run_dir)[-1]
-        console.info(f"[bold]3/5 extract[/bold] pairs.bin features with {checkpoint}")
+        console.info(f"[bold]3/6 extract[/bold] pairs.bin features with {checkpoint}")
         features_dir = out / "features" / mode
         extract(ExtractJob(checkpoint=checkpoint, out_dir=features_dir, bins=[data["pairs_bin"]], overwrite=True))
         targets.append((mode, features_dir / "pairs.npy", Path(data["pairs_bin"])))
         steps = summary.get("steps") or 0
         speed = summary.get("samples_per_s") or float("nan")
         rows.append({"mode": mode, "steps": steps, "train s/step": spec.batch_size / speed, "samples/s": speed,
-                     "val top-1 %": 100 * (summary.get("val_top1") or 0.0), "run wall s": summary["wall_seconds"]})
+                     "val_top1": 100 * (summary.get("val_top1") or 0.0), "run wall s": summary["wall_seconds"]})
 
-    console.info("[bold]4/5 verify[/bold] held-out pairs (10-fold)")
+    console.info("[bold]4/6 verify[/bold] held-out pairs (10-fold)")
     verified = verify_targets(targets, folds=10, plot=out / "roc.png", json_path=out / "verify.json")
     for row in rows:
         result = verified[row["mode"]]
-        row["verif. acc %"] = 100 * result["accuracy"]
+        row["verify_acc"] = 100 * result["accuracy"]
         row["AUC"] = result["auc"]
-    console.info("[bold]5/5 compare[/bold]")
-    console.print_table("dcs demo: sampled (hf) vs full softmax", rows)
+    large = _large_class_stage(spec) if spec.large_classes else None
+    console.info("[bold]6/6 compare[/bold]")
+    sampled = spec.modes[0]
+    console.print_table(f"dcs demo: sampled ({sampled}) vs full softmax, {spec.identities} identities", rows)
+    if large is not None:
+        console.print_table(f"classifier step at {spec.large_classes:,} classes (d={LARGE_DIM}, batch {LARGE_BATCH}, "
+                            f"{spec.large_sample_num:,} active)", large["rows"])
+        console.info(f"speed-up of {sampled} over full softmax at {spec.large_classes:,} classes: "
+                     f"{large['speedup']:.1f}x (recall of the true top-k confusers {large['recall']:.3f})")
     summary = {"spec": dataclasses.asdict(spec), "data": data, "convert": {k: meta[k] for k in
-               ("images", "classes", "train", "val")}, "rows": rows,
+               ("images", "classes", "train", "val")}, "rows": rows, "large_class": large,
                "seconds": time.perf_counter() - start, "out_folder": str(out)}
     write_json_atomic(out / MARKER, summary)
     console.info(f"all artifacts under {out}/ (roc.png, runs/<mode>/curves.png, summary.json)")
     return summary
+
+
+LARGE_DIM = 256
+
+
+def _large_class_stage(spec: DemoSpec) -> dict:
+    """The classifier step (selection, gather, head, loss, backward, update, refreshes amortized) of full
+    softmax and the sampled mode at `large_classes`, side by side: `dcs bench select-speed`'s code."""
+    from dcs_cli.bench.select_speed import default_params, run_select_speed
+
+    sampled = spec.modes[0]
+    console.info(f"[bold]5/6 large-class stage[/bold] classifier step at {spec.large_classes:,} classes: full vs "
+                 f"{sampled}")
+    params = default_params(classes=spec.large_classes, sample_num=spec.large_sample_num, batch=LARGE_BATCH,
+                            dim=LARGE_DIM, interval=50, steps=51, full_steps=3)
+    result = run_select_speed(params, contenders=("full", sampled), quiet_table=True)
+    by_name = {r["name"]: r for r in result["rows"]}
+    rows = [{"mode": name, "step_s": r["step_s"], "amortized_s": r["amortized_s"], "recall": r["recall"],
+             "speedup": r["speedup"]} for name, r in by_name.items()]
+    return {"classes": spec.large_classes, "sample_num": spec.large_sample_num, "rows": rows,
+            "speedup": by_name[sampled]["speedup"], "recall": by_name[sampled]["recall"]}

@@ -34,10 +34,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def report(scenario: str, params: dict, rows: list[dict], json_path: str | Path | None = None) -> dict:
-    """Print the rows as a table and, with `json_path`, write the BENCHMARKS.md JSON object."""
+def report(scenario: str, params: dict, rows: list[dict], json_path: str | Path | None = None,
+           show: bool = True) -> dict:
+    """Print the rows as a table (unless `show` is false) and, with `json_path`, write the BENCHMARKS.md
+    JSON object."""
     result = {"scenario": scenario, "params": params, "machine": machine(), "rows": rows}
-    print_table(f"dcs bench {scenario}  " + "  ".join(f"{k}={v}" for k, v in params.items()), rows)
+    if show:
+        print_table(f"dcs bench {scenario}  " + "  ".join(f"{k}={v}" for k, v in params.items()), rows)
     if json_path:
         write_json_atomic(json_path, result)
     return result

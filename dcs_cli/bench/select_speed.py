@@ -1,6 +1,7 @@
-"""`dcs bench select-speed`: seconds per classifier step for full, random, exact, hf and hnsw, side by side.
+"""`dcs bench select-speed`: seconds per classifier step for full, random, exact, hf, hnsw and ivf, side by side.
 
     dcs bench select-speed --quick --json select_speed.json
+    dcs bench select-speed --quick --sweep --json sweep.json   # recall vs speed, each index at 4-5 settings
 
 A step is forward + backward + store update over fixed (pre-generated) features: selection, row gather,
 head, loss, one batched push, and the selector's refresh hook. Each contender runs in its own spawned
@@ -13,7 +14,10 @@ can be measured. Figures:
   idle_step_s mean over the steps with no refresh in flight (equal to step_s in sync mode)
   build_s     the first index build (synchronous, before step 1)
   refresh_s   mean wall seconds of one periodic refresh (hf: projection + full rebuild; hnsw: re-insert
-              the changed rows, or a fresh build when more than hnsw_rebuild_fraction of them changed)
+              the changed rows, or a fresh build when more than hnsw_rebuild_fraction of them changed;
+              ivf: the changed rows re-assigned among nearby lists + a Lloyd round; every
+              ivf_rebuild_every-th refresh is a full build, charged here at the first build's cost:
+              refresh_s = ((every - 1) x the measured updates' mean + build_s) / every)
   stall_s     the part of refresh_s spent in the training thread (the rest runs in a background thread
               in training; in sync mode the bench waits for all of it)
   amortized_s step_s + refresh_s / interval: every refresh's whole wall time is charged to the steps,
@@ -21,6 +25,8 @@ can be measured. Figures:
   recall      recall@k of the selector's neighbours against the exact top-k of the final weights
               (k = sample_num // batch + 1), on a held-out batch
   speedup     full's amortized_s / this amortized_s
+`--sweep` replaces the contenders by full plus each index kind at several settings (SWEEP: hf over
+Annoy trees and index_dim, hnsw over ef, ivf over nprobe), one row each, named by its settings.
 Labels are drawn uniformly per step, so the rows a refresh must handle are as many as real training
 would touch. full and exact cost a whole B×N×d product per step; they run `--full-steps` steps only.
 """
@@ -41,7 +47,17 @@ from dcs_cli.cli.options import JsonOpt
 from dcs_cli.console import info, progress_bar
 from dcs_cli.errors import UsageError
 
-CONTENDERS = ("full", "random", "exact", "hf", "hnsw")
+CONTENDERS = ("full", "random", "exact", "hf", "hnsw", "ivf")
+INDEX_MODES = ("hf", "hnsw", "ivf")  # the contenders with an index to build and refresh
+# --sweep: (mode, parameter overrides) per row; each index kind at four or more settings
+SWEEP: tuple[tuple[str, dict], ...] = (
+    ("full", {}),
+    ("hf", {"ntrees": 4, "index_dim": 32}), ("hf", {"ntrees": 16, "index_dim": 32}),
+    ("hf", {"ntrees": 4, "index_dim": 0}), ("hf", {"ntrees": 16, "index_dim": 0}),
+    ("hnsw", {"hnsw_ef": 64}), ("hnsw", {"hnsw_ef": 128}), ("hnsw", {"hnsw_ef": 256}), ("hnsw", {"hnsw_ef": 512}),
+    ("ivf", {"ivf_nprobe": 1}), ("ivf", {"ivf_nprobe": 2}), ("ivf", {"ivf_nprobe": 4}), ("ivf", {"ivf_nprobe": 8}),
+    ("ivf", {"ivf_nprobe": 16}),
+)
 POOL = 16  # distinct pre-generated batches, cycled
 CLUSTER = 50  # classes per cluster of the trained-looking weights
 REFRESH_MODES = ("sync", "background")
@@ -79,8 +95,15 @@ def recall_at_k(selector, store, feats: torch.Tensor, k: int) -> float:
     return hits / truth.numel()
 
 
-def _run_contender(mode: str, p: dict, queue) -> None:
+def sweep_name(mode: str, overrides: dict) -> str:
+    """A sweep row's name: the mode and its settings, e.g. `ivf nprobe=4`."""
+    short = {"ntrees": "ntrees", "index_dim": "dim", "hnsw_ef": "ef", "ivf_nprobe": "nprobe", "ivf_lists": "lists"}
+    return " ".join([mode] + [f"{short.get(key, key)}={value}" for key, value in overrides.items()])
+
+
+def _run_contender(mode: str, p: dict, queue, name: str | None = None) -> None:
     """One contender in a fresh process; puts its figures (or an error line) on `queue`."""
+    name = name or mode
     try:
         import dcs_cli.config  # noqa: F401 - section import order
         from dcs_cli.config import HeadConfig, SelectionConfig
@@ -94,7 +117,7 @@ def _run_contender(mode: str, p: dict, queue) -> None:
         torch.manual_seed(0)
         n, d, b = p["classes"], p["dim"], p["batch"]
         gen = torch.Generator().manual_seed(1)
-        store = LocalStore(n, d, seed=0, init_std=0.0, params=OptimParams(lr=0.01, momentum=0.9,
+        store = LocalStore(n, d, seed=0, init_std=0.0, catch_up=True, params=OptimParams(lr=0.01, momentum=0.9,
                                                                             weight_decay=1e-4))
         trained_looking_(store.weight, gen)
         pool = batches(store.weight, b, POOL + 1, gen)
@@ -103,11 +126,12 @@ def _run_contender(mode: str, p: dict, queue) -> None:
                                   ntrees=p["ntrees"], hnsw_m=p["hnsw_m"], hnsw_ef=p["hnsw_ef"], seed=0,
                                   hnsw_ef_construction=p["hnsw_ef_construction"], index_dim=p["index_dim"],
                                   rerank=p["rerank"], hnsw_rebuild_fraction=p["hnsw_rebuild_fraction"],
-                                  background=p["refresh"] == "background")
+                                  background=p["refresh"] == "background", ivf_lists=p["ivf_lists"],
+                                  ivf_nprobe=p["ivf_nprobe"])
         selector = build_selector(cfg, n, b)
         sampled = SampledSoftmax(selector, store, build_head(HeadConfig(type="softmax")))
         steps = p["full_steps"] if mode in ("full", "exact") else p["steps"]
-        if mode in ("hf", "hnsw"):
+        if mode in INDEX_MODES:
             steps = max(steps, p["interval"] + 1)  # at least one periodic refresh is measured
         times, idle = [], []
         for i in range(steps):
@@ -128,45 +152,66 @@ def _run_contender(mode: str, p: dict, queue) -> None:
         if hasattr(selector, "wait"):
             selector.wait()
         k = p["sample_num"] // b + 1
-        recall = recall_at_k(selector, store, held_out, k) if mode in ("exact", "hf", "hnsw") else float("nan")
+        recall = recall_at_k(selector, store, held_out, k) if mode in ("exact", *INDEX_MODES) else float("nan")
         selector.close()
         build = getattr(selector, "build_seconds", 0.0)
         refreshes = list(getattr(selector, "refresh_seconds", []))
         stalls = list(getattr(selector, "stall_seconds", []))
         refresh = sum(refreshes) / len(refreshes) if refreshes else build
+        every = getattr(selector, "rebuild_every", 1)
+        if every > 1 and refreshes:  # ivf: the run's refreshes are updates; one in `every` is a full build
+            refresh = (refresh * (every - 1) + build) / every
         # the first step also pays one-off allocations; leave it out when there are more
         step = sum(times[1:]) / (len(times) - 1) if len(times) > 1 else times[0]
         idle = idle[1:] if len(idle) > 1 else idle
-        queue.put({"name": mode, "steps": steps, "step_s": step,
+        queue.put({"name": name, "steps": steps, "step_s": step,
                    "idle_step_s": sum(idle) / len(idle) if idle else float("nan"), "build_s": build,
                    "refreshes": len(refreshes), "rebuilds": getattr(selector, "rebuilds", 0), "refresh_s": refresh,
                    "stall_s": sum(stalls) / len(stalls) if stalls else 0.0,
-                   "amortized_s": step + (refresh / p["interval"] if mode in ("hf", "hnsw") else 0.0),
+                   "amortized_s": step + (refresh / p["interval"] if mode in INDEX_MODES else 0.0),
                    "recall": recall, "peak_rss_mb": peak_rss_mb()})
     except BaseException as exc:  # reported by the parent as one line
-        queue.put({"name": mode, "error": f"{type(exc).__name__}: {exc}"})
+        queue.put({"name": name, "error": f"{type(exc).__name__}: {exc}"})
 
 
-def run_select_speed(params: dict, contenders=CONTENDERS, json_path: Path | None = None) -> dict:
-    """Run each contender in its own process, add speed-ups over full, print and (optionally) save."""
+def default_params(**overrides) -> dict:
+    """The scenario's parameters at their command-line defaults (N = 1M), with `overrides` applied."""
+    params = {"classes": 1_000_000, "dim": 256, "batch": 256, "sample_num": 10_000, "interval": 100,
+              "steps": 30, "full_steps": 3, "ntrees": 4, "hnsw_m": 12,
+              "hnsw_ef_construction": 40, "hnsw_ef": 64, "threads": 1, "index_dim": 32, "rerank": 4,
+              "hnsw_rebuild_fraction": 0.25, "refresh": "sync", "ivf_lists": 0, "ivf_nprobe": 4}
+    unknown = set(overrides) - set(params)
+    if unknown:
+        raise UsageError(f"select-speed: unknown parameter(s) {', '.join(sorted(unknown))}")
+    return {**params, **overrides}
+
+
+def run_select_speed(params: dict, contenders=CONTENDERS, json_path: Path | None = None, sweep=None,
+                     quiet_table: bool = False) -> dict:
+    """Run each contender (or each `sweep` setting: (mode, overrides) pairs) in its own process, add
+    speed-ups over full, print and (optionally) save."""
     ctx = mp.get_context("spawn")
+    runs = ([(sweep_name(mode, over), mode, {**params, **over}) for mode, over in sweep] if sweep is not None
+            else [(mode, mode, params) for mode in contenders])
     rows = []
-    with progress_bar("select-speed", total=len(contenders), unit="contenders") as advance:
-        for mode in contenders:
-            info(f"select-speed: {mode} ...")
+    with progress_bar("select-speed", total=len(runs), unit="contenders") as advance:
+        for name, mode, p in runs:
+            info(f"select-speed: {name} ...")
             queue = ctx.Queue()
-            proc = ctx.Process(target=_run_contender, args=(mode, params, queue))
+            proc = ctx.Process(target=_run_contender, args=(mode, p, queue, name))
             proc.start()
             row = queue.get()
             proc.join()
             if "error" in row:
-                raise UsageError(f"select-speed: contender {mode} failed: {row['error']}")
+                raise UsageError(f"select-speed: contender {name} failed: {row['error']}")
             rows.append(row)
             advance(1)
     full = next((r for r in rows if r["name"] == "full"), None)
+    if sweep is not None:
+        params = {**params, "sweep": [sweep_name(mode, over) for mode, over in sweep]}
     for r in rows:
         r["speedup"] = full["amortized_s"] / r["amortized_s"] if full else float("nan")
-    return report("select-speed", params, rows, json_path)
+    return report("select-speed", params, rows, json_path, show=not quiet_table)
 
 
 def register(bench_app: typer.Typer) -> None:
@@ -191,12 +236,18 @@ def register(bench_app: typer.Typer) -> None:
                                                "(0 = full rows); selection.index_dim.")] = 32,
         rerank: Annotated[int, typer.Option("--rerank", help="hf/hnsw: candidates per kept neighbour, "
                                             "re-scored exactly; selection.rerank.")] = 4,
+        ivf_lists: Annotated[int, typer.Option("--ivf-lists", help="ivf: inverted lists (k-means "
+                                               "centroids); 0 = one per 100 rows; selection.ivf_lists.")] = 0,
+        ivf_nprobe: Annotated[int, typer.Option("--ivf-nprobe", help="ivf: lists each sample probes; "
+                                                "selection.ivf_nprobe.")] = 4,
+        sweep: Annotated[bool, typer.Option("--sweep", help="Recall vs speed: full, then hf, hnsw and ivf at "
+                                            "four or more settings each (--only keeps those kinds).")] = False,
         hnsw_rebuild_fraction: Annotated[float, typer.Option(
             "--hnsw-rebuild-fraction", help="hnsw: fresh build when more than this share of rows changed.")] = 0.25,
         refresh: Annotated[str, typer.Option("--refresh", help="sync: refreshes run in the step and are timed "
                                              "alone; background: in a thread beside the steps.")] = "sync",
         only: Annotated[Optional[list[str]], typer.Option(
-            "--only", help="Run only these contenders (repeatable): full, random, exact, hf, hnsw.")] = None,
+            "--only", help="Run only these contenders (repeatable): full, random, exact, hf, hnsw, ivf.")] = None,
         threads: Annotated[int, typer.Option("--threads", help="torch threads for the steps; 0 = torch's default. "
                                              "1 keeps a shared machine's load from distorting the ratios.")] = 1,
         json: JsonOpt = None,
@@ -205,9 +256,11 @@ def register(bench_app: typer.Typer) -> None:
         n = classes if classes is not None else (100_000 if quick else 1_000_000)
         for name, value in (("--classes", n), ("--dim", dim), ("--batch", batch), ("--sample-num", sample_num),
                             ("--interval", interval), ("--steps", steps), ("--full-steps", full_steps),
-                            ("--ntrees", ntrees)):
+                            ("--ntrees", ntrees), ("--ivf-nprobe", ivf_nprobe)):
             if value <= 0:
                 raise UsageError(f"{name} must be > 0, got {value}")
+        if ivf_lists < 0:
+            raise UsageError(f"--ivf-lists must be >= 0 (0 = one list per 100 rows), got {ivf_lists}")
         if index_dim < 0 or rerank < 1 or not 0 <= hnsw_rebuild_fraction <= 1:
             raise UsageError("--index-dim must be >= 0, --rerank >= 1, --hnsw-rebuild-fraction in [0, 1]")
         if refresh not in REFRESH_MODES:
@@ -222,5 +275,6 @@ def register(bench_app: typer.Typer) -> None:
                   "steps": steps, "full_steps": full_steps, "ntrees": ntrees, "hnsw_m": hnsw_m,
                   "hnsw_ef_construction": hnsw_ef_construction, "hnsw_ef": hnsw_ef, "threads": threads,
                   "index_dim": index_dim, "rerank": rerank, "hnsw_rebuild_fraction": hnsw_rebuild_fraction,
-                  "refresh": refresh}
-        run_select_speed(params, contenders, json)
+                  "refresh": refresh, "ivf_lists": ivf_lists, "ivf_nprobe": ivf_nprobe}
+        grid = [(mode, over) for mode, over in SWEEP if not only or mode in only] if sweep else None
+        run_select_speed(params, contenders, json, sweep=grid)

@@ -15,8 +15,10 @@ from typer.core import TyperGroup
 SCENARIOS: dict[str, str] = {
     "convert": "dcs_cli.bench.convert",
     "paramserver": "dcs_cli.bench.paramserver",
+    "scale": "dcs_cli.bench.scale",
     "select-quality": "dcs_cli.bench.select_quality",
     "select-speed": "dcs_cli.bench.select_speed",
+    "train-quality": "dcs_cli.bench.train_quality",
     "verify": "dcs_cli.bench.verify",
 }
 

@@ -14,16 +14,20 @@ def demo(
     identities: Annotated[int, typer.Option(help="Synthetic identities (classes).")] = 500,
     images_per_identity: Annotated[int, typer.Option(help="Training images per identity.")] = 10,
     epochs: Annotated[int, typer.Option(help="Training epochs per mode.")] = 3,
-    sample_num: Annotated[int, typer.Option(help="Active classes per step in the sampled (hf) run.")] = 100,
+    sample_num: Annotated[int, typer.Option(help="Active classes per step in the sampled (ivf) run.")] = 100,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
     pairs: Annotated[int, typer.Option(help="Held-out verification pairs.")] = 600,
+    large_classes: Annotated[int, typer.Option(help="Classes of the large-class speed stage; 0 skips it.")] = 100_000,
+    large_sample_num: Annotated[int, typer.Option(help="Active classes per step in the large-class stage.")] = 5_000,
     overwrite: Annotated[bool, typer.Option("--overwrite/--keep", help="Replace an earlier demo's folder.")] = True,
 ) -> None:
-    """Synthesize a small face-like dataset, convert it, train hf and full softmax, extract, verify, compare."""
+    """Synthesize face-like data, convert, train sampled (ivf) and full softmax, extract, verify; then time the
+    classifier step of both at 100k classes; compare."""
     from dcs_cli.demo import DemoSpec, run_demo
 
     spec = DemoSpec(identities=identities, images_per_identity=images_per_identity, epochs=epochs,
-                    sample_num=sample_num, batch_size=batch_size, pairs=pairs)
+                    sample_num=sample_num, batch_size=batch_size, pairs=pairs, large_classes=large_classes,
+                    large_sample_num=large_sample_num)
     run_demo(out_folder, spec, overwrite=overwrite)
 
 

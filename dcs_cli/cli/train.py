@@ -15,7 +15,7 @@ def train_command(
     config: ConfigOpt = None,
     mode: Annotated[
         Optional[str],
-        typer.Option("--mode", help="full | hf | hnsw | random | exact (overrides selection.mode).",
+        typer.Option("--mode", help="full | hf | ivf | hnsw | random | exact (overrides selection.mode).",
                      show_default=False),
     ] = None,
     overrides: SetOpt = None,
@@ -25,7 +25,8 @@ def train_command(
                      show_default=False),
     ] = None,
     nproc: Annotated[
-        Optional[int], typer.Option("--nproc", help="Workers on this node, one per device (dist.nproc).", min=1,
+        Optional[int], typer.Option("--nproc", help="Workers on this node, one per device (dist.nproc); the class rows "
+                                    "are then sharded across them (dist.class_store).", min=1,
                                     show_default=False)
     ] = None,
     nnodes: Annotated[Optional[int], typer.Option("--nnodes", help="Number of nodes (dist.nnodes).", min=1,

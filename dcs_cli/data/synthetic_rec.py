@@ -8,6 +8,11 @@ few identity-specific bars); each image shifts it a few pixels, jitters brightne
 noise, then is JPEG-encoded. Identities are therefore learnable — a small CNN verifies them well above
 chance — while no two images are equal. `pairs.bin` holds held-out images (fresh jitter, never in the
 .rec) of the same identities: half same-identity pairs, half different.
+
+Look-alike families (`family_size` > 1): identities come in families that share most of one pattern and
+differ in a weaker identity-specific layer (the hard negatives a random subset of classes rarely holds).
+Held-out identities (`held_out` > 0): the pairs come from that many further identities (whole families of
+their own) that never appear in the .rec, half of the different-identity pairs being family-mates.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dcs_cli.errors import DataError
 
 _GRID = 5
 _NOISE_BANK = 8
+_OWN_SHARE = 0.45  # weight of an identity's own grid against its family's (family_size > 1)
 
 
 class _Painter:
@@ -38,9 +44,13 @@ class _Painter:
         self.noise = self.rng.normal(0, 10, (_NOISE_BANK, 2 * image_size, 2 * image_size, 3)).astype(np.int16)
         self.shift = max(1, image_size // 16)
 
-    def pattern(self, identity: int, seed: int) -> np.ndarray:
+    def pattern(self, identity: int, seed: int, family_size: int = 1) -> np.ndarray:
         rng = np.random.default_rng([seed, identity])
         grid = rng.integers(30, 226, (_GRID, _GRID, 3), dtype=np.uint8)
+        if family_size > 1:  # the family's grid, with this identity's own grid mixed in weakly
+            family = np.random.default_rng([seed, 1 << 40, identity // family_size])
+            shared = family.integers(30, 226, (_GRID, _GRID, 3))
+            grid = ((1 - _OWN_SHARE) * shared + _OWN_SHARE * grid).astype(np.uint8)
         base = np.asarray(Image.fromarray(grid, "RGB").resize((self.size, self.size), Image.BICUBIC),
                           dtype=np.int16)
         for _ in range(3):  # a few sharp bars give the pattern high-frequency identity cues too
@@ -66,11 +76,14 @@ class _Painter:
 
 
 def write_synthetic_rec(folder: str | os.PathLike, num_identities: int, images_per_identity: int,
-                        image_size: int = 112, seed: int = 0, pairs: int = 0, quality: int = 90) -> dict:
+                        image_size: int = 112, seed: int = 0, pairs: int = 0, quality: int = 90,
+                        family_size: int = 1, held_out: int = 0) -> dict:
     """Write train.rec/train.idx (InsightFace layout) and, if `pairs` > 0, pairs.bin; returns a summary."""
     if num_identities < 1 or images_per_identity < 1:
         raise DataError("synthetic data needs at least 1 identity and 1 image per identity")
-    if pairs and num_identities < 2:
+    if family_size < 1 or held_out < 0:
+        raise DataError("synthetic data needs family_size >= 1 and held_out >= 0")
+    if pairs and (held_out or num_identities) < 2:
         raise DataError("synthetic pairs need at least 2 identities (half the pairs are different people)")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -84,7 +97,7 @@ def write_synthetic_rec(folder: str | os.PathLike, num_identities: int, images_p
         writer.write(0, pack_image_record([first_identity_key, end_key], b""))
         key = 1
         for identity in range(num_identities):
-            base = painter.pattern(identity, seed)
+            base = painter.pattern(identity, seed, family_size)
             for _ in range(images_per_identity):
                 jpeg = encode_jpeg(painter.jitter(base, rng), quality)
                 writer.write(key, pack_image_record(float(identity), jpeg, id=key))
@@ -95,23 +108,37 @@ def write_synthetic_rec(folder: str | os.PathLike, num_identities: int, images_p
             writer.write(first_identity_key + identity,
                          pack_image_record([start, start + images_per_identity], b""))
     info = {"rec": str(folder / "train.rec"), "idx": str(folder / "train.idx"), "images": n_images,
-            "identities": num_identities, "image_size": image_size, "seed": seed}
+            "identities": num_identities, "image_size": image_size, "seed": seed, "family_size": family_size,
+            "held_out": held_out}
     if pairs:
-        info["pairs_bin"] = str(_write_pairs(folder / "pairs.bin", painter, num_identities, pairs, seed, quality))
+        # Held-out identities start at the next whole family, so no family straddles train and pairs.
+        first = -(-num_identities // family_size) * family_size if held_out else 0
+        pool = (first, held_out) if held_out else (0, num_identities)
+        info["pairs_bin"] = str(_write_pairs(folder / "pairs.bin", painter, pool, pairs, seed, quality, family_size))
         info["pairs"] = pairs
     return info
 
 
-def _write_pairs(path: Path, painter: _Painter, num_identities: int, pairs: int, seed: int, quality: int) -> Path:
+def _write_pairs(path: Path, painter: _Painter, pool: tuple[int, int], pairs: int, seed: int, quality: int,
+                 family_size: int) -> Path:
+    """Pairs over identities first .. first+count-1 (`pool`); with families, every other different pair
+    is two family-mates (the look-alikes verification must tell apart)."""
+    first, count = pool
     rng = np.random.default_rng([seed, 2])  # a stream of its own: held-out images never repeat training ones
     images: list[bytes] = []
     issame: list[bool] = []
     for k in range(pairs):
         same = k % 2 == 0
-        a = int(rng.integers(num_identities))
-        b = a if same else int((a + rng.integers(1, num_identities)) % num_identities)
-        for ident in (a, b):
-            images.append(encode_jpeg(painter.jitter(painter.pattern(ident, seed), rng), quality))
+        a = int(rng.integers(count))
+        if same:
+            b = a
+        elif family_size > 1 and k % 4 == 1 and min(family_size, count - a // family_size * family_size) > 1:
+            mates = min(family_size, count - a // family_size * family_size)
+            b = a // family_size * family_size + int((a % family_size + rng.integers(1, mates)) % mates)
+        else:
+            b = int((a + rng.integers(1, count)) % count)
+        for ident in (first + a, first + b):
+            images.append(encode_jpeg(painter.jitter(painter.pattern(ident, seed, family_size), rng), quality))
         issame.append(same)
     write_bin(path, images, issame)
     return path

@@ -34,9 +34,20 @@ class HeadConfig:
     bias: bool = opt(False, "learn a per-class bias (softmax head only)")
     scale: float = opt(64.0, "logit scale s (cosface, arcface)")
     margin: float = opt(0.35, "margin m: cosine margin (cosface) or angular margin in radians (arcface)")
+    init_std: float = opt(0.0, "standard deviation of the class rows' initial values; 0 = auto: 0.01 for softmax "
+                               "(logits start near zero), 1/sqrt(feature_dim) for cosface/arcface (rows of about "
+                               "unit norm: a normalised row's angular step grows as 1/|w|^2, so tiny rows take "
+                               "huge, noisy steps, worst for rows a sampled mode updates rarely)")
+
+    def row_init_std(self, feature_dim: int) -> float:
+        """The initial standard deviation of the class rows, `init_std` or its automatic value."""
+        if self.init_std > 0:
+            return self.init_std
+        return 0.01 if self.type == "softmax" else feature_dim ** -0.5
 
     def validate(self, key: str) -> None:
         require(self.scale > 0, f"{key}.scale", "must be > 0")
         require(self.margin >= 0, f"{key}.margin", "must be >= 0")
+        require(self.init_std >= 0, f"{key}.init_std", "must be >= 0 (0 = automatic)")
         require(not (self.bias and self.type != "softmax"), f"{key}.bias",
                 "is only supported with head.type=softmax (margin heads use normalised rows)")

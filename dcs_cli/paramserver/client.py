@@ -133,6 +133,7 @@ class RemoteStore(ClassStore):
         init_std: float = 0.01,
         heartbeat: bool = True,
         shared_memory: bool = True,
+        catch_up: bool = False,
     ):
         if num_classes <= 0 or dim <= 0:
             raise ConfigError(f"class store needs num_classes > 0 and dim > 0, got {num_classes} and {dim}")
@@ -153,6 +154,7 @@ class RemoteStore(ClassStore):
             "init": init,
             "init_std": float(init_std),
             "seed": seed,
+            "catch_up": bool(catch_up),
         }
         try:
             reply, frames = self._conn.request(

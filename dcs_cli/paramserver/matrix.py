@@ -19,7 +19,7 @@ import torch
 
 from dcs_cli.paramserver.protocol import ProtocolError
 from dcs_cli.paramserver.workers import SERIAL, RowWorkers
-from dcs_cli.selection.store import OptimParams, empty_rows, sgd_rows_
+from dcs_cli.selection.store import OptimParams, RowClock, catch_up_rows_, empty_rows, sgd_rows_
 
 INITS = ("normal", "uniform")  # as LocalStore
 MAX_ELEMENTS = 1 << 34  # 64 GiB of float32 weights: anything larger is a typo, not a model
@@ -56,6 +56,7 @@ class MatrixSpec:
     init: str = "normal"
     init_std: float = 0.01
     seed: int = 0
+    catch_up: bool = False  # rows that sat out steps catch them up when next updated (see sgd_rows_)
 
     @classmethod
     def from_dict(cls, obj: dict) -> MatrixSpec:
@@ -67,6 +68,7 @@ class MatrixSpec:
             "init": str,
             "init_std": (int, float),
             "seed": int,
+            "catch_up": bool,
         }
         unknown = set(obj) - set(types)
         if unknown:
@@ -160,6 +162,7 @@ class ServedMatrix:
     version: int = 0  # bumped by every change of the weights
     sent: dict[int, SentRows] = field(default_factory=dict)  # per client: the weight rows its last GET got
     workers: RowWorkers = SERIAL  # threads that share gathers and updates (the server sets its own)
+    clock: RowClock | None = None  # catch_up: when each row was last updated
 
     def __post_init__(self) -> None:
         if self.weight is None:
@@ -170,6 +173,22 @@ class ServedMatrix:
             self.bias = torch.zeros(self.spec.num_classes)
         if self.spec.bias and self.bias_momentum is None:
             self.bias_momentum = torch.zeros(self.spec.num_classes)
+        if self.spec.catch_up and self.clock is None:
+            self.clock = RowClock(self.spec.num_classes, step=self.step)
+
+    def settle(self) -> None:
+        """Catch every row up to the present step (before snapshots and step changes)."""
+        if self.clock is None:
+            return
+        moved = False
+        for ids, skipped in self.clock.stale(self.step):
+            catch_up_rows_(self.weight, self.momentum, ids, skipped, self.params)
+            if self.spec.bias:
+                catch_up_rows_(self.bias, self.bias_momentum, ids, skipped, self.params)
+            moved = moved or len(ids) > 0
+        self.clock.reset(self.step)
+        if moved:
+            self.changed()
 
     def _tables(self, with_momentum: bool) -> list[torch.Tensor]:
         tables = [self.weight] + [self.momentum] * with_momentum
@@ -191,18 +210,23 @@ class ServedMatrix:
         self.workers.run(len(ids), part)
         return out
 
-    def _update(self, ids: torch.Tensor, grad: torch.Tensor, grad_rows=None, current=None) -> None:
-        """`sgd_rows_` on the weights, split over `workers` by row (the rows are distinct)."""
+    def _update(self, ids: torch.Tensor, grad: torch.Tensor, grad_rows=None, current=None, grad_b=None) -> None:
+        """`sgd_rows_` on the weights (and bias), split over `workers` by row (the rows are distinct)."""
+        skipped = self.clock.mark(ids, self.step) if self.clock is not None else None
 
         def part(lo: int, hi: int) -> None:
+            skip = None if skipped is None else skipped[lo:hi]
             if grad_rows is None:
                 cur = None if current is None else current[lo:hi]
-                sgd_rows_(self.weight, self.momentum, ids[lo:hi], grad[lo:hi], self.params, current=cur)
+                sgd_rows_(self.weight, self.momentum, ids[lo:hi], grad[lo:hi], self.params, current=cur,
+                          skipped=skip)
             else:
                 sgd_rows_(self.weight, self.momentum, ids[lo:hi], grad, self.params, grad_rows=grad_rows[lo:hi],
-                          current=current)
+                          current=current, skipped=skip)
 
         self.workers.run(len(ids), part)
+        if self.spec.bias and grad_b is not None:
+            sgd_rows_(self.bias, self.bias_momentum, ids, grad_b, self.params, grad_rows=grad_rows, skipped=skipped)
 
     def remember_sent(self, client: int, ids: np.ndarray, weight_rows: np.ndarray) -> None:
         """Keep the rows just sent to a registered `client` for its coming PUSH (see `SentRows`)."""
@@ -233,9 +257,7 @@ class ServedMatrix:
         current = [self._sent_rows(c, p.ids) for c, p in zip(clients, pushes, strict=True)]
         if len(pushes) == 1:
             p = pushes[0]
-            self._update(p.ids, p.grad_w, current=current[0])
-            if self.spec.bias:
-                sgd_rows_(self.bias, self.bias_momentum, p.ids, p.grad_b, self.params)
+            self._update(p.ids, p.grad_w, current=current[0], grad_b=p.grad_b)
             rows = len(p.ids)
         else:
             rows = self._apply_summed(pushes, current)
@@ -263,15 +285,11 @@ class ServedMatrix:
         for p, inv, cur in zip(pushes, inverse.split(sizes), current, strict=True):
             is_shared = shared[inv]
             own = torch.nonzero(~is_shared).squeeze(1)
-            self._update(p.ids[own], p.grad_w, grad_rows=own, current=cur)
-            if self.spec.bias:
-                sgd_rows_(self.bias, self.bias_momentum, p.ids[own], p.grad_b, self.params, grad_rows=own)
+            self._update(p.ids[own], p.grad_w, grad_rows=own, current=cur, grad_b=p.grad_b)
             mine = torch.nonzero(is_shared).squeeze(1)
             if len(mine):
                 sum_w.index_add_(0, slot[inv[mine]], p.grad_w[mine])
                 if sum_b is not None:
                     sum_b.index_add_(0, slot[inv[mine]], p.grad_b[mine])
-        self._update(shared_ids, sum_w)
-        if sum_b is not None:
-            sgd_rows_(self.bias, self.bias_momentum, shared_ids, sum_b, self.params)
+        self._update(shared_ids, sum_w, grad_b=sum_b)
         return len(uniq)

@@ -367,6 +367,8 @@ class ParamServer:
                 )
         for target, source in updates:  # all validated first: a refused request changes nothing
             target.index_copy_(0, ids, source)
+        if m.clock is not None:  # written rows are as of this step: nothing of theirs to catch up
+            m.clock.reset(m.step, ids)
         m.changed()
         self.counters["rows_written"] += len(ids)
         self._reply(identity, header, step=m.step)
@@ -404,7 +406,10 @@ class ParamServer:
         check_step(header.step, "SET_STEP")
         if m.pending:
             raise ProtocolError(f"SET_STEP: step {m.step} has pushes pending; set the step before training")
+        m.settle()
         m.step = header.step
+        if m.clock is not None:
+            m.clock.reset(m.step)
         self._reply(identity, header, step=m.step)
 
     def _snapshot(self, identity, header: Header, frames) -> None:
@@ -473,6 +478,8 @@ class ParamServer:
 
     def _write_snapshot(self, why: str) -> Path:
         start = time.perf_counter()
+        for m in self.matrices:  # a snapshot holds every row as of its step (nothing left to catch up)
+            m.settle()
         path = write_snapshot(self.cfg.snapshot_dir, self.matrices)
         self.counters["snapshots"] += 1
         info(

@@ -51,12 +51,19 @@ def _hnsw(cfg: SelectionConfig, n: int, b: int) -> Selector:
                         ef=cfg.hnsw_ef, rebuild_fraction=cfg.hnsw_rebuild_fraction, **_index_kwargs(cfg))
 
 
+def _ivf(cfg: SelectionConfig, n: int, b: int) -> Selector:
+    from dcs_cli.selection.ivf import IvfSelector
+    return IvfSelector(n, cfg.sample_num, b, lists=cfg.ivf_lists, nprobe=cfg.ivf_nprobe, iters=cfg.ivf_iters,
+                       rebuild_every=cfg.ivf_rebuild_every, **_index_kwargs(cfg))
+
+
 SELECTORS: dict[str, Callable[[SelectionConfig, int, int], Selector]] = {
     "full": _full,
     "random": _random,
     "exact": _exact,
     "hf": _hf,
     "hnsw": _hnsw,
+    "ivf": _ivf,
 }
 
 

@@ -47,6 +47,13 @@ from dcs_cli.selection.store import ClassStore
 DRIFT_SAMPLE = 4096
 
 
+def sum_squares(rows: np.ndarray) -> float:
+    """Σ rows² without an N×d temporary (np.square of a 1M×256 snapshot allocates 1 GB and takes seconds)."""
+    flat = torch.from_numpy(rows).reshape(-1)
+    step = 1 << 20  # float32 partial sums over 1M elements each stay accurate; the total is a Python float
+    return sum(float(torch.linalg.vector_norm(flat[i:i + step])) ** 2 for i in range(0, flat.numel(), step))
+
+
 class IndexSelector(Selector):
     """Base of selectors that query an approximate-nearest-neighbour index over the class weights."""
 
@@ -120,7 +127,7 @@ class IndexSelector(Selector):
             weights = store.weights().detach()
             self.proj = Projection.fit(weights, self.index_dim, self._resolved_metric(), self.seed)
             self._snap = self.proj.apply(weights)
-            self._snap_norm2 = float(np.square(self._snap).sum()) or 1.0
+            self._snap_norm2 = sum_squares(self._snap) or 1.0
             self._dirty = torch.zeros(self.num_classes, dtype=torch.bool)
             self.index = self._build(self._snap)
             self.build_seconds = time.perf_counter() - start
@@ -222,10 +229,18 @@ class IndexSelector(Selector):
         moved2 = float(np.square(delta).sum()) * dirty.numel() / pick.numel()
         return (moved2 / self._snap_norm2) ** 0.5
 
+    def _rebuild_due(self, changed: int) -> bool:
+        """Whether this refresh builds afresh rather than updating the `changed` rows (incremental backends)."""
+        return not self.incremental or changed > self.rebuild_fraction * self.num_classes
+
     def _start_refresh(self) -> None:
         start = time.perf_counter()
+        # Rows that sat out steps catch up first, so the index sees every row as of this step (and a run
+        # resumed from a checkpoint, whose rows are caught up, rebuilds the very same index).
+        self.store.settle()
         changed = int(self._dirty.sum())
-        if self.incremental and changed <= self.rebuild_fraction * self.num_classes:
+        rebuilt = self._rebuild_due(changed)
+        if not rebuilt:
             ids = self._dirty.nonzero().squeeze(1)
             rows = self.proj.apply(self.store.rows(ids)[0])
             self._snap[ids.numpy()] = rows
@@ -244,13 +259,12 @@ class IndexSelector(Selector):
         self._dirty.zero_()
         self._snap_step = self.step
         stall = time.perf_counter() - start
-        rebuilt = not (self.incremental and changed <= self.rebuild_fraction * self.num_classes)
 
         def run():
             t0 = time.perf_counter()
             try:
                 index, proj, snap = job()
-                norm2 = float(np.square(snap).sum()) or 1.0
+                norm2 = sum_squares(snap) or 1.0
                 self._result = (index, proj, snap, norm2, stall + time.perf_counter() - t0, stall, rebuilt)
             except BaseException as exc:  # reported in the training thread by _poll
                 self._error = exc

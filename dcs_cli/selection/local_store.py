@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from dcs_cli.errors import ConfigError, DataError
-from dcs_cli.selection.store import ClassStore, OptimParams, empty_rows, sgd_rows_
+from dcs_cli.selection.store import ClassStore, OptimParams, RowClock, catch_up_rows_, empty_rows, sgd_rows_
 
 INIT_KINDS = ("normal", "uniform")
 
@@ -30,6 +30,7 @@ class LocalStore(ClassStore):
         seed: int = 0,
         params: OptimParams | None = None,
         device: str | torch.device = "cpu",
+        catch_up: bool = False,
     ):
         if num_classes <= 0 or dim <= 0:
             raise ConfigError(f"class store needs num_classes > 0 and dim > 0, got {num_classes} and {dim}")
@@ -51,6 +52,9 @@ class LocalStore(ClassStore):
                          else torch.zeros_like(self.weight))
         self.bias = torch.zeros(self.num_classes, device=self.device) if bias else None
         self.bias_momentum = torch.zeros(self.num_classes, device=self.device) if bias else None
+        # Steps pushed so far and, with catch-up, when each row was last updated (see sgd_rows_'s `skipped`).
+        self.steps = 0
+        self.clock = RowClock(self.num_classes, self.device) if catch_up else None
 
     # ------------------------------------------------------------------------------------------ rows
     def _ids(self, ids: torch.Tensor) -> torch.Tensor:
@@ -67,9 +71,23 @@ class LocalStore(ClassStore):
         if grad_w.shape != (ids.numel(), self.dim):
             raise DataError(f"class store push: gradient shape {tuple(grad_w.shape)} does not match "
                             f"{ids.numel()} rows of dim {self.dim}")
-        sgd_rows_(self.weight, self.momentum, ids, grad_w.to(self.device), self.params)
+        skipped = self.clock.mark(ids, self.steps) if self.clock is not None else None
+        self.steps += 1
+        sgd_rows_(self.weight, self.momentum, ids, grad_w.to(self.device), self.params, skipped=skipped)
         if self.bias is not None and grad_b is not None:
-            sgd_rows_(self.bias, self.bias_momentum, ids, grad_b.to(self.device), self.params)
+            sgd_rows_(self.bias, self.bias_momentum, ids, grad_b.to(self.device), self.params, skipped=skipped)
+
+    def settle(self) -> None:
+        """Catch every row up to the present step (before evaluation or a checkpoint); a no-op without
+        catch-up. Afterwards the weights are what full SGD would hold had the rows' gradients been zero
+        whenever they were not selected."""
+        if self.clock is None:
+            return
+        for ids, skipped in self.clock.stale(self.steps):
+            catch_up_rows_(self.weight, self.momentum, ids, skipped, self.params)
+            if self.bias is not None:
+                catch_up_rows_(self.bias, self.bias_momentum, ids, skipped, self.params)
+        self.clock.reset(self.steps)
 
     def weights(self) -> torch.Tensor:
         """The live N×d weights on the CPU (no copy on a CPU store): callers that keep them must clone."""
@@ -89,7 +107,9 @@ class LocalStore(ClassStore):
 
     # ----------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
+        self.settle()  # the saved rows are up to date, so a load needs only the step count
         state = {
+            "steps": self.steps,
             "num_classes": self.num_classes, "dim": self.dim, "optim": vars(self.params).copy(),
             "weight": self.weight.cpu(), "momentum": self.momentum.cpu(),
         }
@@ -117,3 +137,6 @@ class LocalStore(ClassStore):
             self.bias_momentum = state["bias_momentum"].to(self.device, torch.float32).clone()
         if "optim" in state:
             self.params = OptimParams(**state["optim"])
+        self.steps = int(state.get("steps", 0))
+        if self.clock is not None:
+            self.clock.reset(self.steps)

@@ -10,6 +10,8 @@ With a FullSelector this is the same head over all rows (full softmax); nothing 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,9 +24,10 @@ from dcs_cli.selection.store import ClassStore
 class SampledSoftmax(nn.Module):
     """`loss, stats = SampledSoftmax(selector, store, head)(features, labels)`; then backward and push()."""
 
-    def __init__(self, selector: Selector, store: ClassStore, head: nn.Module):
+    def __init__(self, selector: Selector, store: ClassStore, head: nn.Module, fill_correction: bool = False):
         super().__init__()
         self.selector, self.store, self.head = selector, store, head
+        self.fill_correction = fill_correction
         selector.set_metric(getattr(head, "metric", "dot"))
         selector.attach(store)
         self.step = 0
@@ -38,6 +41,8 @@ class SampledSoftmax(nn.Module):
             b = b.to(features.device).requires_grad_(True)
         local = sel.local_labels.to(features.device)
         logits = self.head(features, w, b, local)
+        if self.fill_correction:
+            logits = logits + fill_log_weights(sel, self.store.num_classes, logits.device)
         loss = F.cross_entropy(logits, local)
         self._pending = (sel.ids, w, b)
         stats = dict(sel.stats)
@@ -55,3 +60,19 @@ class SampledSoftmax(nn.Module):
         self.store.push(ids, w.grad, b.grad if b is not None else None)
         self.step += 1
         self.selector.refresh(self.store, self.step)
+
+
+def fill_log_weights(sel, num_classes: int, device) -> torch.Tensor:
+    """(S,) logit offsets: 0 for the positives and retrieved ids, log((N - P - R) / F) for the F random-fill ids.
+
+    The fill stands for every class that was neither a positive nor retrieved, each drawn with probability
+    F / (N - P - R); weighting its exp-logits by the inverse makes the sampled partition function an
+    unbiased estimate of the full one, so a selected negative gets the gradient it would get in full softmax
+    instead of one inflated by the missing classes' share."""
+    st = sel.stats
+    fill = st["random_fill"]
+    offsets = torch.zeros(sel.ids.numel(), device=device)
+    rest = num_classes - st["positives"] - st["retrieved"]
+    if fill > 0 and rest > fill:
+        offsets[-fill:] = math.log(rest / fill)
+    return offsets

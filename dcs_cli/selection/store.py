@@ -62,6 +62,9 @@ class ClassStore(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict) -> None: ...
 
+    def settle(self) -> None:  # noqa: B027 - optional hook
+        """Bring rows that sat out steps up to the present step (stores that catch rows up lazily)."""
+
     def set_lr(self, lr: float) -> None:
         params = self.get_optim()
         params.lr = lr
@@ -76,6 +79,7 @@ def sgd_rows_(
     params: OptimParams,
     grad_rows: torch.Tensor | None = None,
     current: torch.Tensor | None = None,
+    skipped: torch.Tensor | None = None,
 ) -> None:
     """In place: one PyTorch-SGD step (dampening 0, no nesterov) on rows `ids` (unique) of `weight`.
 
@@ -89,6 +93,11 @@ def sgd_rows_(
     `torch.optim.SGD` initialises its buffer. Works for 2-D weights (rows) and 1-D biases.
 
     Same arithmetic, in the same order, as `torch.optim.SGD`: g' = g + wd·w ; v = m·v + g' ; w -= lr·v.
+
+    `skipped` (int64, aligned with `ids`) counts the steps each row sat out since its last update. Those
+    steps are caught up first, exactly as `torch.optim.SGD` would have run them on a zero gradient (the
+    momentum keeps moving the row and decays, weight decay shrinks it; see `catch_up_coefficients`), so a
+    sampled run's rows follow full SGD's rule instead of freezing their velocity between selections.
     Speed (a step is bound by random row access into a table far larger than the caches): on the CPU the
     rows go through in blocks of about `BLOCK_BYTES` per buffer, so the gathered rows stay in the core's
     caches across the elementwise passes and only the gathers and scatters touch main memory
@@ -106,7 +115,10 @@ def sgd_rows_(
     if weight.device.type == "cpu":
         row_bytes = weight.element_size() * max(1, math.prod(weight.shape[1:]))
         block = max(1, min(n, BLOCK_BYTES // row_bytes))
-    w_buf, v_buf, g_buf = _scratch(weight, block)
+    w_buf, v_buf, g_buf, t_buf = _scratch(weight, block)
+    coef = None
+    if skipped is not None and (params.momentum or params.weight_decay):
+        coef = catch_up_coefficients(skipped, params, weight.dtype, weight.device)
     for lo in range(0, n, block):
         hi = min(n, lo + block)
         g_blk = g_buf[:hi - lo]
@@ -121,18 +133,109 @@ def sgd_rows_(
                 torch.index_select(current, 0, grad_rows[lo:hi], out=w_blk)
         if current is None:
             torch.index_select(weight, 0, ids[lo:hi], out=w_blk)
-        _sgd_block_(weight, momentum_buf, ids[lo:hi], g, params, w_blk, v_buf[:hi - lo], g_blk)
+        v_blk = v_buf[:hi - lo]
+        if coef is not None:
+            _catch_up_block_(momentum_buf, ids[lo:hi], w_blk, v_blk, t_buf[:hi - lo], coef[lo:hi], params)
+        _sgd_block_(weight, momentum_buf, ids[lo:hi], g, params, w_blk, v_blk, g_blk, have_v=coef is not None)
+
+
+def catch_up_rows_(weight: torch.Tensor, momentum_buf: torch.Tensor, ids: torch.Tensor, skipped: torch.Tensor,
+                   params: OptimParams) -> None:
+    """In place: only the catch-up of `sgd_rows_` (rows `ids` advanced over their `skipped` steps, no new
+    gradient), e.g. to bring every row up to date before evaluation or a checkpoint."""
+    if ids.numel() == 0 or not (params.momentum or params.weight_decay):
+        return
+    coef = catch_up_coefficients(skipped, params, weight.dtype, weight.device)
+    row_bytes = weight.element_size() * max(1, math.prod(weight.shape[1:]))
+    block = max(1, min(ids.numel(), BLOCK_BYTES // row_bytes)) if weight.device.type == "cpu" else ids.numel()
+    w_buf, v_buf, _, t_buf = _scratch(weight, block)
+    for lo in range(0, ids.numel(), block):
+        hi = min(ids.numel(), lo + block)
+        w, v = w_buf[:hi - lo], v_buf[:hi - lo]
+        torch.index_select(weight, 0, ids[lo:hi], out=w)
+        _catch_up_block_(momentum_buf, ids[lo:hi], w, v, t_buf[:hi - lo], coef[lo:hi], params)
+        _scatter_rows_(weight, ids[lo:hi], w)
+        if params.momentum:
+            _scatter_rows_(momentum_buf, ids[lo:hi], v)
+
+
+class RowClock:
+    """Which step each row was last updated at, for the catch-up of `sgd_rows_` (one per table of rows).
+
+        clock = RowClock(num_rows, device)
+        skipped = clock.mark(ids, step)          # steps each row sat out; they count as updated at `step`
+        for ids, skipped in clock.stale(step):   # rows behind `step` (settle), in chunks
+            ...
+        clock.reset(step)                        # every row is as of `step` (settled, loaded, written)
+    """
+
+    CHUNK = 1 << 20  # rows per chunk of stale(): bounds the temporaries
+
+    def __init__(self, num_rows: int, device: str | torch.device = "cpu", step: int = 0):
+        self.updated_at = torch.full((num_rows,), step, dtype=torch.long, device=device)
+
+    def mark(self, ids: torch.Tensor, step: int) -> torch.Tensor:
+        skipped = step - self.updated_at[ids]
+        self.updated_at[ids] = step + 1
+        return skipped
+
+    def stale(self, step: int):
+        n = self.updated_at.numel()
+        for lo in range(0, n, self.CHUNK):
+            ids = torch.arange(lo, min(n, lo + self.CHUNK), device=self.updated_at.device)
+            skipped = step - self.updated_at[ids]
+            behind = skipped > 0
+            yield ids[behind], skipped[behind]
+
+    def reset(self, step: int, ids: torch.Tensor | None = None) -> None:
+        if ids is None:
+            self.updated_at.fill_(step)
+        else:
+            self.updated_at[ids] = step
 
 
 BLOCK_BYTES = 512 << 10  # per scratch buffer; 128 KiB-1 MiB all measured within 15% of each other
 
 
-def _sgd_block_(weight, momentum_buf, ids, g, params: OptimParams, w, v, gw) -> None:
-    """The update of one block whose present weights are already in `w`."""
+def catch_up_coefficients(skipped: torch.Tensor, params: OptimParams, dtype: torch.dtype,
+                          device: torch.device) -> torch.Tensor:
+    """(S, 4) coefficients a, b, c, e of A^k per row, k = `skipped`: after k zero-gradient SGD steps
+    w' = a·w + b·v and v' = c·w + e·v, where one step is v ← m·v + wd·w ; w ← w − lr·v, i.e.
+    A = [[1 − lr·wd, −lr·m], [wd, m]]. Computed by repeated squaring in float64 (k can be large)."""
+    lr, m, wd = params.lr, params.momentum, params.weight_decay
+    k = skipped.to("cpu", torch.long).clamp(min=0)
+    out = torch.zeros(k.numel(), 2, 2, dtype=torch.float64)
+    out[:, 0, 0] = out[:, 1, 1] = 1.0
+    base = torch.tensor([[1.0 - lr * wd, -lr * m], [wd, m]], dtype=torch.float64)
+    while bool((k > 0).any()):
+        odd = (k & 1).bool()
+        if bool(odd.any()):
+            out[odd] = out[odd] @ base
+        base = base @ base
+        k = k >> 1
+    return out.reshape(-1, 4).to(device, dtype)
+
+
+def _catch_up_block_(momentum_buf, ids, w, v, scratch, coef, params: OptimParams) -> None:
+    """Advance the block's rows (weights in `w`) over their skipped steps; leaves their momentum in `v`."""
+    shape = (-1,) + (1,) * (w.dim() - 1)  # per-row coefficients broadcast over a row (or a bias entry)
+    a, b, c, e = (coef[:, i].view(shape) for i in range(4))
+    if params.momentum:
+        torch.index_select(momentum_buf, 0, ids, out=v)
+        torch.mul(w, c, out=scratch).addcmul_(v, e)  # v' = c·w + e·v
+        w.mul_(a).addcmul_(v, b)                      # w' = a·w + b·v
+        v.copy_(scratch)
+    else:  # no velocity: only the decay of the skipped steps
+        w.mul_(a)
+
+
+def _sgd_block_(weight, momentum_buf, ids, g, params: OptimParams, w, v, gw, have_v: bool = False) -> None:
+    """The update of one block whose present weights are already in `w` (and momentum in `v` if `have_v`)."""
     if params.weight_decay:
         g = torch.add(g, w, alpha=params.weight_decay, out=gw)
     if params.momentum:
-        torch.index_select(momentum_buf, 0, ids, out=v)
+        if not have_v:
+            torch.index_select(momentum_buf, 0, ids, out=v)
         v.mul_(params.momentum).add_(g)
         _scatter_rows_(momentum_buf, ids, v)
         g = v
@@ -143,8 +246,8 @@ def _sgd_block_(weight, momentum_buf, ids, g, params: OptimParams, w, v, gw) -> 
 _SCRATCH = threading.local()
 
 
-def _scratch(table: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Three (n, *row) buffers like `table`'s rows, kept per thread and grown on demand (never shared
+def _scratch(table: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    """Four (n, *row) buffers like `table`'s rows, kept per thread and grown on demand (never shared
     with callers, so they cannot alias an argument)."""
     cache = _SCRATCH.__dict__.setdefault("buffers", {})
     key = (table.device, table.dtype, tuple(table.shape[1:]))
@@ -154,9 +257,9 @@ def _scratch(table: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, t
         if len(cache) >= 8 and key not in cache:  # unusual shapes come and go: do not hoard memory
             cache.clear()
         bufs = cache[key] = tuple(
-            torch.empty((rows, *table.shape[1:]), dtype=table.dtype, device=table.device) for _ in range(3)
+            torch.empty((rows, *table.shape[1:]), dtype=table.dtype, device=table.device) for _ in range(4)
         )
-    return bufs[0][:n], bufs[1][:n], bufs[2][:n]
+    return tuple(buf[:n] for buf in bufs)
 
 
 def _scatter_rows_(table: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> None:

@@ -6,12 +6,15 @@
 A checkpoint is a `torch.save` dict with the keys agreed with `dcs extract`: backbone, classifier, config,
 epoch, step, optimizer, scheduler, store, rng, plus a content checksum (`dcs_cli.torchfile`); it is loaded
 as data only, never as code. When the class store lives in a paramserver, the server's snapshot of the same
-step sits beside it as `epoch_003.store.pt` and the checkpoint's `store` names it.
+step sits beside it as `epoch_003.store.pt` and the checkpoint's `store` names it; a sharded store (several
+processes) writes its shards and manifest into the folder `epoch_003.store/` beside it, loadable on any
+number of processes (`dcs_cli.train.shard_checkpoint`). Both are deleted with their checkpoint.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 from dcs_cli.errors import DataError
@@ -34,6 +37,12 @@ def store_snapshot_path(ckpt: str | Path) -> Path:
     return ckpt.with_name(ckpt.stem + ".store.pt")
 
 
+def store_folder_path(ckpt: str | Path) -> Path:
+    """The folder of a sharded class store's shards saved with checkpoint `ckpt` (`epoch_003.store/`)."""
+    ckpt = Path(ckpt)
+    return ckpt.with_name(ckpt.stem + ".store")
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     folder = checkpoint_dir(run_dir)
     if not folder.is_dir():
@@ -49,6 +58,7 @@ def save_checkpoint(run_dir: str | Path, epoch: int, state: dict, keep: int = 0)
         for old in list_checkpoints(run_dir)[:-keep]:
             old.unlink(missing_ok=True)
             store_snapshot_path(old).unlink(missing_ok=True)
+            shutil.rmtree(store_folder_path(old), ignore_errors=True)
     return path
 
 

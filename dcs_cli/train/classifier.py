@@ -83,6 +83,9 @@ class MeanGradStore(ClassStore):
     def weights(self):
         return self.inner.weights()
 
+    def settle(self) -> None:
+        self.inner.settle()
+
     def get_optim(self) -> OptimParams:
         return self.inner.get_optim()
 
@@ -99,7 +102,8 @@ class MeanGradStore(ClassStore):
 class SampledClassifier:
     """`loss, correct, stats = SampledClassifier(selector, store, head).loss(features, labels)`."""
 
-    def __init__(self, selector, store: ClassStore, head: nn.Module, world: int = 1, step: int = 0):
+    def __init__(self, selector, store: ClassStore, head: nn.Module, world: int = 1, step: int = 0,
+                 fill_correction: bool = False):
         from dcs_cli.selection.sampled import SampledSoftmax
 
         self.store, self.selector = store, selector
@@ -107,7 +111,8 @@ class SampledClassifier:
         self.angular = self.head.metric == "angular"
         # The selector continues its refresh schedule from the resumed step.
         selector.load_state_dict({"step": step})
-        self.sampled = SampledSoftmax(selector, MeanGradStore(store, world) if world > 1 else store, self.head)
+        self.sampled = SampledSoftmax(selector, MeanGradStore(store, world) if world > 1 else store, self.head,
+                                      fill_correction=fill_correction)
         self.sampled.step = step
         self._lr: float | None = None
 
@@ -129,6 +134,7 @@ class SampledClassifier:
         self._lr = lr
 
     def class_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self.store.settle()  # rows that sat out steps catch up first, so every row is as of this step
         weight = self.store.weights()
         bias = getattr(self.store, "biases", lambda: None)()
         if bias is None and self.store.has_bias:

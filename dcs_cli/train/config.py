@@ -13,7 +13,7 @@ class OptimConfig:
     """SGD with momentum for the backbone and the class store, and its learning-rate schedule."""
 
     lr: float = opt(0.1, "base learning rate (full mode; also sampled modes unless sampled_lr is set)")
-    sampled_lr: float = opt(0.0, "base learning rate in the sampled modes (hf, hnsw, random, exact); 0 = use lr")
+    sampled_lr: float = opt(0.0, "base learning rate in the sampled modes (hf, ivf, hnsw, random, exact); 0 = use lr")
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(1e-4, "L2 weight decay")
     epochs: int = opt(30, "training epochs")
@@ -23,6 +23,13 @@ class OptimConfig:
     warmup_epochs: float = opt(0.0, "cosine: linear warm-up length in epochs")
     amp: bool = opt(True, "mixed precision (autocast) when training on a GPU")
     seed: int = opt(0, "seed of initialisation and data order")
+    catch_up: bool = opt(True, "sampled modes: a class row that sat out steps first catches up their momentum and "
+                               "weight decay when next selected (what full SGD does on a zero gradient); false = "
+                               "the row's weight and momentum stay frozen between its selections")
+    momentum_dtype: Literal["float32", "bfloat16"] = opt(
+        "float32", "storage of the class rows' momentum in the sharded class store: bfloat16 halves it (the "
+                   "10M-class option; each update is still computed in float32 and stored rounded); a "
+                   "non-float32 choice in one process also uses the sharded store (one shard)")
 
     def base_lr(self, mode: str) -> float:
         """The schedule's starting LR for a selection mode: `sampled_lr` in sampled modes when set."""
@@ -52,6 +59,12 @@ class DistConfig:
     threads: int = opt(0, "CPU threads per worker for torch ops (torch.set_num_threads); 0 = torch's default "
                           "(one per core; launched workers get cores / nproc)")
     rdzv_timeout: int = opt(300, "seconds to wait for every node to join the rendezvous before failing")
+    class_store: Literal["auto", "sharded", "paramserver"] = opt(
+        "auto", "where the classifier rows live: sharded = model parallel, rank r of W owns 1/W of the classes "
+                "(weights + momentum) and every mode, full included, scores the all-gathered batch against its "
+                "own shard; paramserver = one dcs paramserver shared by every rank (paramserver.address, or one "
+                "that rank 0 starts; full mode then replicates the classifier under DDP); auto = sharded under "
+                "several processes unless paramserver.address is set, the in-process store in one process")
 
     def validate(self, key: str) -> None:
         require(self.nproc > 0, f"{key}.nproc", "must be > 0")

@@ -26,6 +26,7 @@ from dcs_cli.train.meter import StepMeter
 from dcs_cli.train.metrics import MetricsLog
 from dcs_cli.train.parts import build_parts
 from dcs_cli.train.schedule import LRSchedule
+from dcs_cli.train.sharded_softmax import ShardedClassifier, sharded_top1
 
 
 @dataclass
@@ -99,6 +100,7 @@ def train_worker(job: TrainJob) -> dict:
                 log.write({"kind": "val", "step": step, "epoch": epoch + 1, "acc": acc})
                 if ctx.is_main:
                     console.info(f"epoch {epoch + 1}: val top-1 {acc:.4f} over {data.num_classes:,} classes")
+            parts.save_class_store(run_dir, epoch + 1, step)  # collective: a sharded store's shards
             if ctx.is_main:
                 state = parts.state_dict(run_dir, epoch + 1, step)
                 save_checkpoint(run_dir, epoch + 1, state, keep=cfg.output.keep_checkpoints)
@@ -122,8 +124,12 @@ def _threads(cfg, ctx) -> int:
 def _validate(parts, data, cfg, ctx) -> float | None:
     if data.val is None:
         return None
-    weight, bias, angular = parts.class_weights()
     loader = val_loader(data.val, cfg.data.batch_size, cfg.data.workers, ctx.rank, ctx.world_size)
+    if isinstance(parts.sampled, ShardedClassifier):  # no rank gathers all N rows
+        parts.sampled.store.settle()
+        acc, _ = sharded_top1(parts.backbone, parts.sampled.store, loader, ctx.device, parts.sampled.angular)
+        return acc
+    weight, bias, angular = parts.class_weights()
     acc, _ = evaluate_top1(parts.backbone, weight, bias, loader, ctx.device, angular)
     return acc
 

@@ -23,6 +23,7 @@ from dcs_cli.train.data import build_data, steps_per_epoch
 from dcs_cli.train.dist import LaunchSpec, env_world_size, launch, resolve_backend
 from dcs_cli.train.loop import TrainJob, train_worker
 from dcs_cli.train.metrics import read_metrics
+from dcs_cli.train.parts import class_store_kind
 
 MARKER = "config.yaml"  # written by every run: a folder holding it is a dcs run folder
 
@@ -40,7 +41,8 @@ def probe_paramserver(cfg, num_classes: int) -> None:
     try:
         store = RemoteStore(ps.address, "classifier", num_classes, cfg.model.feature_dim, bias=cfg.head.bias,
                             seed=cfg.optim.seed, token=read_token(ps.token_file),
-                            timeout=min(ps.request_timeout, 10.0), heartbeat=False, init_std=0.01)
+                            timeout=min(ps.request_timeout, 10.0), heartbeat=False,
+                            init_std=cfg.head.row_init_std(cfg.model.feature_dim), catch_up=cfg.optim.catch_up)
     except ServerError as exc:
         raise ServerError(f"paramserver.address {ps.address}: {exc}") from None
     store.close()
@@ -54,7 +56,11 @@ def check_run(cfg, world: int):
                         f"share of the {len(data.train)} training samples; lower it")
     if world > 1:
         resolve_backend(cfg.dist.backend)
-    if cfg.selection.mode != "full" and cfg.paramserver.address:
+    kind = class_store_kind(cfg, world)  # also refuses a store choice that cannot work
+    if kind == "sharded" and data.num_classes < world:
+        raise ConfigError(f"{data.num_classes} classes cannot be sharded over {world} processes; use fewer "
+                          "processes or dist.class_store=paramserver")
+    if cfg.selection.mode != "full" and kind == "paramserver" and cfg.paramserver.address:
         probe_paramserver(cfg, data.num_classes)
     if cfg.selection.mode != "full" and cfg.selection.sample_num < min(cfg.data.batch_size, data.num_classes):
         console.warn(f"selection.sample_num = {cfg.selection.sample_num} is below data.batch_size = "
@@ -70,13 +76,19 @@ def _check_resume(cfg, state: dict) -> None:
         if before is not None and before != now:
             raise ConfigError(f"{section}.{key} = {now!r} but the checkpoint {state['_path']} was trained with "
                               f"{before!r}; resume with the same value")
-    if (state.get("store") is None) != (cfg.selection.mode == "full"):
+    saved_mode = saved.get("selection", {}).get("mode")
+    was_full = saved_mode == "full" if saved_mode else state.get("store") is None
+    if was_full != (cfg.selection.mode == "full"):
         raise ConfigError(f"--resume: the checkpoint was trained in "
-                          f"{'full' if state.get('store') is None else 'a sampled'} mode; "
-                          f"resume with the same --mode ({saved.get('selection', {}).get('mode', '?')})")
+                          f"{'full' if was_full else 'a sampled'} mode; "
+                          f"resume with the same --mode ({saved_mode or '?'})")
     store = state.get("store") or {}
     if "snapshot" in store and not (Path(state["_path"]).parent / store["snapshot"]).is_file():
         raise DataError(f"{state['_path']}: its class-store snapshot {store['snapshot']} is missing beside it")
+    if "sharded" in store:
+        from dcs_cli.train.shard_checkpoint import read_manifest
+
+        read_manifest(Path(state["_path"]).parent / store["sharded"])  # one line when shards are missing
     if int(state["epoch"]) >= cfg.optim.epochs:
         raise ConfigError(f"--resume: the checkpoint finished epoch {state['epoch']} of optim.epochs = "
                           f"{cfg.optim.epochs}; raise optim.epochs to train further")

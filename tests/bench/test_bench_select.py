@@ -18,9 +18,30 @@ def test_select_speed_tiny(tmp_path):
     data = json.loads(out.read_text())
     assert data["scenario"] == "select-speed"
     rows = {r["name"]: r for r in data["rows"]}
-    assert set(rows) == {"full", "random", "exact", "hf", "hnsw"}
-    assert rows["hf"]["refreshes"] >= 1 and rows["hf"]["amortized_s"] >= rows["hf"]["step_s"]
+    assert set(rows) == {"full", "random", "exact", "hf", "hnsw", "ivf"}
+    for name in ("hf", "hnsw", "ivf"):
+        assert rows[name]["refreshes"] >= 1 and rows[name]["amortized_s"] >= rows[name]["step_s"]
+        assert 0.0 <= rows[name]["recall"] <= 1.0
     assert rows["full"]["speedup"] == 1.0
+
+
+def test_select_speed_sweep(tmp_path, monkeypatch):
+    from dcs_cli.bench import select_speed
+
+    sweep = (("full", {}), ("hf", {"ntrees": 2, "index_dim": 0}), ("ivf", {"ivf_nprobe": 1}),
+             ("ivf", {"ivf_nprobe": 8}))
+    monkeypatch.setattr(select_speed, "SWEEP", sweep)
+    out = tmp_path / "sweep.json"
+    result = runner.invoke(app, ["bench", "select-speed", "--classes", "3000", "--dim", "16", "--batch", "16",
+                                 "--sample-num", "100", "--interval", "3", "--steps", "4", "--full-steps", "2",
+                                 "--sweep", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    names = [r["name"] for r in data["rows"]]
+    assert names == ["full", "hf ntrees=2 dim=0", "ivf nprobe=1", "ivf nprobe=8"] == data["params"]["sweep"]
+    rows = {r["name"]: r for r in data["rows"]}
+    assert rows["ivf nprobe=8"]["recall"] >= rows["ivf nprobe=1"]["recall"]
+    assert all(r["speedup"] > 0 for r in data["rows"])
 
 
 def test_select_quality_tiny(tmp_path):

@@ -1,4 +1,5 @@
-"""Two gloo workers: full softmax under DDP, hf through an auto-started paramserver, N→M resume."""
+"""Two gloo workers on the paramserver store choice: full softmax under DDP, hf through an auto-started
+paramserver, N→M resume. The default, sharded store: test_sharded_train.py."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from dcs_cli.train.metrics import read_metrics
 from dcs_cli.train.runner import resolve_config, run_train
 
 TWO = ["dist.nproc=2", "dist.master_port=0", "dist.backend=gloo"]
+PARAMSERVER = ["dist.class_store=paramserver"]
 
 
 def test_full_mode_under_ddp(tmp_path, synthetic_config, tiny):
-    summary = run_train(load_config(synthetic_config, tiny(tmp_path / "ddp", "full", epochs=2) + TWO))
+    summary = run_train(load_config(synthetic_config, tiny(tmp_path / "ddp", "full", epochs=2) + TWO + PARAMSERVER))
     assert summary["workers"] == 2 and summary["steps"] == 2 * 25  # 1,600 samples / (2 ranks × 32)
     assert summary["val_top1"] > 0.3, summary  # chance: 0.005
     rows = read_metrics(tmp_path / "ddp" / "metrics.jsonl")
@@ -25,7 +27,7 @@ def test_full_mode_under_ddp(tmp_path, synthetic_config, tiny):
 
 def test_hf_through_paramserver_then_resume_on_one_worker(tmp_path, synthetic_config, tiny):
     run = tmp_path / "hf2"
-    summary = run_train(load_config(synthetic_config, tiny(run, "hf", epochs=1) + TWO))
+    summary = run_train(load_config(synthetic_config, tiny(run, "hf", epochs=1) + TWO + PARAMSERVER))
     assert summary["workers"] == 2 and summary["steps"] == 25
     ckpt = checkpoint_path(run, 1)
     state = load_checkpoint(ckpt)
@@ -42,6 +44,6 @@ def test_hf_through_paramserver_then_resume_on_one_worker(tmp_path, synthetic_co
 def test_sampled_checkpoint_from_one_worker_resumes_on_two(tmp_path, synthetic_config, tiny):
     run = tmp_path / "r"
     run_train(load_config(synthetic_config, tiny(run, "random", epochs=1)))
-    cfg, state = resolve_config(None, TWO + ["optim.epochs=2"], str(run))
+    cfg, state = resolve_config(None, TWO + PARAMSERVER + ["optim.epochs=2"], str(run))
     summary = run_train(cfg, resume=state)
     assert summary["steps"] == 50 + 25 and summary["val_top1"] > 0.2

@@ -12,7 +12,7 @@ from dcs_cli.train.checkpoint import list_checkpoints, load_checkpoint
 from dcs_cli.train.runner import run_train
 
 
-@pytest.mark.parametrize("mode", ["full", "hf", "hnsw", "random", "exact"])
+@pytest.mark.parametrize("mode", ["full", "hf", "ivf", "hnsw", "random", "exact"])
 def test_each_mode_learns(tmp_path, synthetic_config, tiny, mode):
     cfg = load_config(synthetic_config, tiny(tmp_path / mode, mode, epochs=3))
     summary = run_train(cfg)

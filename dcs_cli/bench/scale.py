@@ -1,0 +1,253 @@
+"""`dcs bench scale`: classifier samples/s and peak memory from 125k to 10M classes, 1 and 2 processes.
+
+    dcs bench scale --quick --json scale.json
+    dcs bench scale --classes 10000000 --only hf --procs 2 --momentum-dtype bfloat16
+
+A step is the classifier alone over fixed random features (no backbone): all-gather (2 processes),
+selection, row gather, logits, cross-entropy, backward and the store update. One process runs today's
+single-process path (LocalStore + SampledSoftmax); two run the model-parallel path (ShardedStore +
+ShardedSoftmax over gloo, NCCL on GPUs), each rank holding half the classes. Every configuration runs in
+fresh spawned processes, so peak RSS is its own; `peak_rss_mb` is the sum over its processes. Before
+starting one, the bench estimates its memory and compares it with /proc/meminfo's MemAvailable: one that
+cannot fit is a row saying so (with the estimate), not a crash. hf's index is built once before the timed
+steps (`build_s`: projection + Annoy over each shard) and not refreshed during them (interval = ∞), so
+samples_per_s is the steady-state step; add build_s / interval per step for a refresh schedule.
+`--batch` is per process, so 2 processes train a global batch twice as large; samples_per_s counts
+global samples. `--momentum-dtype bfloat16` halves the sharded store's momentum (updates stay float32).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dcs_cli.bench.common import peak_rss_mb, report
+from dcs_cli.cli.options import JsonOpt
+from dcs_cli.console import info
+from dcs_cli.errors import UsageError
+
+CONTENDERS = ("full", "random", "hf")
+CLASSES = (125_000, 1_000_000, 4_000_000, 10_000_000)
+QUICK_CLASSES = (20_000, 125_000)
+PROCS = (1, 2)
+POOL = 4  # distinct pre-generated batches, cycled
+BASE_BYTES = 450 << 20  # interpreter + torch + annoy per process
+FIT = 0.9  # share of MemAvailable a configuration may plan to use
+TIMEOUT_S = 3600
+
+
+def mem_available() -> int:
+    """Bytes the kernel could give without swapping (MemAvailable), or 0 when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def estimate_bytes(mode: str, classes: int, procs: int, p: dict) -> int:
+    """Planned peak bytes of one configuration, all processes together (an estimate, on the high side)."""
+    n, d, b = -(-classes // procs), p["dim"], p["batch"] * procs
+    mom = 2 if procs > 1 and p["momentum_dtype"] == "bfloat16" else 4
+    per = BASE_BYTES + n * d * (4 + mom) + n * 8  # weights, momentum, catch-up step counters
+    if mode == "full":
+        per += 2 * n * d * 4 + 4 * b * n * 4  # gathered rows and their gradient; logits, softmax, grads
+    elif mode == "hf":
+        r = p["index_dim"] if 0 < p["index_dim"] < d else d
+        per += n * r * 4 + int(2.2 * n * (16 + 4 * r)) + n  # snapshot, Annoy (items + split nodes, growth)
+    return per * procs
+
+
+def _worker(rank: int, world: int, port: int, mode: str, classes: int, p: dict, results) -> None:
+    """One process of one configuration; puts its figures (or an error line) on `results`."""
+    try:
+        import torch
+
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                          LOCAL_RANK=str(rank))
+        torch.set_num_threads(p["threads"] or max(1, (os.cpu_count() or 1) // world))
+        from dcs_cli.train.dist import init_distributed
+
+        ctx = init_distributed("auto")
+        figures = _steps(mode, classes, p, ctx)
+        figures.update(rank=rank, peak_rss_mb=peak_rss_mb())
+        results.put(figures)
+    except BaseException as exc:  # reported by the parent as a row
+        results.put({"rank": rank, "error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        from dcs_cli.train.dist import destroy_distributed
+
+        destroy_distributed()
+
+
+def _steps(mode: str, classes: int, p: dict, ctx) -> dict:
+    import torch
+
+    import dcs_cli.config  # noqa: F401 - section import order
+    from dcs_cli.config import SelectionConfig
+    from dcs_cli.models.heads import SoftmaxHead
+    from dcs_cli.selection.store import OptimParams
+
+    d, b, world = p["dim"], p["batch"], ctx.world_size
+    params = OptimParams(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    cfg = dataclasses.replace(SelectionConfig(), mode=mode, sample_num=min(p["sample_num"], classes),
+                              interval=1 << 30, ntrees=p["ntrees"], index_dim=p["index_dim"], rerank=p["rerank"],
+                              background=False, seed=0)
+    t0 = time.perf_counter()
+    if world == 1:
+        from dcs_cli.selection import build_selector
+        from dcs_cli.selection.sampled import SampledSoftmax
+        from dcs_cli.selection.store import LocalStore
+
+        store = LocalStore(classes, d, seed=0, params=params, device=ctx.device, catch_up=True)  # as dcs train
+        made = time.perf_counter()
+        clf = SampledSoftmax(build_selector(cfg, classes, b), store, SoftmaxHead())
+    else:
+        from dcs_cli.selection.sharded_store import ShardedStore
+        from dcs_cli.train.sharded_softmax import ShardedSoftmax, build_shard_selector
+
+        store = ShardedStore(classes, d, seed=0, params=params, device=ctx.device,
+                             momentum_dtype=p["momentum_dtype"], catch_up=True)
+        made = time.perf_counter()
+        clf = ShardedSoftmax(build_shard_selector(cfg, store, b * world), store, SoftmaxHead())
+    build = getattr(clf.selector, "build_seconds", 0.0)
+    gen = torch.Generator().manual_seed(1 + ctx.rank)
+    pool = [(torch.randn(b, d, generator=gen).to(ctx.device),
+             torch.randint(0, classes, (b,), generator=gen).to(ctx.device)) for _ in range(POOL)]
+    steps = p["full_steps"] if mode == "full" else p["steps"]
+    seconds = 0.0
+    for i in range(steps + 1):  # step 0 pays one-off allocations: not timed
+        if i == 1:
+            if world > 1:
+                torch.distributed.barrier()
+            start = time.perf_counter()
+        feats, labels = pool[i % POOL]
+        x = feats.clone().requires_grad_(True)
+        loss, _ = clf(x, labels)
+        loss.backward()
+        clf.push()
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    clf.selector.close()
+    return {"seconds": seconds, "steps": steps, "init_s": made - t0, "build_s": build}
+
+
+def run_config(mode: str, classes: int, procs: int, p: dict) -> dict:
+    """One row: spawn `procs` workers, wait for their figures, sum their memory."""
+    from dcs_cli.train.dist import free_port
+
+    row = {"name": f"{mode}/{'local' if procs == 1 else 'sharded'}", "mode": mode, "classes": classes,
+           "procs": procs}
+    need, avail = estimate_bytes(mode, classes, procs, p), mem_available()
+    row["estimated_mb"] = round(need / 2**20)
+    if avail and need > FIT * avail:
+        row.update(samples_per_s=None, peak_rss_mb=None,
+                   note=f"does not fit: needs ~{need / 2**30:.1f} GB, {avail / 2**30:.1f} GB available")
+        return row
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    workers = [ctx.Process(target=_worker, args=(r, procs, port, mode, classes, p, results), daemon=True)
+               for r in range(procs)]
+    for w in workers:
+        w.start()
+    got = []
+    try:
+        while len(got) < procs:
+            try:
+                got.append(results.get(timeout=5))
+            except queue_mod.Empty:
+                if any(not w.is_alive() and w.exitcode not in (0, None) for w in workers) and results.empty():
+                    got.append({"error": f"a worker died (exit codes {[w.exitcode for w in workers]}; "
+                                         "out of memory?)"})
+                    break
+            if any("error" in g for g in got):
+                break
+    finally:
+        for w in workers:
+            w.join(30)
+            if w.is_alive():
+                w.kill()
+                w.join(10)
+    errors = [g["error"] for g in got if "error" in g]
+    if errors:
+        row.update(samples_per_s=None, peak_rss_mb=None, note=f"failed: {errors[0][:200]}")
+        return row
+    slowest = max(g["seconds"] for g in got)
+    steps = got[0]["steps"]
+    row.update(samples_per_s=round(p["batch"] * procs * steps / slowest, 1),
+               step_s=round(slowest / steps, 4),
+               peak_rss_mb=round(sum(g["peak_rss_mb"] for g in got)),
+               peak_rss_mb_per_proc=[round(g["peak_rss_mb"]) for g in sorted(got, key=lambda g: g["rank"])],
+               init_s=round(max(g["init_s"] for g in got), 1), build_s=round(max(g["build_s"] for g in got), 1),
+               note="")
+    return row
+
+
+def run_scale(params: dict, classes=CLASSES, contenders=CONTENDERS, procs=PROCS, json_path: Path | None = None):
+    rows = []
+    for n in classes:
+        for mode in contenders:
+            for w in procs:
+                info(f"scale: {mode}, {n:,} classes, {w} process(es) ...")
+                rows.append(run_config(mode, n, w, params))
+                info(f"  -> {rows[-1].get('samples_per_s')} samples/s, {rows[-1].get('peak_rss_mb')} MB "
+                     f"{rows[-1].get('note', '')}")
+    return report("scale", params, rows, json_path)
+
+
+def register(bench_app: typer.Typer) -> None:
+    @bench_app.command("scale")
+    def scale(
+        quick: Annotated[bool, typer.Option("--quick", help="20k and 125k classes (a few minutes).")] = False,
+        classes: Annotated[Optional[list[int]], typer.Option(
+            "--classes", help="Class counts (repeatable); default 125k, 1M, 4M, 10M.")] = None,
+        only: Annotated[Optional[list[str]], typer.Option(
+            "--only", help="Contenders (repeatable): full, random, hf.")] = None,
+        procs: Annotated[Optional[list[int]], typer.Option(
+            "--procs", help="Process counts (repeatable); default 1 and 2.")] = None,
+        dim: Annotated[int, typer.Option("--dim", help="Feature dimension d.")] = 128,
+        batch: Annotated[int, typer.Option("--batch", help="Batch size per process.")] = 128,
+        sample_num: Annotated[int, typer.Option("--sample-num", help="Active classes per step, all shards "
+                                                "together (random, hf).")] = 10_000,
+        steps: Annotated[int, typer.Option("--steps", help="Timed steps per sampled contender.")] = 20,
+        full_steps: Annotated[int, typer.Option("--full-steps", help="Timed steps for full.")] = 3,
+        ntrees: Annotated[int, typer.Option("--ntrees", help="Annoy trees (hf).")] = 4,
+        index_dim: Annotated[int, typer.Option("--index-dim", help="hf: PCA dimensions indexed.")] = 32,
+        rerank: Annotated[int, typer.Option("--rerank", help="hf: candidates per kept neighbour.")] = 4,
+        momentum_dtype: Annotated[str, typer.Option(
+            "--momentum-dtype", help="Sharded store momentum: float32 or bfloat16 (halves it).")] = "float32",
+        threads: Annotated[int, typer.Option("--threads", help="torch threads per process; 0 = cores / processes. "
+                                             "1 keeps a shared machine's load from distorting the ratios.")] = 1,
+        json: JsonOpt = None,
+    ) -> None:
+        """Classifier samples/s and peak RSS per class count, contender and process count."""
+        counts = tuple(classes) if classes else (QUICK_CLASSES if quick else CLASSES)
+        contenders = tuple(only) if only else CONTENDERS
+        worlds = tuple(procs) if procs else PROCS
+        bad = [c for c in contenders if c not in CONTENDERS]
+        if bad:
+            raise UsageError(f"--only: unknown contender(s) {', '.join(bad)}; choose from {', '.join(CONTENDERS)}")
+        for name, value in (("--dim", dim), ("--batch", batch), ("--sample-num", sample_num), ("--steps", steps),
+                            ("--full-steps", full_steps), ("--ntrees", ntrees), ("--rerank", rerank),
+                            ("--classes", min(counts)), ("--procs", min(worlds))):
+            if value <= 0:
+                raise UsageError(f"{name} must be > 0, got {value}")
+        if momentum_dtype not in ("float32", "bfloat16"):
+            raise UsageError(f"--momentum-dtype must be float32 or bfloat16, got {momentum_dtype!r}")
+        if index_dim < 0 or threads < 0:
+            raise UsageError("--index-dim and --threads must be >= 0")
+        params = {"dim": dim, "batch": batch, "sample_num": sample_num, "steps": steps, "full_steps": full_steps,
+                  "ntrees": ntrees, "index_dim": index_dim, "rerank": rerank, "momentum_dtype": momentum_dtype,
+                  "threads": threads}
+        run_scale(params, counts, contenders, worlds, json)

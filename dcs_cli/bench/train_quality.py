@@ -1,0 +1,171 @@
+"""`dcs bench train-quality`: accuracy of every selection mode through `dcs train`'s own code path.
+
+    dcs bench train-quality --quick --json train_quality.json
+
+Seeded image-level synthetic identities in look-alike families (family-mates share most of their pattern:
+the hard negatives a random subset of classes rarely holds) are written as an InsightFace .rec, converted
+with `dcs convert` (90/10 train/val split) and trained by `run_train` — backbone, head, class store and
+selector exactly as `dcs train` builds them — once per mode and head, same seed, same data order, same
+schedule. The held-out identities (whole families never trained on) give the verification pairs, half of
+the different-identity pairs being family-mates. Figures per row:
+  val_top1         top-1 over all classes on the validation images (argmax over the whole classifier)
+  verify_acc       10-fold verification accuracy on the held-out pairs (features extracted with flip)
+  tar_at_far_1e-3  true-accept rate at a false-accept rate of 1e-3 on the same pairs
+  wall_s           training wall seconds; samples_per_s the mean training throughput
+  active           classes trained per step (all of them in full mode)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dcs_cli.bench.common import report
+from dcs_cli.cli.options import JsonOpt
+from dcs_cli.console import info
+from dcs_cli.errors import UsageError
+
+MODES = ("full", "hf", "ivf", "hnsw", "random", "exact")
+HEADS = ("softmax", "cosface")
+
+
+@dataclasses.dataclass
+class TrainQualitySpec:
+    """Sizes of the bench; the defaults fit 15 minutes on 2 CPU cores, `quick()` 4 minutes."""
+
+    identities: int = 2000
+    family_size: int = 5
+    images_per_identity: int = 6
+    held_out: int = 200
+    pairs: int = 1200
+    image_size: int = 16
+    width: int = 8
+    feature_dim: int = 64
+    batch_size: int = 32
+    sample_num: int = 100  # 5% of the classes
+    epochs: int = 4
+    modes: tuple[str, ...] = MODES
+    heads: tuple[str, ...] = HEADS
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> TrainQualitySpec:
+        return cls(identities=1000, held_out=100, pairs=600, sample_num=50, epochs=3)
+
+    def validate(self) -> None:
+        for name in ("identities", "family_size", "images_per_identity", "held_out", "pairs", "epochs"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+        if not self.batch_size <= self.sample_num <= self.identities:
+            raise UsageError(f"--sample-num must lie between the batch size ({self.batch_size}) and the number "
+                             f"of identities ({self.identities})")
+        for mode in self.modes:
+            if mode not in MODES:
+                raise UsageError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
+        for head in self.heads:
+            if head not in ("softmax", "cosface", "arcface"):
+                raise UsageError(f"--head {head!r} is not one of softmax, cosface, arcface")
+
+
+HEAD_SETTINGS = {  # InsightFace's margins; s = 32 suits a 64-d embedding (s = 64 is for 512-d)
+    "softmax": {"type": "softmax"},
+    "cosface": {"type": "cosface", "scale": 32.0, "margin": 0.35},
+    "arcface": {"type": "arcface", "scale": 32.0, "margin": 0.5},
+}
+
+
+def train_config(spec: TrainQualitySpec, converted: Path, run_dir: Path, mode: str, head: str):
+    """The `dcs train` config of one contender: everything but mode and head is shared."""
+    from dcs_cli.config import load_config
+
+    base = {
+        "data": {"source": "list", "train_list": str(converted / "train_list.txt"),
+                 "train_root": str(converted / "images"), "val_list": str(converted / "val_list.txt"),
+                 "image_size": spec.image_size, "batch_size": spec.batch_size, "workers": 0},
+        "model": {"backbone": "iresnet18", "feature_dim": spec.feature_dim, "width": spec.width},
+        "head": HEAD_SETTINGS[head],
+        "selection": {"mode": mode, "sample_num": spec.sample_num, "interval": 20, "seed": spec.seed,
+                      "background": False},
+        "optim": {"lr": 0.1, "epochs": spec.epochs, "schedule": "cosine", "warmup_epochs": 0.5, "seed": spec.seed},
+        "dist": {"threads": 1},  # every contender alike; two threads thrash on a shared 2-core machine
+        "output": {"dir": str(run_dir), "print_freq": 10_000, "keep_checkpoints": 1},
+    }
+    return load_config(None, [], base=base)
+
+
+def run_train_quality(spec: TrainQualitySpec, json_path: str | None = None) -> dict:
+    """Synthesize, convert, then train + extract + verify every (mode, head); returns the report."""
+    from dcs_cli.data.convert import rec_to_images
+    from dcs_cli.data.synthetic_rec import write_synthetic_rec
+    from dcs_cli.eval.extract import ExtractJob, extract
+    from dcs_cli.eval.targets import load_features, load_issame
+    from dcs_cli.eval.verify import evaluate
+    from dcs_cli.train.checkpoint import list_checkpoints
+    from dcs_cli.train.runner import run_train
+
+    spec.validate()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="dcs-train-quality-") as tmp:
+        tmp = Path(tmp)
+        info(f"train-quality: {spec.identities} identities in families of {spec.family_size}, "
+             f"{spec.images_per_identity} images each, {spec.held_out} held-out identities, {spec.pairs} pairs")
+        data = write_synthetic_rec(tmp / "rec", spec.identities, spec.images_per_identity, spec.image_size,
+                                   seed=spec.seed, pairs=spec.pairs, family_size=spec.family_size,
+                                   held_out=spec.held_out)
+        converted = tmp / "converted"
+        rec_to_images(tmp / "rec", converted, val_ratio=0.1, seed=spec.seed, overwrite=True)
+        issame = load_issame(data["pairs_bin"])
+        for head in spec.heads:
+            for mode in spec.modes:
+                name = f"{mode}/{head}"
+                info(f"train-quality: {name}")
+                run_dir = tmp / "runs" / mode / head
+                start = time.perf_counter()
+                summary = run_train(train_config(spec, converted, run_dir, mode, head), overwrite=True)
+                wall = time.perf_counter() - start
+                features_dir = tmp / "features" / mode / head
+                extract(ExtractJob(checkpoint=list_checkpoints(run_dir)[-1], out_dir=features_dir,
+                                   bins=[data["pairs_bin"]], overwrite=True))
+                result, _ = evaluate(load_features(features_dir / "pairs.npy"), issame, folds=10, where=name)
+                rows.append({
+                    "name": name, "mode": mode, "head": head,
+                    "val_top1": round(100 * (summary["val_top1"] or 0.0), 2),
+                    "verify_acc": round(100 * result.accuracy, 2),
+                    "tar_at_far_1e-3": round(100 * result.tar_at_far["0.001"], 2),
+                    "wall_s": round(wall, 1), "samples_per_s": round(summary["samples_per_s"] or 0.0, 1),
+                    "active": spec.identities if mode == "full" else spec.sample_num,
+                })
+    params = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("modes", "heads")}
+    return report("train-quality", params, rows, json_path)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train-quality")
+    def train_quality(
+        quick: Annotated[bool, typer.Option("--quick", help="1,000 identities, 3 epochs (about 4 minutes).")] = False,
+        identities: Annotated[int, typer.Option(help="Training identities (classes); 0 = the size's default.")] = 0,
+        sample_num: Annotated[int, typer.Option(help="Active classes per step; 0 = 5% of the identities.")] = 0,
+        epochs: Annotated[int, typer.Option(help="Training epochs; 0 = the size's default.")] = 0,
+        mode: Annotated[list[str], typer.Option(help="Modes to run (repeatable); default: all.")] = None,
+        head: Annotated[list[str], typer.Option(help="Heads to run (repeatable); default: softmax, cosface.")] = None,
+        json: JsonOpt = None,
+    ) -> None:
+        """Val top-1 and held-out verification of full, hf, ivf, hnsw, random and exact, through dcs train."""
+        spec = TrainQualitySpec.quick() if quick else TrainQualitySpec()
+        if identities:
+            spec.identities = identities
+            spec.sample_num = max(spec.batch_size, identities // 20)  # 5%
+        if sample_num:
+            spec.sample_num = sample_num
+        if epochs:
+            spec.epochs = epochs
+        if mode:
+            spec.modes = tuple(mode)
+        if head:
+            spec.heads = tuple(head)
+        run_train_quality(spec, json)

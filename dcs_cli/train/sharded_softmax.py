@@ -1,0 +1,319 @@
+"""Model-parallel softmax: every rank scores the global batch against its own class shard only.
+
+    clf = ShardedClassifier(build_shard_selector(cfg.selection, store, global_batch), store, head)
+    loss, correct, stats = clf.loss(features, labels)   # collective: every rank calls it each step
+    loss.backward(); optimizer.step(); clf.after_step()  # backbone under DDP; rows pushed locally
+
+One step: all-gather features and labels (autograd-aware) → the shard's selector picks active classes
+among the shard's rows (positives = gathered labels inside the shard) → the head's logits over those rows
+→ cross-entropy across shards: all-reduce MAX of each sample's largest logit, all-reduce SUM of the
+exp-sums and of the target logit (owned by exactly one shard); loss = mean over the global batch.
+Backward: d loss / d logits = (softmax − onehot) / B_global on each shard, locally; the gathered-feature
+gradient is summed over ranks and each rank keeps its own samples' slice, multiplied by W because DDP
+averages the backbone gradients over ranks (as Partial FC does): the backbone then gets exactly the
+gradient a single process over the global batch would. Row gradients already are that process's
+gradients, so they are pushed as they are. No class parameter crosses the network; per step the wire
+carries B×d features (and their gradient), B labels and 5·B+1 floats of reductions (a MAX, a SUM).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from dcs_cli.errors import ConfigError, DcsError
+from dcs_cli.selection.sampled import fill_log_weights
+from dcs_cli.selection.sharded_store import ShardedStore
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_sizes(count: int, device: torch.device) -> list[int]:
+    """Every rank's local batch size (ranks may differ, e.g. at an epoch's end)."""
+    rank, world = _world()
+    if world == 1:
+        return [count]
+    mine = torch.tensor([count], dtype=torch.long, device=device)
+    sizes = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(sizes, mine)
+    return [int(s) for s in sizes]
+
+
+def _all_gather_padded(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    longest = max(sizes)
+    padded = x.new_zeros((longest, *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])
+
+
+class GatherFeatures(torch.autograd.Function):
+    """`all = GatherFeatures.apply(x, sizes, scale)`: rank-major concatenation of every rank's x; backward sums
+    the gradient over ranks and returns this rank's rows times `scale`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sizes: list[int], scale: float):
+        rank, world = _world()
+        ctx.lo, ctx.hi, ctx.scale = sum(sizes[:rank]), sum(sizes[: rank + 1]), scale
+        return x.clone() if world == 1 else _all_gather_padded(x, sizes)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous()
+        if _world()[1] > 1:
+            dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.lo:ctx.hi] * ctx.scale, None, None
+
+
+class ShardedCrossEntropy(torch.autograd.Function):
+    """`loss, right, total = ShardedCrossEntropy.apply(logits, target_col, extra, offsets)`: mean CE over
+    the global batch.
+
+    `logits` (B×S_r) are this shard's columns; `target_col` (B) the target's column here, or -1 where
+    another shard owns it; `offsets` (S_r, or None) constants added to the logits inside the softmax (the
+    random fill's log-weights). Also returns, per sample, whether its target logit is the largest of the
+    raw logits over all shards (accuracy among the active classes, ties count as right), and the sum over
+    ranks of `extra` (a figure that rides along with the reductions for free). Two collectives per step:
+    one MAX of 2·B floats, one SUM of 3·B+1."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target_col: torch.Tensor, extra: float = 0.0,
+                offsets: torch.Tensor | None = None):
+        world = _world()[1]
+        logits = logits.detach()
+        b = logits.shape[0]
+        owned = target_col >= 0
+        raw_target = logits.gather(1, target_col.clamp(min=0).view(-1, 1)).squeeze(1) * owned
+        shifted = logits if offsets is None else logits + offsets  # one B×S temporary when offset
+        if logits.shape[1]:
+            maxes = torch.cat([shifted.max(1).values, logits.max(1).values])
+        else:
+            maxes = logits.new_full((2 * b,), float("-inf"))
+        if world > 1:
+            dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
+        gmax, raw_max = maxes[:b], maxes[b:]
+        if offsets is None:
+            exp = torch.sub(logits, gmax.unsqueeze(1)).exp_()
+            target = raw_target
+        else:  # `shifted` is ours: reuse it
+            exp = shifted.sub_(gmax.unsqueeze(1)).exp_()
+            target = raw_target + offsets[target_col.clamp(min=0)] * owned
+        sums = torch.cat([exp.sum(1), target, raw_target, logits.new_tensor([extra])])
+        if world > 1:
+            dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+        sumexp, target, raw_target = sums[:b], sums[b:2 * b], sums[2 * b:3 * b]
+        loss = (torch.log(sumexp) + gmax - target).mean()
+        exp /= sumexp.unsqueeze(1)  # this shard's softmax columns, kept for backward
+        ctx.save_for_backward(exp, target_col)
+        right = raw_target >= raw_max  # every rank now knows each sample's target and global max
+        total = sums[-1:].clone()
+        ctx.mark_non_differentiable(right, total)
+        return loss, right, total
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_right, _grad_total):
+        # The saved softmax becomes the gradient in place (a backward runs once: no retain_graph here).
+        grad, target_col = ctx.saved_tensors
+        rows = (target_col >= 0).nonzero().squeeze(1)
+        grad[rows, target_col[rows]] -= 1.0
+        return grad.mul_(grad_loss / grad.shape[0]), None, None, None
+
+
+def margin_logits(head: nn.Module, feats: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+                  target_col: torch.Tensor) -> torch.Tensor:
+    """The head's training logits of this shard's columns; its margin only where the target column is here.
+
+    Works for any head whose margin touches the target column alone (softmax, cosface, arcface): the
+    plain logits (`local_labels=None`), then each owned sample's target logit from the head applied to
+    that sample against its own target row (the diagonal of a small B_o×B_o call), scattered in."""
+    logits = head(feats, w, b, None)
+    rows = (target_col >= 0).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return logits
+    cols = target_col[rows]
+    own = head(feats[rows], w[cols], b[cols] if b is not None else None,
+               torch.arange(rows.numel(), device=feats.device))
+    # in place: the heads' last operations (matmul, + bias, × scale) do not keep their output for backward
+    return logits.index_put_((rows, cols), own.diagonal())
+
+
+class ShardedSoftmax(nn.Module):
+    """`loss, stats = ShardedSoftmax(selector, store, head)(features, labels)`; then backward and push().
+
+    `selector` works over the shard in local ids (attached here to `store.local_view()`)."""
+
+    def __init__(self, selector, store: ShardedStore, head: nn.Module, ddp_average: bool = True,
+                 fill_correction: bool = False):
+        super().__init__()
+        if getattr(selector, "adaptive", False):
+            raise ConfigError("selection.adaptive is not supported with the sharded class store yet; "
+                              "set selection.adaptive=false")
+        self.selector, self.store, self.head = selector, store, head
+        self.world = store.world
+        self.ddp_average = ddp_average
+        selector.set_metric(getattr(head, "metric", "dot"))
+        selector.attach(store.local_view())
+        self.step = 0
+        self.fill_correction = fill_correction  # as SampledSoftmax: weight the fill by its inverse draw rate
+        self._pending: tuple | None = None
+        self.last: dict = {}
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        device = features.device
+        sizes = gather_sizes(features.shape[0], device)
+        scale = float(self.world) if self.ddp_average else 1.0
+        feats = GatherFeatures.apply(features, sizes, scale)
+        all_labels = labels.to(device=device, dtype=torch.long)
+        if self.world > 1:
+            all_labels = _all_gather_padded(all_labels, sizes)
+        labels_cpu = all_labels.cpu()
+        owned = self.store.owns(labels_cpu)
+        sel = self.selector.select(feats.detach(), labels_cpu[owned] - self.store.lo)
+        target_col = torch.full((labels_cpu.numel(),), -1, dtype=torch.long)
+        target_col[owned] = sel.local_labels
+        target_col = target_col.to(device)
+        w, b = self.store.local_rows(sel.ids)
+        w = w.to(device).requires_grad_(True)
+        if b is not None:
+            b = b.to(device).requires_grad_(True)
+        logits = margin_logits(self.head, feats.float(), w, b, target_col)
+        offsets = None
+        if self.fill_correction and sel.stats.get("random_fill", 0) > 0:
+            # the shard's random fill stands for the shard's classes that were neither positive nor retrieved
+            offsets = fill_log_weights(sel, self.store.shard_size, device)
+        loss, right, active = ShardedCrossEntropy.apply(logits, target_col, float(sel.ids.numel()), offsets)
+        self._pending = (sel.ids, w, b)
+        rank = _world()[0]
+        lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
+        self.last = {"correct": int(right[lo:hi].sum()), "global_batch": sum(sizes)}
+        stats = dict(sel.stats)
+        stats["active_shard"] = int(sel.ids.numel())
+        stats["active"] = int(round(float(active)))
+        return loss, stats
+
+    def push(self) -> None:
+        """This shard's row gradients into its rows (local: nothing crosses the network), then refresh."""
+        if self._pending is None:
+            raise DcsError("ShardedSoftmax.push() called without a forward pass since the last push")
+        ids, w, b = self._pending
+        self._pending = None
+        if w.grad is None:
+            raise DcsError("ShardedSoftmax.push() needs loss.backward() first: the rows have no gradient")
+        self.store.local_push(ids, w.grad, b.grad if b is not None else None)
+        self.step += 1
+        self.selector.refresh(self.store.local_view(), self.step)
+
+
+def build_shard_selector(cfg, store: ShardedStore, global_batch: int):
+    """The selector `cfg.mode` names, over this shard in local ids.
+
+    `selection.sample_num` is the active classes over all shards: each shard gets its share by size
+    (at least 1, at most the shard). Seeds differ per rank so the shards' random fills are independent."""
+    from dcs_cli.selection import build_selector
+
+    n = store.shard_size
+    share = max(1, min(n, -(-cfg.sample_num * n // store.num_classes)))
+    shard_cfg = dataclasses.replace(cfg, sample_num=share, seed=cfg.seed + store.rank)
+    return build_selector(shard_cfg, n, global_batch)
+
+
+class ShardedClassifier:
+    """`loss, correct, stats = ShardedClassifier(selector, store, head).loss(features, labels)`.
+
+    The same methods as `SampledClassifier`, so the training loop cannot tell them apart; `loss` and
+    `class_weights` are collectives (every rank calls them)."""
+
+    def __init__(self, selector, store: ShardedStore, head: nn.Module, step: int = 0, ddp_average: bool = True,
+                 fill_correction: bool = False):
+        self.store, self.selector = store, selector
+        self.head = head
+        self.angular = getattr(head, "metric", "dot") == "angular"
+        selector.load_state_dict({"step": step})
+        self.sharded = ShardedSoftmax(selector, store, head, ddp_average=ddp_average, fill_correction=fill_correction)
+        self.sharded.step = step
+        self._lr: float | None = None
+
+    def loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int, dict]:
+        loss, stats = self.sharded(features.float(), labels)
+        return loss, self.sharded.last["correct"], stats
+
+    def after_step(self) -> None:
+        self.sharded.push()
+
+    def set_lr(self, lr: float, is_main: bool = True) -> None:
+        if lr != self._lr:  # every rank owns its shard's optimiser state
+            self.store.set_lr(lr)
+        self._lr = lr
+
+    def class_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Collective: all N rows (and biases) on every rank, for validation, caught up to this step."""
+        self.store.settle()
+        return self.store.gather_weights()
+
+    def close(self) -> None:
+        self.selector.close()
+
+
+
+EVAL_BLOCK = 4096  # validation samples gathered and scored per round
+
+
+@torch.no_grad()
+def sharded_top1(backbone: nn.Module, store: ShardedStore, loader, device: torch.device,
+                 angular: bool) -> tuple[float, int]:
+    """Collective: (top-1 over all N classes, samples) of every rank's validation shard, without any rank
+    holding all N rows. Each rank embeds its own samples; in rounds of `EVAL_BLOCK` per rank the features
+    are all-gathered, each rank finds its shard's best class per sample, and an all-reduce MAX of the
+    scores, then MIN of the ids that reach it (argmax's first index), picks the winner."""
+    from dcs_cli.train.evaluate import predict
+
+    was_training = backbone.training
+    backbone.eval()
+    feats, labels = [], []
+    for x, y in loader:
+        feats.append(backbone(x.to(device, non_blocking=True)).float())
+        labels.append(y.to(device=device, dtype=torch.long))
+    backbone.train(was_training)
+    feats = torch.cat(feats) if feats else torch.empty(0, store.dim, device=device)
+    labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=device)
+    sizes = gather_sizes(feats.shape[0], device)
+    rank, world = _world()
+    weight = store.weight.to(device)
+    bias = store.bias.to(device) if store.bias is not None and not angular else None
+    counts = torch.zeros(2, dtype=torch.float64, device=device)
+    for start in range(0, max(sizes), EVAL_BLOCK):
+        block = [max(0, min(n, start + EVAL_BLOCK) - start) for n in sizes]
+        f = feats[start:start + block[rank]]
+        y = labels[start:start + block[rank]]
+        if world > 1:
+            f, y = _all_gather_padded(f, block), _all_gather_padded(y, block)
+        if f.shape[0] == 0:
+            continue
+        q = F.normalize(f, dim=1) if angular else f
+        local = predict(q, weight, bias, angular)
+        w = weight[local]
+        score = ((q * (F.normalize(w, dim=1) if angular else w)).sum(1) +
+                 (bias[local] if bias is not None else 0.0))
+        best = score.clone()
+        if world > 1:
+            dist.all_reduce(best, op=dist.ReduceOp.MAX)
+        ids = torch.where(score >= best, local + store.lo, torch.full_like(local, store.num_classes))
+        if world > 1:
+            dist.all_reduce(ids, op=dist.ReduceOp.MIN)
+        lo = sum(block[:rank])
+        mine = slice(lo, lo + block[rank])  # count each sample once: on the rank that embedded it
+        counts[0] += (ids[mine] == y[mine]).sum()
+        counts[1] += block[rank]
+    if world > 1:
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+    total = int(counts[1].item())
+    return (float(counts[0].item()) / total if total else 0.0), total

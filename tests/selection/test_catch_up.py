@@ -1,0 +1,70 @@
+"""A sampled store that catches rows up equals dense torch SGD whose unselected rows have zero gradient."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dcs_cli.selection.local_store import LocalStore
+from dcs_cli.selection.store import OptimParams, catch_up_coefficients
+
+
+def _run(n: int, d: int, steps: int, params: OptimParams, seed: int, catch_up: bool = True):
+    gen = torch.Generator().manual_seed(seed)
+    store = LocalStore(n, d, bias=True, params=params, seed=seed, catch_up=catch_up)
+    weight = torch.nn.Parameter(store.weight.clone())
+    bias = torch.nn.Parameter(store.bias.clone())
+    dense = torch.optim.SGD([weight, bias], lr=params.lr, momentum=params.momentum,
+                            weight_decay=params.weight_decay)
+    for _ in range(steps):
+        count = int(torch.randint(1, n + 1, (), generator=gen))
+        ids = torch.randperm(n, generator=gen)[:count]
+        grad_w, grad_b = torch.randn(count, d, generator=gen), torch.randn(count, generator=gen)
+        store.push(ids, grad_w, grad_b)
+        weight.grad, bias.grad = torch.zeros(n, d), torch.zeros(n)
+        weight.grad[ids], bias.grad[ids] = grad_w, grad_b
+        dense.step()
+    store.settle()
+    return store, weight.detach(), bias.detach(), dense.state[weight].get("momentum_buffer")
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 40), steps=st.integers(1, 25), momentum=st.sampled_from([0.0, 0.5, 0.9]),
+       weight_decay=st.sampled_from([0.0, 1e-4, 0.05]), seed=st.integers(0, 1000))
+def test_catch_up_equals_dense_sgd_with_zero_gradients(n, steps, momentum, weight_decay, seed):
+    params = OptimParams(lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    store, weight, bias, velocity = _run(n, 4, steps, params, seed)
+    torch.testing.assert_close(store.weight, weight, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(store.bias, bias, atol=2e-5, rtol=1e-4)
+    if momentum:
+        torch.testing.assert_close(store.momentum, velocity, atol=2e-5, rtol=1e-4)
+
+
+def test_frozen_rows_differ_from_dense_sgd():
+    """Without catch-up (the older lazy rule) skipped rows keep their velocity: not dense SGD."""
+    params = OptimParams(lr=0.1, momentum=0.9, weight_decay=1e-4)
+    store, weight, _, _ = _run(30, 4, 20, params, seed=3, catch_up=False)
+    assert (store.weight - weight).abs().max() > 1e-3
+
+
+def test_coefficients_of_long_gaps_match_repeated_steps():
+    params = OptimParams(lr=0.05, momentum=0.9, weight_decay=5e-4)
+    k = torch.tensor([0, 1, 7, 300])
+    coef = catch_up_coefficients(k, params, torch.float64, torch.device("cpu")).view(-1, 2, 2)
+    step = torch.tensor([[1 - params.lr * params.weight_decay, -params.lr * params.momentum],
+                         [params.weight_decay, params.momentum]], dtype=torch.float64)
+    for i, gap in enumerate(k.tolist()):
+        torch.testing.assert_close(coef[i], torch.linalg.matrix_power(step, gap))
+
+
+def test_state_dict_round_trip_keeps_the_step_count():
+    params = OptimParams(lr=0.1, momentum=0.9, weight_decay=1e-4)
+    store = LocalStore(10, 3, params=params)
+    store.push(torch.tensor([1, 2]), torch.ones(2, 3))
+    store.push(torch.tensor([2]), torch.ones(1, 3))
+    state = store.state_dict()
+    again = LocalStore(10, 3, params=params)
+    again.load_state_dict(state)
+    assert again.steps == 2
+    store.push(torch.tensor([1, 5]), torch.ones(2, 3))
+    again.push(torch.tensor([1, 5]), torch.ones(2, 3))
+    torch.testing.assert_close(store.weight, again.weight)

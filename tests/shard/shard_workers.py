@@ -1,0 +1,156 @@
+"""Helpers of the sharded tests: run a function on W gloo processes, and the step those processes take.
+
+    results = run_ranks(sharded_steps, 2, tmp_path, spec)   # [rank 0's result, rank 1's result]
+
+Imported as a top-level module (its folder is put on sys.path), so spawned children can unpickle the
+worker functions. Results travel as torch files in the test's tmp folder; every child is joined with a
+timeout and killed if it outlives it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dcs_cli.train.dist import free_port
+
+TIMEOUT_S = 180
+
+
+def _child(rank: int, world: int, port: int, fn, folder: str, args: tuple) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=__import__("datetime").timedelta(
+            seconds=TIMEOUT_S))
+        result = fn(rank, world, *args)
+        torch.save(result, Path(folder) / f"rank{rank}.pt")
+    except BaseException:
+        (Path(folder) / f"rank{rank}.err").write_text(traceback.format_exc())
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_ranks(fn, world: int, folder: Path, *args, timeout: float = TIMEOUT_S) -> list:
+    """`fn(rank, world, *args)` on `world` spawned gloo processes; their return values, by rank."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    here = str(Path(__file__).parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=_child, args=(r, world, port, fn, str(folder), args), daemon=True)
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join(timeout)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(10)
+    errors = [e.read_text() for e in sorted(folder.glob("rank*.err"))]
+    if errors:
+        raise RuntimeError("a rank failed:\n" + "\n".join(errors))
+    codes = [p.exitcode for p in procs]
+    if any(c != 0 for c in codes):
+        raise RuntimeError(f"ranks exited with {codes} (killed after {timeout}s if None/negative)")
+    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+# --------------------------------------------------------------------------------------- the step
+
+def make_head(name: str):
+    from dcs_cli.models.heads import ArcFaceHead, CosFaceHead, SoftmaxHead
+
+    return {"softmax": lambda: SoftmaxHead(bias=False), "softmax_bias": lambda: SoftmaxHead(bias=True),
+            "cosface": lambda: CosFaceHead(16.0, 0.35), "arcface": lambda: ArcFaceHead(16.0, 0.5)}[name]()
+
+
+def make_data(spec: dict, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global batch of `step`: inputs (B×d_in) and labels, the same in every process."""
+    gen = torch.Generator().manual_seed(100 + step)
+    b = sum(spec["sizes"])
+    x = torch.randn(b, spec["d_in"], generator=gen)
+    y = torch.randint(0, spec["classes"], (b,), generator=gen)
+    return x, y
+
+
+def make_backbone(spec: dict) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Linear(spec["d_in"], spec["dim"])
+
+
+def store_kwargs(spec: dict) -> dict:
+    from dcs_cli.selection.store import OptimParams
+
+    return dict(bias=spec["head"] == "softmax_bias", seed=3, init_std=0.3,
+                params=OptimParams(lr=0.5, momentum=0.9, weight_decay=1e-3))
+
+
+def sharded_steps(rank: int, world: int, spec: dict) -> dict:
+    """`spec["steps"]` sharded steps over a DDP backbone; everything a single process must reproduce."""
+    import dataclasses
+
+    from dcs_cli.selection.config import SelectionConfig
+    from dcs_cli.selection.sharded_store import ShardedStore
+    from dcs_cli.train.sharded_softmax import ShardedClassifier, build_shard_selector
+
+    store = ShardedStore(spec["classes"], spec["dim"], rank=rank, world=world, **store_kwargs(spec))
+    cfg = dataclasses.replace(SelectionConfig(), mode=spec["mode"], sample_num=spec.get("sample_num", 1),
+                              metric="auto")
+    selector = build_shard_selector(cfg, store, sum(spec["sizes"]))
+    clf = ShardedClassifier(selector, store, make_head(spec["head"]))
+    clf.sharded.fill_correction = spec.get("fill_correction", True)
+    backbone = torch.nn.parallel.DistributedDataParallel(make_backbone(spec))
+    lo = sum(spec["sizes"][:rank])
+    hi = lo + spec["sizes"][rank]
+    out = {"loss": [], "feature_grad": [], "backbone_grad": [], "active": [], "correct": [], "lo": store.lo,
+           "hi": store.hi}
+    for step in range(spec["steps"]):
+        x, y = make_data(spec, step)
+        backbone.zero_grad()
+        features = backbone(x[lo:hi])
+        features.retain_grad()
+        loss, correct, stats = clf.loss(features, y[lo:hi])
+        loss.backward()
+        active = clf.sharded._pending[0] + store.lo
+        clf.after_step()
+        out["loss"].append(float(loss.detach()))
+        out["correct"].append(correct)
+        out["feature_grad"].append(features.grad.clone())
+        out["backbone_grad"].append([p.grad.clone() for p in backbone.parameters()])
+        out["active"].append(active)
+        out["active_total"] = stats["active"]
+    out["weight"], out["momentum"] = store.weight.clone(), store.momentum.clone()
+    out["bias"] = store.bias.clone() if store.bias is not None else None
+    full_w, _ = store.gather_weights()
+    out["gathered"] = full_w
+    clf.close()
+    return out
+
+
+def save_worker(rank: int, world: int, spec: dict) -> dict:
+    """Train a shard a little, save it collectively; returns the shard's (settled) state."""
+    from dcs_cli.selection.sharded_store import ShardedStore
+    from dcs_cli.train.shard_checkpoint import save_sharded_store
+
+    store = ShardedStore(spec["classes"], spec["dim"], rank=rank, world=world, **store_kwargs(spec))
+    gen = torch.Generator().manual_seed(rank)
+    for _ in range(3):
+        ids = store.lo + torch.randperm(store.shard_size, generator=gen)[:4]
+        store.push(ids, torch.randn(4, spec["dim"], generator=gen))
+    manifest = save_sharded_store(store, spec["folder"])
+    return {"state": store.state_dict(), "manifest": str(manifest) if manifest else None}
