@@ -4,7 +4,9 @@
     w, b = store.rows(ids); ...; store.push(ids, grad_w, grad_b)
 
 Updates go through `sgd_rows_` (the single definition of the rule), so a step touches only the pushed rows
-and allocates only S-sized temporaries: rows that are not pushed keep their weight and momentum ("lazy").
+and allocates only S-sized temporaries. With `catch_up=True` (what `dcs train` uses, `optim.catch_up`) a
+pushed row first catches up the steps it sat out and `settle()` catches every row up; without it, rows
+that are not pushed keep their weight and momentum ("lazy").
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ INIT_KINDS = ("normal", "uniform")
 
 
 class LocalStore(ClassStore):
-    """`store = LocalStore(N, d, bias=False, init="normal", init_std=0.01, seed=0)`: rows live in this process."""
+    """`store = LocalStore(N, d, bias=False, init="normal", init_std=0.01, seed=0, catch_up=False)`: rows live in
+    this process."""
 
     def __init__(
         self,
