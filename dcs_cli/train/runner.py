@@ -65,6 +65,15 @@ def check_run(cfg, world: int):
     if cfg.selection.mode != "full" and cfg.selection.sample_num < min(cfg.data.batch_size, data.num_classes):
         console.warn(f"selection.sample_num = {cfg.selection.sample_num} is below data.batch_size = "
                      f"{cfg.data.batch_size}: a batch with more distinct labels than that fails")
+    elif cfg.selection.mode != "full" and kind == "sharded" and world > 1:
+        # A shard holds the positives of the whole global batch that fall in it (data.batch_size on average)
+        # in about sample_num slots; an uneven step can bring half as many again.
+        uneven = min(cfg.data.batch_size * 3 // 2, -(-data.num_classes // world))
+        if cfg.selection.sample_num < uneven:
+            console.warn(f"selection.sample_num = {cfg.selection.sample_num} leaves each of the {world} shards "
+                         f"little room above the ~{cfg.data.batch_size} distinct labels of the global batch that "
+                         "fall in it: a step whose labels land unevenly stops the run; raise sample_num to "
+                         f"{uneven} or more")
     return data
 
 

@@ -89,3 +89,17 @@ def test_one_process_checkpoint_resumes_sharded_on_two(tmp_path, synthetic_confi
     assert summary["val_top1"] > (0.3 if mode == "full" else 0.15), summary  # chance: 0.005
     _assert_sharded(run, 2, world=2)
     assert [p.name for p in list_checkpoints(run)] == ["epoch_001.pt", "epoch_002.pt"]
+
+
+def test_a_sampled_budget_too_tight_for_uneven_shards_is_warned(synthetic_config, tiny, tmp_path, monkeypatch):
+    from dcs_cli.train import runner
+
+    said = []
+    monkeypatch.setattr(runner.console, "warn", said.append)
+    runner.check_run(load_config(synthetic_config, tiny(tmp_path, "hf") + ["data.batch_size=16",
+                                                                         "selection.sample_num=20"]), world=2)
+    assert len(said) == 1 and "raise sample_num to 24 or more" in said[0]
+    said.clear()
+    runner.check_run(load_config(synthetic_config, tiny(tmp_path, "hf") + ["data.batch_size=16",
+                                                                         "selection.sample_num=24"]), world=2)
+    assert said == []
