@@ -3,7 +3,7 @@
     clf = build_classifier(cfg, num_classes, ctx, store)     # FullClassifier | SampledClassifier
     loss, correct, stats = clf.loss(features, labels)
     loss.backward(); optimizer.step(); clf.after_step()       # sampled: push the rows' gradients
-    weight, bias = clf.class_weights()                        # all N rows, for validation
+    acc, samples = clf.top1(backbone, val_loader, device)     # validation top-1 over all N rows
 
 Full mode: the N×d weight is an ordinary parameter trained by the backbone's optimiser (under DDP in
 multi-process runs). Sampled modes: the rows live in a class store (in process, or a paramserver) and a
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcs_cli.selection.store import ClassStore, OptimParams
+from dcs_cli.train.evaluate import evaluate_top1
 
 
 class FullClassifier(nn.Module):
@@ -132,6 +133,11 @@ class SampledClassifier:
             params.lr = lr
             self.store.set_optim(params)
         self._lr = lr
+
+    def top1(self, backbone: nn.Module, loader, device: torch.device) -> tuple[float, int]:
+        """Validation top-1 over all N classes (every rank calls it: the counts are summed over ranks)."""
+        weight, bias = self.class_weights()
+        return evaluate_top1(backbone, weight, bias, loader, device, self.angular)
 
     def class_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         self.store.settle()  # rows that sat out steps catch up first, so every row is as of this step

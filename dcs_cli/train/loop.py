@@ -21,12 +21,10 @@ from dcs_cli.config import config_from_dict
 from dcs_cli.train.checkpoint import load_checkpoint, save_checkpoint
 from dcs_cli.train.data import build_data, seed_everything, steps_per_epoch, train_loader, val_loader
 from dcs_cli.train.dist import barrier, init_distributed
-from dcs_cli.train.evaluate import evaluate_top1
 from dcs_cli.train.meter import StepMeter
 from dcs_cli.train.metrics import MetricsLog
 from dcs_cli.train.parts import build_parts
 from dcs_cli.train.schedule import LRSchedule
-from dcs_cli.train.sharded_softmax import ShardedClassifier, sharded_top1
 
 
 @dataclass
@@ -125,12 +123,7 @@ def _validate(parts, data, cfg, ctx) -> float | None:
     if data.val is None:
         return None
     loader = val_loader(data.val, cfg.data.batch_size, cfg.data.workers, ctx.rank, ctx.world_size)
-    if isinstance(parts.sampled, ShardedClassifier):  # no rank gathers all N rows
-        parts.sampled.store.settle()
-        acc, _ = sharded_top1(parts.backbone, parts.sampled.store, loader, ctx.device, parts.sampled.angular)
-        return acc
-    weight, bias, angular = parts.class_weights()
-    acc, _ = evaluate_top1(parts.backbone, weight, bias, loader, ctx.device, angular)
+    acc, _ = parts.top1(loader)
     return acc
 
 

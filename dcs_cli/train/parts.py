@@ -36,6 +36,7 @@ from dcs_cli.torchfile import load_torch_file, save_torch_file
 from dcs_cli.train.checkpoint import checkpoint_path, store_folder_path, store_snapshot_path
 from dcs_cli.train.classifier import FullClassifier, FullModel, SampledClassifier
 from dcs_cli.train.dist import DistContext, barrier
+from dcs_cli.train.evaluate import evaluate_top1
 from dcs_cli.train.shard_checkpoint import load_store, local_state_dict, save_sharded_store
 from dcs_cli.train.sharded_softmax import ShardedClassifier, build_shard_selector
 
@@ -98,13 +99,13 @@ class Parts:
         if self.sampled is not None:
             self.sampled.set_lr(lr, self.ctx.is_main)
 
-    def class_weights(self) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
-        """(N×d weights, bias or None, angular?) of the whole classifier, for validation."""
-        if self.full is not None:
-            bias = self.full.bias.detach() if self.full.bias is not None else None
-            return self.full.weight.detach(), bias, getattr(self.full.head, "metric", "dot") == "angular"
-        weight, bias = self.sampled.class_weights()
-        return weight, bias, self.sampled.angular
+    def top1(self, loader) -> tuple[float, int]:
+        """Validation top-1 over all N classes (a collective under several workers)."""
+        if self.full is None:
+            return self.sampled.top1(self.backbone, loader, self.ctx.device)
+        bias = self.full.bias.detach() if self.full.bias is not None else None
+        angular = getattr(self.full.head, "metric", "dot") == "angular"
+        return evaluate_top1(self.backbone, self.full.weight.detach(), bias, loader, self.ctx.device, angular)
 
     def save_class_store(self, run_dir: Path, epoch: int, step: int) -> None:
         """Collective, every rank before rank 0's `state_dict`: a sharded store writes its shards and manifest

@@ -230,7 +230,7 @@ class ShardedClassifier:
     """`loss, correct, stats = ShardedClassifier(selector, store, head).loss(features, labels)`.
 
     The same methods as `SampledClassifier`, so the training loop cannot tell them apart; `loss` and
-    `class_weights` are collectives (every rank calls them)."""
+    `top1` are collectives (every rank calls them)."""
 
     def __init__(self, selector, store: ShardedStore, head: nn.Module, step: int = 0, ddp_average: bool = True,
                  fill_correction: bool = False):
@@ -254,10 +254,11 @@ class ShardedClassifier:
             self.store.set_lr(lr)
         self._lr = lr
 
-    def class_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Collective: all N rows (and biases) on every rank, for validation, caught up to this step."""
+    def top1(self, backbone: nn.Module, loader, device: torch.device) -> tuple[float, int]:
+        """Collective: validation top-1 over all N classes, rows caught up to this step; no rank gathers
+        all N rows (`sharded_top1`)."""
         self.store.settle()
-        return self.store.gather_weights()
+        return sharded_top1(backbone, self.store, loader, device, self.angular)
 
     def close(self) -> None:
         self.selector.close()
