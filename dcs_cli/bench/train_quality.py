@@ -26,7 +26,7 @@ from typing import Annotated
 import typer
 
 from dcs_cli.bench.common import report
-from dcs_cli.cli.options import JsonOpt
+from dcs_cli.cli.options import JsonOpt, SetOpt
 from dcs_cli.console import info
 from dcs_cli.errors import UsageError
 
@@ -52,6 +52,7 @@ class TrainQualitySpec:
     modes: tuple[str, ...] = MODES
     heads: tuple[str, ...] = HEADS
     seed: int = 0
+    overrides: tuple[str, ...] = ()  # KEY=VALUE config overrides applied to every contender (--set)
 
     @classmethod
     def quick(cls) -> TrainQualitySpec:
@@ -95,7 +96,7 @@ def train_config(spec: TrainQualitySpec, converted: Path, run_dir: Path, mode: s
         "dist": {"threads": 1},  # every contender alike; two threads thrash on a shared 2-core machine
         "output": {"dir": str(run_dir), "print_freq": 10_000, "keep_checkpoints": 1},
     }
-    return load_config(None, [], base=base)
+    return load_config(None, list(spec.overrides), base=base)
 
 
 def run_train_quality(spec: TrainQualitySpec, json_path: str | None = None) -> dict:
@@ -109,6 +110,7 @@ def run_train_quality(spec: TrainQualitySpec, json_path: str | None = None) -> d
     from dcs_cli.train.runner import run_train
 
     spec.validate()
+    train_config(spec, Path("converted"), Path("run"), spec.modes[0], spec.heads[0])  # a bad --set fails here
     rows = []
     with tempfile.TemporaryDirectory(prefix="dcs-train-quality-") as tmp:
         tmp = Path(tmp)
@@ -153,6 +155,8 @@ def register(app: typer.Typer) -> None:
         epochs: Annotated[int, typer.Option(help="Training epochs; 0 = the size's default.")] = 0,
         mode: Annotated[list[str], typer.Option(help="Modes to run (repeatable); default: all.")] = None,
         head: Annotated[list[str], typer.Option(help="Heads to run (repeatable); default: softmax, cosface.")] = None,
+        seed: Annotated[int, typer.Option(help="Seed of the data, the initialisation and the data order.")] = 0,
+        overrides: SetOpt = None,
         json: JsonOpt = None,
     ) -> None:
         """Val top-1 and held-out verification of full, hf, ivf, hnsw, random and exact, through dcs train."""
@@ -168,4 +172,6 @@ def register(app: typer.Typer) -> None:
             spec.modes = tuple(mode)
         if head:
             spec.heads = tuple(head)
+        spec.seed = seed
+        spec.overrides = tuple(overrides or ())
         run_train_quality(spec, json)

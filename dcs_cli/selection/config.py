@@ -45,10 +45,10 @@ class SelectionConfig:
     hnsw_rebuild_fraction: float = opt(0.25, "hnsw: a refresh builds a fresh graph when more than this "
                                              "fraction of the rows changed since the last one (re-inserting "
                                              "that many rows costs more than a build), else re-inserts them")
-    fill_correction: bool = opt(False, "weight the random-fill classes' logits by log((N - positives - retrieved) "
-                                       "/ fill), the inverse of their draw probability, so the sampled softmax's "
-                                       "normaliser estimates the full one; unbiased but noisy: it cost random mode "
-                                       "36 pt of val top-1 on the train-quality data (README, ablation)")
+    tail_samples: int = opt(-1, "uniform draws among the inactive classes per step; their exp-logits, scaled "
+                                "up, stand for every inactive class in the softmax denominator of the rows' "
+                                "gradient (margin heads need it to train under sampling); -1 = auto: "
+                                "64 for cosface/arcface, 0 (off) for softmax")
     hard_factor: float = opt(2.0, "adaptive: the hardest samples get up to this many times the even share "
                                   "of neighbours (the easiest get half of it)")
 
@@ -65,6 +65,7 @@ class SelectionConfig:
         require(self.ivf_rebuild_every > 0, f"{key}.ivf_rebuild_every", "must be > 0")
         require(self.drift_threshold > 0, f"{key}.drift_threshold", "must be > 0")
         require(self.drift_check > 0, f"{key}.drift_check", "must be > 0")
+        require(self.tail_samples >= -1, f"{key}.tail_samples", "must be >= 0, or -1 (auto: by the head)")
         require(self.hard_factor >= 1, f"{key}.hard_factor", "must be >= 1")
         require(self.index_dim >= 0, f"{key}.index_dim", "must be >= 0 (0 = index the full rows)")
         require(self.rerank >= 1, f"{key}.rerank", "must be >= 1 (1 = no re-ranking)")

@@ -10,8 +10,6 @@ With a FullSelector this is the same head over all rows (full softmax); nothing 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,34 +17,54 @@ from torch import nn
 from dcs_cli.errors import DcsError
 from dcs_cli.selection.base import Selector
 from dcs_cli.selection.store import ClassStore
+from dcs_cli.selection.tail import TailSampler, resolve_tail_samples, tail_log_mass
 
 
 class SampledSoftmax(nn.Module):
-    """`loss, stats = SampledSoftmax(selector, store, head)(features, labels)`; then backward and push()."""
+    """`loss, stats = SampledSoftmax(selector, store, head)(features, labels)`; then backward and push().
 
-    def __init__(self, selector: Selector, store: ClassStore, head: nn.Module, fill_correction: bool = False):
+    `tail_samples` (-1 = by the head, `resolve_tail_samples`): uniform draws among the inactive classes
+    that estimate their share of the softmax denominator for the rows' gradient (`tail.py`). The backbone
+    always gets the plain sampled softmax's gradient: its hard negatives are what it learns from."""
+
+    def __init__(self, selector: Selector, store: ClassStore, head: nn.Module, tail_samples: int = 0,
+                 seed: int = 0):
         super().__init__()
         self.selector, self.store, self.head = selector, store, head
-        self.fill_correction = fill_correction
-        selector.set_metric(getattr(head, "metric", "dot"))
+        metric = getattr(head, "metric", "dot")
+        selector.set_metric(metric)
         selector.attach(store)
+        k = resolve_tail_samples(tail_samples, metric)
+        self.tail = TailSampler(store.num_classes, k, seed) if k > 0 else None
         self.step = 0
         self._pending: tuple | None = None
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         sel = self.selector.select(features.detach(), labels)
-        w, b = self.store.rows(sel.ids)
-        w = w.to(features.device).requires_grad_(True)
-        if b is not None:
-            b = b.to(features.device).requires_grad_(True)
+        active = sel.ids.numel()
+        tail_ids, log_rate = self.tail.draw(sel.ids) if self.tail is not None else (sel.ids[:0], 0.0)
+        w, b = self.store.rows(torch.cat([sel.ids, tail_ids.to(sel.ids.device)]))  # one store call
+        w = w.to(features.device)
+        b = b.to(features.device) if b is not None else None
+        w, w_tail = w[:active].detach().requires_grad_(True), w[active:]
+        b, b_tail = (b[:active].detach().requires_grad_(True), b[active:]) if b is not None else (None, None)
         local = sel.local_labels.to(features.device)
-        logits = self.head(features, w, b, local)
-        if self.fill_correction:
-            logits = logits + fill_log_weights(sel, self.store.num_classes, logits.device)
-        loss = F.cross_entropy(logits, local)
-        self._pending = (sel.ids, w, b)
         stats = dict(sel.stats)
-        stats["active"] = int(sel.ids.numel())
+        stats["active"] = int(active)
+        if self.tail is None:
+            loss = F.cross_entropy(self.head(features, w, b, local), local)
+        else:
+            with torch.no_grad():
+                log_tail = tail_log_mass(self.head(features, w_tail, b_tail, None),
+                                         log_rate, features.shape[0])
+            loss = F.cross_entropy(self.head(features, w.detach(), b.detach() if b is not None else None, local),
+                                   local)
+            # the rows' gradient: the same logits with the inactive classes' estimated mass in the denominator
+            row_logits = self.head(features.detach(), w, b, local)
+            row_loss = F.cross_entropy(torch.cat([row_logits, log_tail.unsqueeze(1)], 1), local)
+            loss = loss + (row_loss - row_loss.detach())  # the value stays the sampled loss
+            stats["tail"] = int(tail_ids.numel())
+        self._pending = (sel.ids, w, b)
         return loss, stats
 
     def push(self) -> None:
@@ -60,19 +78,3 @@ class SampledSoftmax(nn.Module):
         self.store.push(ids, w.grad, b.grad if b is not None else None)
         self.step += 1
         self.selector.refresh(self.store, self.step)
-
-
-def fill_log_weights(sel, num_classes: int, device) -> torch.Tensor:
-    """(S,) logit offsets: 0 for the positives and retrieved ids, log((N - P - R) / F) for the F random-fill ids.
-
-    The fill stands for every class that was neither a positive nor retrieved, each drawn with probability
-    F / (N - P - R); weighting its exp-logits by the inverse makes the sampled partition function an
-    unbiased estimate of the full one, so a selected negative gets the gradient it would get in full softmax
-    instead of one inflated by the missing classes' share."""
-    st = sel.stats
-    fill = st["random_fill"]
-    offsets = torch.zeros(sel.ids.numel(), device=device)
-    rest = num_classes - st["positives"] - st["retrieved"]
-    if fill > 0 and rest > fill:
-        offsets[-fill:] = math.log(rest / fill)
-    return offsets

@@ -104,7 +104,7 @@ class SampledClassifier:
     """`loss, correct, stats = SampledClassifier(selector, store, head).loss(features, labels)`."""
 
     def __init__(self, selector, store: ClassStore, head: nn.Module, world: int = 1, step: int = 0,
-                 fill_correction: bool = False):
+                 tail_samples: int = 0, seed: int = 0):
         from dcs_cli.selection.sampled import SampledSoftmax
 
         self.store, self.selector = store, selector
@@ -113,7 +113,7 @@ class SampledClassifier:
         # The selector continues its refresh schedule from the resumed step.
         selector.load_state_dict({"step": step})
         self.sampled = SampledSoftmax(selector, MeanGradStore(store, world) if world > 1 else store, self.head,
-                                      fill_correction=fill_correction)
+                                      tail_samples=tail_samples, seed=seed)
         self.sampled.step = step
         self._lr: float | None = None
 

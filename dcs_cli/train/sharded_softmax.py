@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcs_cli.errors import ConfigError, DcsError
-from dcs_cli.selection.sampled import fill_log_weights
 from dcs_cli.selection.sharded_store import ShardedStore
+from dcs_cli.selection.tail import TailSampler, resolve_tail_samples, tail_log_mass
 
 
 def _world() -> tuple[int, int]:
@@ -75,46 +75,43 @@ class GatherFeatures(torch.autograd.Function):
 
 
 class ShardedCrossEntropy(torch.autograd.Function):
-    """`loss, right, total = ShardedCrossEntropy.apply(logits, target_col, extra, offsets)`: mean CE over
+    """`loss, right, total = ShardedCrossEntropy.apply(logits, target_col, extra, log_tail)`: mean CE over
     the global batch.
 
     `logits` (B×S_r) are this shard's columns; `target_col` (B) the target's column here, or -1 where
-    another shard owns it; `offsets` (S_r, or None) constants added to the logits inside the softmax (the
-    random fill's log-weights). Also returns, per sample, whether its target logit is the largest of the
-    raw logits over all shards (accuracy among the active classes, ties count as right), and the sum over
-    ranks of `extra` (a figure that rides along with the reductions for free). Two collectives per step:
-    one MAX of 2·B floats, one SUM of 3·B+1."""
+    another shard owns it; `log_tail` (B, or None) the log of this shard's inactive classes' estimated
+    exp-mass (`tail.py`), added to the denominator as a constant. Also returns, per sample, whether its
+    target logit is the largest of the logits over all shards (accuracy among the active classes, ties
+    count as right), and the sum over ranks of `extra` (a figure that rides along with the reductions for
+    free). Two collectives per step: one MAX of B floats (2·B with a tail), one SUM of 2·B+1."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target_col: torch.Tensor, extra: float = 0.0,
-                offsets: torch.Tensor | None = None):
+                log_tail: torch.Tensor | None = None):
         world = _world()[1]
         logits = logits.detach()
         b = logits.shape[0]
         owned = target_col >= 0
-        raw_target = logits.gather(1, target_col.clamp(min=0).view(-1, 1)).squeeze(1) * owned
-        shifted = logits if offsets is None else logits + offsets  # one B×S temporary when offset
-        if logits.shape[1]:
-            maxes = torch.cat([shifted.max(1).values, logits.max(1).values])
-        else:
-            maxes = logits.new_full((2 * b,), float("-inf"))
+        target = logits.gather(1, target_col.clamp(min=0).view(-1, 1)).squeeze(1) * owned
+        raw_max = logits.max(1).values if logits.shape[1] else logits.new_full((b,), float("-inf"))
+        maxes = raw_max if log_tail is None else torch.cat([raw_max, torch.maximum(raw_max, log_tail)])
         if world > 1:
+            maxes = maxes.clone()
             dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
-        gmax, raw_max = maxes[:b], maxes[b:]
-        if offsets is None:
-            exp = torch.sub(logits, gmax.unsqueeze(1)).exp_()
-            target = raw_target
-        else:  # `shifted` is ours: reuse it
-            exp = shifted.sub_(gmax.unsqueeze(1)).exp_()
-            target = raw_target + offsets[target_col.clamp(min=0)] * owned
-        sums = torch.cat([exp.sum(1), target, raw_target, logits.new_tensor([extra])])
+        raw_max = maxes[:b]
+        gmax = maxes[b:] if log_tail is not None else raw_max  # the shift: over the tails too
+        exp = torch.sub(logits, gmax.unsqueeze(1)).exp_()
+        local_sum = exp.sum(1)
+        if log_tail is not None:
+            local_sum = local_sum + torch.exp(log_tail - gmax)
+        sums = torch.cat([local_sum, target, logits.new_tensor([extra])])
         if world > 1:
             dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-        sumexp, target, raw_target = sums[:b], sums[b:2 * b], sums[2 * b:3 * b]
+        sumexp, target = sums[:b], sums[b:2 * b]
         loss = (torch.log(sumexp) + gmax - target).mean()
         exp /= sumexp.unsqueeze(1)  # this shard's softmax columns, kept for backward
         ctx.save_for_backward(exp, target_col)
-        right = raw_target >= raw_max  # every rank now knows each sample's target and global max
+        right = target >= raw_max  # every rank now knows each sample's target and global max
         total = sums[-1:].clone()
         ctx.mark_non_differentiable(right, total)
         return loss, right, total
@@ -152,7 +149,7 @@ class ShardedSoftmax(nn.Module):
     `selector` works over the shard in local ids (attached here to `store.local_view()`)."""
 
     def __init__(self, selector, store: ShardedStore, head: nn.Module, ddp_average: bool = True,
-                 fill_correction: bool = False):
+                 tail_samples: int = 0, seed: int = 0):
         super().__init__()
         if getattr(selector, "adaptive", False):
             raise ConfigError("selection.adaptive is not supported with the sharded class store yet; "
@@ -160,10 +157,14 @@ class ShardedSoftmax(nn.Module):
         self.selector, self.store, self.head = selector, store, head
         self.world = store.world
         self.ddp_average = ddp_average
-        selector.set_metric(getattr(head, "metric", "dot"))
+        metric = getattr(head, "metric", "dot")
+        selector.set_metric(metric)
         selector.attach(store.local_view())
         self.step = 0
-        self.fill_correction = fill_correction  # as SampledSoftmax: weight the fill by its inverse draw rate
+        # as SampledSoftmax; each shard draws its share of the tail among its own inactive rows
+        k = resolve_tail_samples(tail_samples, metric)
+        share = -(-k * store.shard_size // store.num_classes)
+        self.tail = TailSampler(store.shard_size, share, seed + store.rank) if k > 0 else None
         self._pending: tuple | None = None
         self.last: dict = {}
 
@@ -181,16 +182,25 @@ class ShardedSoftmax(nn.Module):
         target_col = torch.full((labels_cpu.numel(),), -1, dtype=torch.long)
         target_col[owned] = sel.local_labels
         target_col = target_col.to(device)
-        w, b = self.store.local_rows(sel.ids)
-        w = w.to(device).requires_grad_(True)
-        if b is not None:
-            b = b.to(device).requires_grad_(True)
-        logits = margin_logits(self.head, feats.float(), w, b, target_col)
-        offsets = None
-        if self.fill_correction and sel.stats.get("random_fill", 0) > 0:
-            # the shard's random fill stands for the shard's classes that were neither positive nor retrieved
-            offsets = fill_log_weights(sel, self.store.shard_size, device)
-        loss, right, active = ShardedCrossEntropy.apply(logits, target_col, float(sel.ids.numel()), offsets)
+        active_here = sel.ids.numel()
+        tail_ids, log_rate = self.tail.draw(sel.ids) if self.tail is not None else (sel.ids[:0], 0.0)
+        w, b = self.store.local_rows(torch.cat([sel.ids, tail_ids.to(sel.ids.device)]))
+        w, w_tail = w[:active_here].to(device).detach().requires_grad_(True), w[active_here:].to(device)
+        b, b_tail = (b[:active_here].to(device).detach().requires_grad_(True), b[active_here:].to(device)) \
+            if b is not None else (None, None)
+        feats = feats.float()
+        extra = float(active_here)
+        if self.tail is None:
+            logits = margin_logits(self.head, feats, w, b, target_col)
+            loss, right, active = ShardedCrossEntropy.apply(logits, target_col, extra, None)
+        else:  # the backbone's loss over the active classes; the rows' with the tails in the denominator
+            logits = margin_logits(self.head, feats, w.detach(), b.detach() if b is not None else None, target_col)
+            loss, right, active = ShardedCrossEntropy.apply(logits, target_col, extra, None)
+            with torch.no_grad():
+                log_tail = tail_log_mass(self.head(feats, w_tail, b_tail, None), log_rate, feats.shape[0])
+            row_logits = margin_logits(self.head, feats.detach(), w, b, target_col)
+            row_loss = ShardedCrossEntropy.apply(row_logits, target_col, 0.0, log_tail)[0]
+            loss = loss + (row_loss - row_loss.detach())
         self._pending = (sel.ids, w, b)
         rank = _world()[0]
         lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
@@ -198,6 +208,8 @@ class ShardedSoftmax(nn.Module):
         stats = dict(sel.stats)
         stats["active_shard"] = int(sel.ids.numel())
         stats["active"] = int(round(float(active)))
+        if self.tail is not None:
+            stats["tail"] = int(tail_ids.numel())
         return loss, stats
 
     def push(self) -> None:
@@ -233,12 +245,13 @@ class ShardedClassifier:
     `top1` are collectives (every rank calls them)."""
 
     def __init__(self, selector, store: ShardedStore, head: nn.Module, step: int = 0, ddp_average: bool = True,
-                 fill_correction: bool = False):
+                 tail_samples: int = 0, seed: int = 0):
         self.store, self.selector = store, selector
         self.head = head
         self.angular = getattr(head, "metric", "dot") == "angular"
         selector.load_state_dict({"step": step})
-        self.sharded = ShardedSoftmax(selector, store, head, ddp_average=ddp_average, fill_correction=fill_correction)
+        self.sharded = ShardedSoftmax(selector, store, head, ddp_average=ddp_average,
+                                     tail_samples=tail_samples, seed=seed)
         self.sharded.step = step
         self._lr: float | None = None
 

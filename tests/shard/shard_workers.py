@@ -32,6 +32,7 @@ def _child(rank: int, world: int, port: int, fn, folder: str, args: tuple) -> No
             seconds=TIMEOUT_S))
         result = fn(rank, world, *args)
         torch.save(result, Path(folder) / f"rank{rank}.pt")
+        dist.barrier()  # every rank done before any tears gloo down: a peer gone mid-teardown can abort gloo
     except BaseException:
         (Path(folder) / f"rank{rank}.err").write_text(traceback.format_exc())
         raise
@@ -112,8 +113,7 @@ def sharded_steps(rank: int, world: int, spec: dict) -> dict:
     cfg = dataclasses.replace(SelectionConfig(), mode=spec["mode"], sample_num=spec.get("sample_num", 1),
                               metric="auto")
     selector = build_shard_selector(cfg, store, sum(spec["sizes"]))
-    clf = ShardedClassifier(selector, store, make_head(spec["head"]))
-    clf.sharded.fill_correction = spec.get("fill_correction", True)
+    clf = ShardedClassifier(selector, store, make_head(spec["head"]), tail_samples=spec.get("tail_samples", 0))
     backbone = torch.nn.parallel.DistributedDataParallel(make_backbone(spec))
     lo = sum(spec["sizes"][:rank])
     hi = lo + spec["sizes"][rank]

@@ -41,8 +41,7 @@ class ReplaySelector(Selector):
 def single_process(spec: dict, selector) -> dict:
     """The reference: one LocalStore, the whole global batch, no DDP."""
     store = LocalStore(spec["classes"], spec["dim"], **store_kwargs(spec))
-    sampled = SampledSoftmax(selector, store, make_head(spec["head"]))
-    sampled.fill_correction = spec.get("fill_correction", True)
+    sampled = SampledSoftmax(selector, store, make_head(spec["head"]), tail_samples=spec.get("tail_samples", 0))
     backbone = make_backbone(spec)
     out = {"loss": [], "feature_grad": [], "backbone_grad": [], "topk": [], "labels": []}
     # every shard keeps its positives (at most B) and then its samples' neighbours rank by rank, so each
@@ -101,12 +100,12 @@ def test_sharded_full_step_equals_one_process(tmp_path, head):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("head", ["softmax", "cosface"])
-def test_sharded_exact_step_equals_one_process(tmp_path, head):
-    # the random fill's importance weights are per shard (each shard's fill stands for its own unselected
-    # classes), so they differ from one process's; they are compared in one process in test_sharded_store
+@pytest.mark.parametrize("head,tail", [("softmax", 0), ("cosface", 200)])
+def test_sharded_exact_step_equals_one_process(tmp_path, head, tail):
+    # tail 200 >= the inactive classes: every shard (and the one process) takes all of its inactive rows,
+    # so the rows' denominators are exact and must agree across the shards' reductions
     spec = {"classes": 200, "dim": 8, "d_in": 6, "sizes": [4, 4], "steps": 2, "mode": "exact", "head": head,
-            "sample_num": 80, "fill_correction": False}
+            "sample_num": 80, "tail_samples": tail}
     ranks = run_ranks(sharded_steps, 2, tmp_path, spec)
     sets = [torch.cat([r["active"][step] for r in ranks]) for step in range(spec["steps"])]
     for active in sets:

@@ -1,0 +1,72 @@
+"""The inactive classes' share of the softmax denominator, estimated from a uniform draw of their rows.
+
+    >>> import torch
+    >>> tail = TailSampler(num_classes=1000, k=64, seed=0)
+    >>> ids, log_rate = tail.draw(torch.arange(50))   # 64 ids outside the active set, with replacement
+    >>> bool((ids >= 50).all()), round(log_rate, 3)    # log((1000 - 50) / 64)
+    (True, 2.698)
+
+A sampled softmax normalises over its S active classes only. With a margin head (CosFace, ArcFace) the
+target logit soon dominates that small sum: the positive row stops being pulled and the selected negatives
+are pushed as if they were all the competition there is, and rows and features drift to a shared
+direction. Full softmax's denominator also holds the N - S inactive classes; `k` uniform draws among them,
+scaled by (N - S) / k, estimate that mass without bias, and the rows' gradient is taken with it
+(`SampledSoftmax`, `ShardedSoftmax`). Where the inactive classes number at most `k`, all of them are
+taken once each (the estimate is exact).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+AUTO_TAIL_SAMPLES = 64  # draws per step for angular heads (selection.tail_samples = -1)
+TAIL_SEED_OFFSET = 7919  # keeps the draws apart from a random fill seeded with the same selection.seed
+
+
+def resolve_tail_samples(tail_samples: int, metric: str) -> int:
+    """`selection.tail_samples`, with -1 (auto) resolved by the head: margin heads (angular metric) need the
+    estimate, the softmax head trains better without it (README, "Margin heads under sampling")."""
+    if tail_samples >= 0:
+        return tail_samples
+    return AUTO_TAIL_SAMPLES if metric == "angular" else 0
+
+
+class TailSampler:
+    """`ids, log_rate = TailSampler(N, k, seed).draw(active)`: k uniform draws from the ids not in `active`,
+    and log((N - |active|) / k), the log-weight that turns their exp-logits into an estimate of the sum over
+    every inactive class."""
+
+    def __init__(self, num_classes: int, k: int, seed: int = 0):
+        self.num_classes, self.k = num_classes, k
+        self.gen = torch.Generator().manual_seed(seed + TAIL_SEED_OFFSET)
+
+    def draw(self, active: torch.Tensor) -> tuple[torch.Tensor, float]:
+        active = active.cpu().long()
+        rest = self.num_classes - int(torch.unique(active).numel())
+        if rest <= 0:
+            return torch.empty(0, dtype=torch.long), 0.0
+        if rest <= self.k or rest * 4 < self.num_classes:  # few inactive left: list them (O(N), N small here)
+            mask = torch.ones(self.num_classes, dtype=torch.bool)
+            mask[active] = False
+            inactive = mask.nonzero().squeeze(1)
+            if rest <= self.k:
+                return inactive, 0.0
+            return inactive[torch.randint(rest, (self.k,), generator=self.gen)], math.log(rest / self.k)
+        picked: list[torch.Tensor] = []
+        have = 0
+        while have < self.k:  # rejection: at least a quarter of the draws are inactive
+            cand = torch.randint(self.num_classes, (2 * self.k,), generator=self.gen)
+            cand = cand[~torch.isin(cand, active)]
+            picked.append(cand)
+            have += cand.numel()
+        return torch.cat(picked)[: self.k], math.log(rest / self.k)
+
+
+def tail_log_mass(logits: torch.Tensor, log_rate: float, batch: int) -> torch.Tensor:
+    """(B,) log of the estimated sum of exp-logits over the inactive classes, from the drawn rows' (B×k)
+    logits; -inf where nothing was drawn (no inactive class)."""
+    if logits.shape[1] == 0:
+        return logits.new_full((batch,), float("-inf"))
+    return torch.logsumexp(logits, 1) + log_rate

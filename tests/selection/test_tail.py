@@ -1,0 +1,87 @@
+"""The inactive classes' estimated share of the softmax denominator (`selection.tail_samples`)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dcs_cli.models.heads import CosFaceHead, SoftmaxHead
+from dcs_cli.selection.base import Selection, Selector
+from dcs_cli.selection.local_store import LocalStore
+from dcs_cli.selection.sampled import SampledSoftmax
+from dcs_cli.selection.tail import TailSampler, resolve_tail_samples
+
+
+def test_draws_only_inactive_ids_with_their_log_rate():
+    active = torch.tensor([3, 9, 9, 40])  # a repeat counts once
+    ids, log_rate = TailSampler(1000, 256, seed=1).draw(active)
+    assert ids.numel() == 256
+    assert not torch.isin(ids, active).any()
+    assert log_rate == pytest.approx(math.log(997 / 256))
+    assert ids.unique().numel() > 200  # uniform over 997 ids, not a few repeated
+
+
+def test_takes_every_inactive_id_once_when_they_are_few():
+    ids, log_rate = TailSampler(10, 8, seed=0).draw(torch.tensor([0, 5, 7]))
+    assert sorted(ids.tolist()) == [1, 2, 3, 4, 6, 8, 9] and log_rate == 0.0
+    ids, log_rate = TailSampler(10, 8, seed=0).draw(torch.arange(10))
+    assert ids.numel() == 0
+
+
+def test_mostly_active_classes_still_draw_uniformly_from_the_rest():
+    active = torch.arange(90)  # 10 inactive of 100: the listing path, not rejection
+    ids, log_rate = TailSampler(100, 4, seed=0).draw(active)
+    assert ids.numel() == 4 and bool((ids >= 90).all())
+    assert log_rate == pytest.approx(math.log(10 / 4))
+
+
+def test_auto_is_on_for_angular_heads_only():
+    assert resolve_tail_samples(-1, "angular") > 0
+    assert resolve_tail_samples(-1, "dot") == 0
+    assert resolve_tail_samples(7, "dot") == 7
+
+
+class Fixed(Selector):
+    def __init__(self, ids: torch.Tensor):
+        self.ids = ids
+
+    def select(self, features, labels):
+        pos = {int(c): i for i, c in enumerate(self.ids)}
+        return Selection(ids=self.ids, local_labels=torch.tensor([pos[int(y)] for y in labels]), stats={})
+
+
+@pytest.mark.parametrize("head", [CosFaceHead(scale=16.0, margin=0.3), SoftmaxHead()])
+def test_rows_get_full_softmax_gradient_and_backbone_the_sampled_one(head):
+    """With the whole tail drawn (k >= inactive) the rows' gradient is exactly full softmax's on the active
+    rows, while the loss value and the features' gradient stay the plain sampled softmax's."""
+    n, d, b = 30, 6, 5
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(b, d, generator=gen)
+    y = torch.tensor([1, 4, 4, 11, 20])
+    active = torch.tensor([1, 4, 11, 20, 2, 25])
+    store = LocalStore(n, d, seed=3, init_std=0.5)
+    weight = store.weight.clone()
+
+    feats = x.clone().requires_grad_(True)
+    sampled = SampledSoftmax(Fixed(active), store, head, tail_samples=n)
+    loss, stats = sampled(feats, y)
+    loss.backward()
+    assert stats["tail"] == n - active.numel()
+    rows_grad = sampled._pending[1].grad
+
+    w_full = weight.clone().requires_grad_(True)
+    F.cross_entropy(head(x, w_full, None, y), y).backward()  # full softmax over all n rows
+    torch.testing.assert_close(rows_grad, w_full.grad[active], atol=1e-6, rtol=1e-5)
+
+    plain_feats = x.clone().requires_grad_(True)
+    local = torch.tensor([0, 1, 1, 2, 3])
+    plain = F.cross_entropy(head(plain_feats, weight[active], None, local), local)
+    plain.backward()
+    assert float(loss.detach()) == pytest.approx(float(plain.detach()), rel=1e-6)
+    torch.testing.assert_close(feats.grad, plain_feats.grad, atol=1e-6, rtol=1e-5)
+    plain_rows = weight[active].clone().requires_grad_(True)
+    F.cross_entropy(head(x, plain_rows, None, local), local).backward()
+    assert not torch.allclose(rows_grad, plain_rows.grad, atol=1e-4)  # the tail did change the rows' step
