@@ -33,7 +33,8 @@ from dcs_cli.cli.options import JsonOpt
 from dcs_cli.console import info, progress_bar, warn
 from dcs_cli.cpus import available_cpus, format_cpu_list, pin_to_cpus
 from dcs_cli.errors import UsageError
-from dcs_cli.selection.store import ClassStore, LocalStore, OptimParams
+from dcs_cli.selection.local_store import LocalStore
+from dcs_cli.selection.store import ClassStore, OptimParams
 
 PARAMS = OptimParams(lr=0.01, momentum=0.9, weight_decay=1e-4)
 MATRIX = "bench"

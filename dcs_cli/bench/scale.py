@@ -105,8 +105,8 @@ def _steps(mode: str, classes: int, p: dict, ctx) -> dict:
     t0 = time.perf_counter()
     if world == 1:
         from dcs_cli.selection import build_selector
+        from dcs_cli.selection.local_store import LocalStore
         from dcs_cli.selection.sampled import SampledSoftmax
-        from dcs_cli.selection.store import LocalStore
 
         store = LocalStore(classes, d, seed=0, params=params, device=ctx.device, catch_up=True)  # as dcs train
         made = time.perf_counter()

@@ -83,8 +83,9 @@ def train_one(name: str, p: dict, data) -> dict:
     from dcs_cli.models.heads import build_head
     from dcs_cli.selection import build_selector
     from dcs_cli.selection.exact import exact_topk
+    from dcs_cli.selection.local_store import LocalStore
     from dcs_cli.selection.sampled import SampledSoftmax
-    from dcs_cli.selection.store import LocalStore, OptimParams
+    from dcs_cli.selection.store import OptimParams
 
     xtr, ytr, xva, yva = data
     n, d, b = p["classes"], p["dim"], p["batch"]

@@ -109,8 +109,9 @@ def _run_contender(mode: str, p: dict, queue, name: str | None = None) -> None:
         from dcs_cli.config import HeadConfig, SelectionConfig
         from dcs_cli.models.heads import build_head
         from dcs_cli.selection import build_selector
+        from dcs_cli.selection.local_store import LocalStore
         from dcs_cli.selection.sampled import SampledSoftmax
-        from dcs_cli.selection.store import LocalStore, OptimParams
+        from dcs_cli.selection.store import OptimParams
 
         if p.get("threads", 0) > 0:
             torch.set_num_threads(p["threads"])

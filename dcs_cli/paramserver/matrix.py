@@ -5,7 +5,7 @@
     m.add_push(client, ids, grad_w, None)    # PUSH for m.step
     if m.barrier_ready(): m.apply()          # summed over clients, one update, step += 1
 
-The update is `dcs_cli.selection.store.sgd_rows_`, the same function `LocalStore` uses, so a server with a
+The update is `dcs_cli.selection.row_update.sgd_rows_`, the same function `LocalStore` uses, so a server with a
 single client follows the in-process trajectory bit for bit on CPU.
 """
 
@@ -19,7 +19,10 @@ import torch
 
 from dcs_cli.paramserver.protocol import ProtocolError
 from dcs_cli.paramserver.workers import SERIAL, RowWorkers
-from dcs_cli.selection.store import OptimParams, RowClock, catch_up_rows_, empty_rows, sgd_rows_
+from dcs_cli.selection.hugepages import empty_rows
+from dcs_cli.selection.row_init import init_rows
+from dcs_cli.selection.row_update import RowClock, catch_up_rows_, sgd_rows_
+from dcs_cli.selection.store import OptimParams
 
 INITS = ("normal", "uniform")  # as LocalStore
 MAX_ELEMENTS = 1 << 34  # 64 GiB of float32 weights: anything larger is a typo, not a model
@@ -108,13 +111,8 @@ def optim_from_dict(obj: dict) -> OptimParams:
 
 
 def init_weight(spec: MatrixSpec) -> torch.Tensor:
-    """Seeded initial weights, drawn exactly as `LocalStore` draws them (a test pins the equality)."""
-    gen = torch.Generator().manual_seed(spec.seed)
-    weight = empty_rows(spec.num_classes, spec.dim)  # huge pages, as LocalStore: faster random rows
-    if spec.init == "normal":
-        return weight.normal_(0.0, spec.init_std, generator=gen)
-    bound = spec.init_std * 3.0**0.5  # uniform with the same standard deviation
-    return weight.uniform_(-bound, bound, generator=gen)
+    """Seeded initial weights: the same rows as `LocalStore` (`row_init.init_rows`)."""
+    return init_rows(spec.num_classes, spec.dim, 0, spec.num_classes, spec.init, spec.init_std, spec.seed)
 
 
 @dataclass

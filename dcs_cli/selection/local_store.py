@@ -14,9 +14,10 @@ from __future__ import annotations
 import torch
 
 from dcs_cli.errors import ConfigError, DataError
-from dcs_cli.selection.store import ClassStore, OptimParams, RowClock, catch_up_rows_, empty_rows, sgd_rows_
-
-INIT_KINDS = ("normal", "uniform")
+from dcs_cli.selection.hugepages import empty_rows
+from dcs_cli.selection.row_init import init_rows
+from dcs_cli.selection.row_update import RowClock, catch_up_rows_, sgd_rows_
+from dcs_cli.selection.store import ClassStore, OptimParams
 
 
 class LocalStore(ClassStore):
@@ -37,20 +38,11 @@ class LocalStore(ClassStore):
     ):
         if num_classes <= 0 or dim <= 0:
             raise ConfigError(f"class store needs num_classes > 0 and dim > 0, got {num_classes} and {dim}")
-        if init not in INIT_KINDS:
-            raise ConfigError(f"class store init must be one of {', '.join(INIT_KINDS)}, got {init!r}")
         self.num_classes, self.dim, self.has_bias = int(num_classes), int(dim), bool(bias)
         self.device = torch.device(device)
         self.params = OptimParams(**vars(params)) if params is not None else OptimParams()
-        # Initialise on the CPU with a seeded generator so every device gets the same start.
-        gen = torch.Generator().manual_seed(int(seed))
-        weight = empty_rows(self.num_classes, self.dim)  # huge pages: faster random row access
-        if init == "normal":
-            weight.normal_(0.0, init_std, generator=gen)
-        else:  # uniform with the same standard deviation
-            bound = init_std * 3.0**0.5
-            weight.uniform_(-bound, bound, generator=gen)
-        self.weight = weight.to(self.device)
+        # drawn on the CPU (huge pages) so every device gets the same start
+        self.weight = init_rows(self.num_classes, self.dim, 0, self.num_classes, init, init_std, seed).to(self.device)
         self.momentum = (empty_rows(self.num_classes, self.dim, zero=True) if self.device.type == "cpu"
                          else torch.zeros_like(self.weight))
         self.bias = torch.zeros(self.num_classes, device=self.device) if bias else None

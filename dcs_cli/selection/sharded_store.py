@@ -6,7 +6,7 @@
 
 Ids at the interface are global class ids; rows outside the shard are a DataError (the caller must ask the
 owning rank). Selectors run over the shard with local ids through `store.local_view()`. Rows start equal
-to `LocalStore(N, d, seed=seed)`'s rows lo..hi-1, generated without materialising N×d (see `init_rows`),
+to `LocalStore(N, d, seed=seed)`'s rows lo..hi-1, generated without materialising N×d (`row_init.init_rows`),
 so a one-process run and a sharded run begin from the same classifier. Updates go through `sgd_rows_`,
 the single definition of the rule. `momentum_dtype=torch.bfloat16` halves the momentum's memory (the
 10M-class option): the update is still computed in float32 on the pushed rows and stored rounded.
@@ -20,11 +20,11 @@ import torch
 import torch.distributed as dist
 
 from dcs_cli.errors import ConfigError, DataError
-from dcs_cli.selection.local_store import INIT_KINDS
-from dcs_cli.selection.store import ClassStore, OptimParams, RowClock, catch_up_rows_, empty_rows, sgd_rows_
+from dcs_cli.selection.hugepages import empty_rows
+from dcs_cli.selection.row_init import init_rows
+from dcs_cli.selection.row_update import RowClock, catch_up_rows_, sgd_rows_
+from dcs_cli.selection.store import ClassStore, OptimParams
 
-NORMAL_BLOCK = 16  # torch's CPU normal_ turns uniforms into normals 16 at a time (Box-Muller over i, i+8)
-SKIP_CHUNK = 1 << 22
 MOMENTUM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # The catch-up of rows that sat out steps (sgd_rows_'s `skipped`), when this checkout's store has it:
 # the sharded store follows whatever rule LocalStore follows, so both start and step alike.
@@ -33,52 +33,6 @@ MOMENTUM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 def shard_range(num_classes: int, world: int, rank: int) -> tuple[int, int]:
     """[lo, hi) of rank `rank`: contiguous, sizes differ by at most one."""
     return num_classes * rank // world, num_classes * (rank + 1) // world
-
-
-def _skip(gen: torch.Generator, draws: int) -> None:
-    """Advance `gen` by `draws` 32-bit draws (float32 uniform_ takes exactly one per element)."""
-    buf = torch.empty(min(draws, SKIP_CHUNK))
-    while draws > 0:
-        k = min(draws, SKIP_CHUNK)
-        buf[:k].uniform_(generator=gen)
-        draws -= k
-
-
-def init_rows(num_classes: int, dim: int, lo: int, hi: int, init: str = "normal", init_std: float = 0.01,
-              seed: int = 0) -> torch.Tensor:
-    """Rows lo..hi-1 of the N×d table `LocalStore(N, d, init=init, init_std=init_std, seed=seed)` starts with.
-
-    LocalStore fills the whole table from one seeded CPU generator. Its float32 `uniform_` takes one draw
-    per element in order; `normal_` (tables of 16+ elements) first fills uniforms in order, turns each
-    aligned block of 16 into normals, and redraws the last 16 elements when the size is not a multiple of
-    16. So the slice is reproduced by skipping the draws before its first aligned block and generating
-    from there (through the table's end when the slice touches the redrawn tail). Memory: the slice plus
-    16 elements; time: the skipped draws (about 0.3 s per 100M). tests/shard checks the equality.
-    """
-    if init not in INIT_KINDS:
-        raise ConfigError(f"class store init must be one of {', '.join(INIT_KINDS)}, got {init!r}")
-    gen = torch.Generator().manual_seed(int(seed))
-    total, a, b = num_classes * dim, lo * dim, hi * dim
-    out = empty_rows(hi - lo, dim)
-    if init == "uniform":
-        bound = init_std * 3.0**0.5
-        _skip(gen, a)
-        return out.uniform_(-bound, bound, generator=gen)
-    if total < NORMAL_BLOCK:  # torch's element-wise path: tiny tables are generated whole
-        full = torch.empty(num_classes, dim).normal_(0.0, init_std, generator=gen)
-        return out.copy_(full[lo:hi])
-    start = a // NORMAL_BLOCK * NORMAL_BLOCK
-    tail = total % NORMAL_BLOCK != 0 and b > total - NORMAL_BLOCK
-    if tail:
-        start = min(start, (total - NORMAL_BLOCK) // NORMAL_BLOCK * NORMAL_BLOCK)
-        end = total
-    else:
-        end = -(-b // NORMAL_BLOCK) * NORMAL_BLOCK
-    _skip(gen, start)
-    if start == a and end == b:  # aligned: generate straight into the table
-        return out.view(-1).normal_(0.0, init_std, generator=gen).view(hi - lo, dim)
-    buf = torch.empty(end - start).normal_(0.0, init_std, generator=gen)
-    return out.view(-1).copy_(buf[a - start:b - start]).view(hi - lo, dim)
 
 
 def _process_group() -> tuple[int, int]:

@@ -1,27 +1,29 @@
 """The class store: owner of the N×d classifier weights (optional bias) and their momentum.
 
-    store = LocalStore(num_classes=1_000_000, dim=256, lr=0.01, momentum=0.9, weight_decay=1e-4)
-    w, b = store.rows(ids)          # gather the active rows (S×d, S or None)
-    store.push(ids, grad_w, grad_b) # one SGD step on exactly those rows
+    >>> import torch
+    >>> from dcs_cli.selection.local_store import LocalStore
+    >>> store = LocalStore(1000, 64, params=OptimParams(lr=0.01, momentum=0.9, weight_decay=1e-4))
+    >>> ids = torch.tensor([3, 17])
+    >>> w, b = store.rows(ids)                  # the active rows (S×d; bias S or None)
+    >>> store.push(ids, torch.ones(2, 64))      # one SGD step on exactly those rows
+    >>> tuple(w.shape), b is None
+    ((2, 64), True)
 
-The training code only sees this interface, so an in-process store and a parameter-server client are
-interchangeable. Update rule (PyTorch SGD, dampening 0, no nesterov), applied to the pushed rows only:
+The training code only sees this interface, so an in-process store (`local_store.py`), a shard
+(`sharded_store.py`) and a parameter-server client are interchangeable. Their update rule, one definition
+in `row_update.py`, is PyTorch SGD (dampening 0, no nesterov) applied to the pushed rows only:
     g = grad + weight_decay * w ;  v = momentum * v + g  (v = g on a row's first update) ;  w -= lr * v
 Rows that are not pushed keep their weight and momentum unchanged until they are next pushed; a store with
-catch-up (`RowClock`, `sgd_rows_(skipped=...)`) then first applies the zero-gradient steps they sat out, so
-its rows follow dense SGD exactly, and `settle()` brings every row up to date (before evaluation,
-checkpoints and index refreshes); without catch-up they stay frozen ("lazy" momentum and weight decay).
+catch-up (`RowClock`) then first applies the zero-gradient steps they sat out, so its rows follow dense SGD
+exactly, and `settle()` brings every row up to date (before evaluation, checkpoints and index refreshes);
+without catch-up they stay frozen ("lazy" momentum and weight decay).
 """
 
 from __future__ import annotations
 
-import math
-import mmap
-import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 
@@ -72,237 +74,3 @@ class ClassStore(ABC):
         params = self.get_optim()
         params.lr = lr
         self.set_optim(params)
-
-
-def sgd_rows_(
-    weight: torch.Tensor,
-    momentum_buf: torch.Tensor,
-    ids: torch.Tensor,
-    grad: torch.Tensor,
-    params: OptimParams,
-    grad_rows: torch.Tensor | None = None,
-    current: torch.Tensor | None = None,
-    skipped: torch.Tensor | None = None,
-) -> None:
-    """In place: one PyTorch-SGD step (dampening 0, no nesterov) on rows `ids` (unique) of `weight`.
-
-    Row `ids[i]` takes gradient `grad[i]`, or `grad[grad_rows[i]]` when `grad_rows` is given (a subset
-    of a larger gradient, picked block by block instead of copied out first). `current`, aligned with
-    `grad` the same way, may hold the rows' present weights when the caller already has them (the
-    parameter server keeps the rows a GET just sent): read instead of gathered again, never written.
-
-    The single definition of the update rule, shared by `LocalStore` and the parameter server so the
-    two cannot drift apart. A zero momentum buffer makes the first update `v = g`, exactly as
-    `torch.optim.SGD` initialises its buffer. Works for 2-D weights (rows) and 1-D biases.
-
-    Same arithmetic, in the same order, as `torch.optim.SGD`: g' = g + wd·w ; v = m·v + g' ; w -= lr·v.
-
-    `skipped` (int64, aligned with `ids`) counts the steps each row sat out since its last update. Those
-    steps are caught up first, exactly as `torch.optim.SGD` would have run them on a zero gradient (the
-    momentum keeps moving the row and decays, weight decay shrinks it; see `catch_up_coefficients`), so a
-    sampled run's rows follow full SGD's rule instead of freezing their velocity between selections.
-    Speed (a step is bound by random row access into a table far larger than the caches): on the CPU the
-    rows go through in blocks of about `BLOCK_BYTES` per buffer, so the gathered rows stay in the core's
-    caches across the elementwise passes and only the gathers and scatters touch main memory
-    (measured 1.5x faster than whole-batch passes for 10,000 rows of 256 floats from a 1M-row table,
-    bit for bit the same: every element sees the same operations). Scratch buffers are reused across
-    calls (fresh temporaries cost a page fault per 4 KiB each time), and contiguous CPU float32 tables
-    are written back with numpy's row scatter (measured 1.2-1.4x faster than `index_copy_`). On a GPU,
-    one block is the whole batch.
-    """
-    n = ids.numel()
-    if n == 0:
-        return
-    grad = grad.to(weight.dtype)
-    block = n
-    if weight.device.type == "cpu":
-        row_bytes = weight.element_size() * max(1, math.prod(weight.shape[1:]))
-        block = max(1, min(n, BLOCK_BYTES // row_bytes))
-    w_buf, v_buf, g_buf, t_buf = _scratch(weight, block)
-    coef = None
-    if skipped is not None and (params.momentum or params.weight_decay):
-        coef = catch_up_coefficients(skipped, params, weight.dtype, weight.device)
-    for lo in range(0, n, block):
-        hi = min(n, lo + block)
-        g_blk = g_buf[:hi - lo]
-        w_blk = w_buf[:hi - lo]
-        if grad_rows is None:
-            g = grad[lo:hi]
-            if current is not None:
-                w_blk.copy_(current[lo:hi])
-        else:
-            g = torch.index_select(grad, 0, grad_rows[lo:hi], out=g_blk)
-            if current is not None:
-                torch.index_select(current, 0, grad_rows[lo:hi], out=w_blk)
-        if current is None:
-            torch.index_select(weight, 0, ids[lo:hi], out=w_blk)
-        v_blk = v_buf[:hi - lo]
-        if coef is not None:
-            _catch_up_block_(momentum_buf, ids[lo:hi], w_blk, v_blk, t_buf[:hi - lo], coef[lo:hi], params)
-        _sgd_block_(weight, momentum_buf, ids[lo:hi], g, params, w_blk, v_blk, g_blk, have_v=coef is not None)
-
-
-def catch_up_rows_(weight: torch.Tensor, momentum_buf: torch.Tensor, ids: torch.Tensor, skipped: torch.Tensor,
-                   params: OptimParams) -> None:
-    """In place: only the catch-up of `sgd_rows_` (rows `ids` advanced over their `skipped` steps, no new
-    gradient), e.g. to bring every row up to date before evaluation or a checkpoint."""
-    if ids.numel() == 0 or not (params.momentum or params.weight_decay):
-        return
-    coef = catch_up_coefficients(skipped, params, weight.dtype, weight.device)
-    row_bytes = weight.element_size() * max(1, math.prod(weight.shape[1:]))
-    block = max(1, min(ids.numel(), BLOCK_BYTES // row_bytes)) if weight.device.type == "cpu" else ids.numel()
-    w_buf, v_buf, _, t_buf = _scratch(weight, block)
-    for lo in range(0, ids.numel(), block):
-        hi = min(ids.numel(), lo + block)
-        w, v = w_buf[:hi - lo], v_buf[:hi - lo]
-        torch.index_select(weight, 0, ids[lo:hi], out=w)
-        _catch_up_block_(momentum_buf, ids[lo:hi], w, v, t_buf[:hi - lo], coef[lo:hi], params)
-        _scatter_rows_(weight, ids[lo:hi], w)
-        if params.momentum:
-            _scatter_rows_(momentum_buf, ids[lo:hi], v)
-
-
-class RowClock:
-    """Which step each row was last updated at, for the catch-up of `sgd_rows_` (one per table of rows).
-
-        clock = RowClock(num_rows, device)
-        skipped = clock.mark(ids, step)          # steps each row sat out; they count as updated at `step`
-        for ids, skipped in clock.stale(step):   # rows behind `step` (settle), in chunks
-            ...
-        clock.reset(step)                        # every row is as of `step` (settled, loaded, written)
-    """
-
-    CHUNK = 1 << 20  # rows per chunk of stale(): bounds the temporaries
-
-    def __init__(self, num_rows: int, device: str | torch.device = "cpu", step: int = 0):
-        self.updated_at = torch.full((num_rows,), step, dtype=torch.long, device=device)
-
-    def mark(self, ids: torch.Tensor, step: int) -> torch.Tensor:
-        skipped = step - self.updated_at[ids]
-        self.updated_at[ids] = step + 1
-        return skipped
-
-    def stale(self, step: int):
-        n = self.updated_at.numel()
-        for lo in range(0, n, self.CHUNK):
-            ids = torch.arange(lo, min(n, lo + self.CHUNK), device=self.updated_at.device)
-            skipped = step - self.updated_at[ids]
-            behind = skipped > 0
-            yield ids[behind], skipped[behind]
-
-    def reset(self, step: int, ids: torch.Tensor | None = None) -> None:
-        if ids is None:
-            self.updated_at.fill_(step)
-        else:
-            self.updated_at[ids] = step
-
-
-BLOCK_BYTES = 512 << 10  # per scratch buffer; 128 KiB-1 MiB all measured within 15% of each other
-
-
-def catch_up_coefficients(skipped: torch.Tensor, params: OptimParams, dtype: torch.dtype,
-                          device: torch.device) -> torch.Tensor:
-    """(S, 4) coefficients a, b, c, e of A^k per row, k = `skipped`: after k zero-gradient SGD steps
-    w' = a·w + b·v and v' = c·w + e·v, where one step is v ← m·v + wd·w ; w ← w − lr·v, i.e.
-    A = [[1 − lr·wd, −lr·m], [wd, m]]. Computed by repeated squaring in float64 (k can be large)."""
-    lr, m, wd = params.lr, params.momentum, params.weight_decay
-    k = skipped.to("cpu", torch.long).clamp(min=0)
-    out = torch.zeros(k.numel(), 2, 2, dtype=torch.float64)
-    out[:, 0, 0] = out[:, 1, 1] = 1.0
-    base = torch.tensor([[1.0 - lr * wd, -lr * m], [wd, m]], dtype=torch.float64)
-    while bool((k > 0).any()):
-        odd = (k & 1).bool()
-        if bool(odd.any()):
-            out[odd] = out[odd] @ base
-        base = base @ base
-        k = k >> 1
-    return out.reshape(-1, 4).to(device, dtype)
-
-
-def _catch_up_block_(momentum_buf, ids, w, v, scratch, coef, params: OptimParams) -> None:
-    """Advance the block's rows (weights in `w`) over their skipped steps; leaves their momentum in `v`."""
-    shape = (-1,) + (1,) * (w.dim() - 1)  # per-row coefficients broadcast over a row (or a bias entry)
-    a, b, c, e = (coef[:, i].view(shape) for i in range(4))
-    if params.momentum:
-        torch.index_select(momentum_buf, 0, ids, out=v)
-        torch.mul(w, c, out=scratch).addcmul_(v, e)  # v' = c·w + e·v
-        w.mul_(a).addcmul_(v, b)                      # w' = a·w + b·v
-        v.copy_(scratch)
-    else:  # no velocity: only the decay of the skipped steps
-        w.mul_(a)
-
-
-def _sgd_block_(weight, momentum_buf, ids, g, params: OptimParams, w, v, gw, have_v: bool = False) -> None:
-    """The update of one block whose present weights are already in `w` (and momentum in `v` if `have_v`)."""
-    if params.weight_decay:
-        g = torch.add(g, w, alpha=params.weight_decay, out=gw)
-    if params.momentum:
-        if not have_v:
-            torch.index_select(momentum_buf, 0, ids, out=v)
-        v.mul_(params.momentum).add_(g)
-        _scatter_rows_(momentum_buf, ids, v)
-        g = v
-    w.sub_(g, alpha=params.lr)
-    _scatter_rows_(weight, ids, w)
-
-
-_SCRATCH = threading.local()
-
-
-def _scratch(table: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
-    """Four (n, *row) buffers like `table`'s rows, kept per thread and grown on demand (never shared
-    with callers, so they cannot alias an argument)."""
-    cache = _SCRATCH.__dict__.setdefault("buffers", {})
-    key = (table.device, table.dtype, tuple(table.shape[1:]))
-    bufs = cache.get(key)
-    if bufs is None or bufs[0].shape[0] < n:
-        rows = max(n, bufs[0].shape[0] * 2 if bufs is not None else 0)
-        if len(cache) >= 8 and key not in cache:  # unusual shapes come and go: do not hoard memory
-            cache.clear()
-        bufs = cache[key] = tuple(
-            torch.empty((rows, *table.shape[1:]), dtype=table.dtype, device=table.device) for _ in range(4)
-        )
-    return tuple(buf[:n] for buf in bufs)
-
-
-def _scatter_rows_(table: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> None:
-    """table[ids] = rows (ids unique)."""
-    if table.device.type == "cpu" and table.is_contiguous() and ids.device.type == "cpu" and not (
-        table.requires_grad or rows.requires_grad
-    ):
-        table.numpy()[ids.numpy()] = rows.numpy()
-    else:
-        table.index_copy_(0, ids, rows)
-
-
-HUGE_PAGE = 2 << 20
-
-
-def empty_rows(*shape: int, zero: bool = False) -> torch.Tensor:
-    """`empty_rows(N, d)`: an uninitialised float32 CPU table backed by transparent huge pages.
-
-    Random row access into a GB-sized table is bound by TLB misses with 4 KiB pages (two-level page walks
-    under virtualisation); 2 MiB pages cut a 10,000-row get+update by ~20% (measured). Falls back to
-    `torch.empty` for small tables or where the kernel lacks MADV_HUGEPAGE. `zero=True` returns zeros,
-    written now: faulting 1 GB of huge pages in costs seconds, which belongs to start-up, not to the
-    first training step's latency.
-    """
-    count = math.prod(shape)
-    nbytes = count * 4
-    if nbytes < 2 * HUGE_PAGE or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return torch.zeros(shape) if zero else torch.empty(shape)
-    # private (not the default shared) anonymous memory: shmem does not get transparent huge pages
-    buf = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE)  # + slack to align to 2 MiB
-    try:
-        buf.madvise(mmap.MADV_HUGEPAGE)
-    except OSError:  # THP disabled: still a valid (4 KiB-paged) table
-        pass
-    raw = np.frombuffer(buf, dtype=np.uint8)
-    offset = -raw.ctypes.data % HUGE_PAGE
-    table = torch.from_numpy(raw[offset : offset + nbytes].view(np.float32).reshape(shape))
-    return table.zero_() if zero else table
-
-
-# Re-exported here so `from dcs_cli.selection.store import LocalStore` works (agreed API); defined in its
-# own module to keep this one the interface.
-from dcs_cli.selection.local_store import LocalStore  # noqa: E402, F401

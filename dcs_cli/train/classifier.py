@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dcs_cli.selection.row_init import init_rows
 from dcs_cli.selection.store import ClassStore, OptimParams
 from dcs_cli.train.evaluate import evaluate_top1
 
@@ -26,8 +27,8 @@ class FullClassifier(nn.Module):
     def __init__(self, num_classes: int, dim: int, head: nn.Module, bias: bool = False, seed: int = 0,
                  init_std: float = 0.01):
         super().__init__()
-        gen = torch.Generator().manual_seed(seed)  # the same start as LocalStore(seed=seed)
-        self.weight = nn.Parameter(torch.empty(num_classes, dim).normal_(0.0, init_std, generator=gen))
+        # the same start as LocalStore(seed=seed)
+        self.weight = nn.Parameter(init_rows(num_classes, dim, 0, num_classes, "normal", init_std, seed).clone())
         self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
         self.head = head
 

@@ -281,7 +281,7 @@ def _restore_sharded(store: ShardedStore, resume: dict) -> None:
 
 def _build_store(cfg, num_classes: int, ctx: DistContext, resume: dict | None, run_dir: Path, lr: float):
     from dcs_cli.paramserver.client import RemoteStore
-    from dcs_cli.selection.store import LocalStore
+    from dcs_cli.selection.local_store import LocalStore
 
     params = OptimParams(lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
     dim, bias, seed = cfg.model.feature_dim, cfg.head.bias, cfg.optim.seed

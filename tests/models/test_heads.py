@@ -9,8 +9,9 @@ from dcs_cli.config import HeadConfig, SelectionConfig
 from dcs_cli.errors import ConfigError
 from dcs_cli.models.heads import ArcFaceHead, CosFaceHead, SoftmaxHead, build_head
 from dcs_cli.selection import build_selector
+from dcs_cli.selection.local_store import LocalStore
 from dcs_cli.selection.sampled import SampledSoftmax
-from dcs_cli.selection.store import LocalStore, OptimParams
+from dcs_cli.selection.store import OptimParams
 
 HEADS = [SoftmaxHead(bias=True), CosFaceHead(8.0, 0.35), ArcFaceHead(8.0, 0.5)]
 

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from dcs_cli.paramserver.matrix import MatrixSpec, PendingPush, ServedMatrix
 from dcs_cli.paramserver.validate import all_finite
 from dcs_cli.paramserver.workers import RowWorkers
-from dcs_cli.selection.store import OptimParams, sgd_rows_
+from dcs_cli.selection.row_update import sgd_rows_
+from dcs_cli.selection.store import OptimParams
 
 
 @settings(max_examples=60, deadline=None)

@@ -18,7 +18,8 @@ from dcs_cli.paramserver.config import ParamServerConfig
 from dcs_cli.paramserver.protocol import STATUS_ERROR, DType, Header, Op, decode_header, json_frame
 from dcs_cli.paramserver.server import ParamServer, start_background
 from dcs_cli.paramserver.snapshot import read_snapshot
-from dcs_cli.selection.store import OptimParams, sgd_rows_
+from dcs_cli.selection.row_update import sgd_rows_
+from dcs_cli.selection.store import OptimParams
 
 PARAMS = OptimParams(lr=0.1, momentum=0.9, weight_decay=0.0)
 ACCEPTED_NAMES = ["../../etc/passwd", "名前-αβ", "a/weight", "1/weight", "x" * 200, "quote\"'; DROP --", " "]

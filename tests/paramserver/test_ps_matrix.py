@@ -3,13 +3,14 @@ import torch
 
 from dcs_cli.paramserver.matrix import MatrixSpec, PendingPush, ServedMatrix, optim_from_dict
 from dcs_cli.paramserver.protocol import ProtocolError
-from dcs_cli.selection.store import OptimParams, sgd_rows_
+from dcs_cli.selection.row_update import sgd_rows_
+from dcs_cli.selection.store import OptimParams
 
 PARAMS = OptimParams(lr=0.1, momentum=0.9, weight_decay=1e-2)
 
 
 def test_init_matches_local_store():
-    from dcs_cli.selection.store import LocalStore
+    from dcs_cli.selection.local_store import LocalStore
 
     for init in ("normal", "uniform"):
         spec = MatrixSpec("m", 50, 8, init=init, init_std=0.2, seed=5)

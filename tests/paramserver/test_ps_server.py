@@ -18,7 +18,9 @@ from dcs_cli.paramserver.client import RemoteStore
 from dcs_cli.paramserver.protocol import STATUS_ERROR, DType, Header, Op, decode_header
 from dcs_cli.paramserver.server import start_background
 from dcs_cli.paramserver.snapshot import read_snapshot
-from dcs_cli.selection.store import LocalStore, OptimParams, sgd_rows_
+from dcs_cli.selection.local_store import LocalStore
+from dcs_cli.selection.row_update import sgd_rows_
+from dcs_cli.selection.store import OptimParams
 
 from .conftest import HEARTBEAT_TIMEOUT
 

@@ -18,7 +18,9 @@ from dcs_cli.paramserver import shm
 from dcs_cli.paramserver.client import RemoteStore, RequestTimeout
 from dcs_cli.paramserver.matrix import MatrixSpec, PendingPush, ServedMatrix
 from dcs_cli.paramserver.protocol import FLAG_MOMENTUM, FLAG_SHARED, DType, Op, json_frame
-from dcs_cli.selection.store import LocalStore, OptimParams, sgd_rows_
+from dcs_cli.selection.local_store import LocalStore
+from dcs_cli.selection.row_update import sgd_rows_
+from dcs_cli.selection.store import OptimParams
 
 PARAMS = OptimParams(lr=0.05, momentum=0.9, weight_decay=1e-3)
 

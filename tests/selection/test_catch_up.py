@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dcs_cli.selection.local_store import LocalStore
-from dcs_cli.selection.store import OptimParams, catch_up_coefficients
+from dcs_cli.selection.row_update import catch_up_coefficients
+from dcs_cli.selection.store import OptimParams
 
 
 def _run(n: int, d: int, steps: int, params: OptimParams, seed: int, catch_up: bool = True):

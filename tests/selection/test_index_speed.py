@@ -11,8 +11,8 @@ from dcs_cli.config import SelectionConfig
 from dcs_cli.errors import ConfigError
 from dcs_cli.selection import build_selector
 from dcs_cli.selection.exact import exact_topk
+from dcs_cli.selection.local_store import LocalStore
 from dcs_cli.selection.projection import Projection
-from dcs_cli.selection.store import LocalStore
 
 N, D, B = 2000, 48, 16
 

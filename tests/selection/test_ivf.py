@@ -11,7 +11,7 @@ from dcs_cli.errors import ConfigError
 from dcs_cli.selection import build_selector
 from dcs_cli.selection.exact import exact_topk
 from dcs_cli.selection.ivf import build_lists
-from dcs_cli.selection.store import LocalStore
+from dcs_cli.selection.local_store import LocalStore
 
 N, D, B, GROUP = 3000, 32, 16, 15
 

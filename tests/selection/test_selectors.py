@@ -7,7 +7,7 @@ from dcs_cli.config import SelectionConfig
 from dcs_cli.errors import ConfigError, DataError
 from dcs_cli.selection import build_selector
 from dcs_cli.selection.exact import exact_topk
-from dcs_cli.selection.store import LocalStore
+from dcs_cli.selection.local_store import LocalStore
 
 N, D, B = 600, 16, 8
 

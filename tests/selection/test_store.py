@@ -4,7 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dcs_cli.errors import ConfigError, DataError
-from dcs_cli.selection.store import LocalStore, OptimParams
+from dcs_cli.selection.local_store import LocalStore
+from dcs_cli.selection.store import OptimParams
 
 
 @settings(max_examples=25, deadline=None)

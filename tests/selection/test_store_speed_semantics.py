@@ -6,7 +6,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dcs_cli.selection.store import HUGE_PAGE, LocalStore, OptimParams, empty_rows, sgd_rows_
+from dcs_cli.selection.hugepages import HUGE_PAGE, empty_rows
+from dcs_cli.selection.local_store import LocalStore
+from dcs_cli.selection.row_update import sgd_rows_
+from dcs_cli.selection.store import OptimParams
 from dcs_cli.torchfile import load_torch_file, save_torch_file
 
 
@@ -52,7 +55,7 @@ def test_bitwise_equal_to_reference_rule(n, d, steps, lr, momentum, wd, seed):
 def test_blocked_update_equals_reference_for_any_block_size(monkeypatch, block_bytes):
     """Rows go through in cache-sized blocks: 1-row blocks, a block size that does not divide the row
     count, and one block hold the same bits as the whole-batch reference rule."""
-    from dcs_cli.selection import store as store_module
+    from dcs_cli.selection import row_update as store_module
 
     monkeypatch.setattr(store_module, "BLOCK_BYTES", block_bytes)
     gen = torch.Generator().manual_seed(11)
@@ -145,7 +148,7 @@ def test_huge_page_store_state_roundtrip(tmp_path):
 @pytest.mark.parametrize("block_bytes", [3 * 4 * 5, 1 << 40])
 def test_grad_rows_picks_gradient_rows_like_a_copy(monkeypatch, block_bytes):
     """`grad_rows` reads row grad[grad_rows[i]] for ids[i]: the same bits as copying those rows out first."""
-    from dcs_cli.selection import store as store_module
+    from dcs_cli.selection import row_update as store_module
 
     monkeypatch.setattr(store_module, "BLOCK_BYTES", block_bytes)
     gen = torch.Generator().manual_seed(3)
