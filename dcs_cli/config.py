@@ -1,12 +1,25 @@
 """One typed config shared by every command.
 
-    cfg = load_config("configs/synthetic.yaml", overrides=["selection.sample_num=500"])
-    cfg.selection.sample_num  # 500
-    save_resolved(cfg, out_dir)  # writes out_dir/config.yaml
+    >>> cfg = load_config(overrides=["selection.sample_num=500", "optim.lr=1e-3"])   # defaults ← --set
+    >>> cfg.selection.sample_num, cfg.optim.lr
+    (500, 0.001)
+    >>> load_config(overrides=["selection.sample_nmu=500"])
+    Traceback (most recent call last):
+    ...
+    dcs_cli.errors.ConfigError: unknown config key 'selection.sample_nmu'; valid keys in selection: ...
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as out_dir:
+    ...     save_resolved(cfg, out_dir).name          # what every run folder and checkpoint keeps
+    'config.yaml'
 
-Each component owns its section (a dataclass in its own package, every field documented with `opt`);
-this module composes them, loads YAML, applies `--set a.b=value` overrides and validates. Unknown keys
-and wrong types raise `ConfigError` naming the dotted key and the valid choices.
+With a path, `load_config(path, overrides)` reads that YAML file under the overrides, as
+
+    dcs train --config configs/synthetic.yaml --set selection.sample_num=500
+
+does; `base` (a checkpoint's saved config) goes under both. Each component owns its section (a dataclass
+in its own package, every field documented with `opt`); this module composes them, loads YAML, applies
+`--set a.b=value` overrides and validates. Unknown keys and wrong types raise `ConfigError` naming the
+dotted key and the valid choices.
 """
 
 from __future__ import annotations
@@ -190,13 +203,15 @@ def config_from_dict(data: dict) -> Config:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict | None = None) -> Config:
-    """Defaults ← `base` (e.g. a checkpoint's config) ← YAML file ← `--set` overrides, then validate."""
+                base: dict | None = None, values: dict | None = None) -> Config:
+    """Defaults ← `base` (e.g. a checkpoint's config) ← YAML file ← `--set` overrides ← `values` (typed
+    values by dotted key, e.g. a command's own options: {"dist.nproc": 2}), then validate once."""
     data: dict = dict(base or {})
     if path is not None:
         data = _merge(data, read_yaml(path))
-    for text in overrides or []:
-        keys, value = parse_override(text)
+    patches = [parse_override(text) for text in overrides or []]
+    patches += [(key.split("."), value) for key, value in (values or {}).items()]
+    for keys, value in patches:
         patch: dict = value
         for key in reversed(keys):
             patch = {key: patch}
@@ -233,7 +248,7 @@ def save_resolved(cfg, folder: str | Path) -> Path:
 
 
 def describe(cls=Config, prefix: str = "") -> list[tuple[str, str, Any, str]]:
-    """(dotted key, type, default, help) for every field: used by docs and `dcs config --show`."""
+    """(dotted key, type, default, help) for every field, for docs; a test checks that none lacks its help."""
     rows = []
     hints = _hints(cls)
     for f in dataclasses.fields(cls):

@@ -1,7 +1,18 @@
 """Building blocks of config sections: a documented field and a validation check.
 
-    sample_num: int = opt(1000, "active classes per mini-batch")
-    require(self.sample_num > 0, f"{key}.sample_num", "must be > 0")
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class ExampleSection:
+    ...     sample_num: int = opt(1000, "active classes per mini-batch")
+    ...
+    ...     def validate(self, key: str) -> None:
+    ...         require(self.sample_num > 0, f"{key}.sample_num", "must be > 0")
+    >>> ExampleSection().sample_num
+    1000
+    >>> ExampleSection(sample_num=0).validate("selection")
+    Traceback (most recent call last):
+    ...
+    dcs_cli.errors.ConfigError: selection.sample_num must be > 0
 
 Kept apart from `dcs_cli.config` (which composes the sections) so a section module imports without cycles.
 """

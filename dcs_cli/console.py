@@ -1,10 +1,15 @@
 """One rich console for the whole tool, progress bars with rate and ETA, and result tables.
 
-    with progress_bar("converting", total=n, unit="images") as advance:
-        for ...: advance(1)
-    print_table("convert", rows)   # rows: list of dicts with the same keys
+    >>> with progress_bar("converting", total=3, unit="images") as advance:   # drawn on stderr
+    ...     for _ in range(3):
+    ...         advance(1)
+    >>> print_table("convert", [{"images": 3, "seconds": 0.25}])   # rows: dicts with the same keys
+    convert
+    ...images...seconds...
+    ...3...0.25...
 
-Progress bars are off with `--quiet` or when stderr is not a terminal.
+Progress bars are off with `--quiet` or when stderr is not a terminal; tables go to stdout, info lines
+(`info`, `warn`, `error_line`) to stderr.
 """
 
 from __future__ import annotations

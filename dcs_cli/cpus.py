@@ -1,12 +1,22 @@
 """CPU placement: which cores a process may run on.
 
-    cores = parse_cpu_list("0,2-3")           # [0, 2, 3]
-    pin_to_cpus([0], key="paramserver.cpus")  # this process (and the threads it starts later) on core 0
-    threads = place([0], 4, "paramserver.cpus", "paramserver.torch_threads")   # pinned; 1 thread
-    others = available_cpus() - {0}
+    >>> parse_cpu_list("0,2-3")                     # the notation of taskset and /sys
+    [0, 2, 3]
+    >>> format_cpu_list([3, 0, 1, 2, 7])
+    '0-3,7'
+    >>> mine = available_cpus()                     # the cores this process may use now
+    >>> place([], 4, "paramserver.cpus", "paramserver.torch_threads")   # no cores named: not pinned
+    4
+    >>> pin_to_cpus([max(mine) + 1], key="paramserver.cpus")
+    Traceback (most recent call last):
+    ...
+    dcs_cli.errors.ConfigError: paramserver.cpus: core ... is not available to this process (available: ...)...
 
-Threads inherit the affinity of the thread that starts them, so pinning before ZeroMQ and torch start
-their threads keeps a whole server on the chosen cores.
+`pin_to_cpus([0], key="paramserver.cpus")` restricts this process (and the threads it starts later) to
+core 0; `place([0], 4, "paramserver.cpus", "paramserver.torch_threads")` pins the same way and returns 1,
+the intra-op thread count to use (never more threads than pinned cores). Threads inherit the affinity of
+the thread that starts them, so pinning before ZeroMQ and torch start their threads keeps a whole server
+on the chosen cores.
 """
 
 from __future__ import annotations

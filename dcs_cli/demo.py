@@ -1,17 +1,22 @@
 """`dcs demo`: the whole pipeline on built-in synthetic data, a few minutes on a laptop CPU.
 
-    summary = run_demo("demo_out")
+    dcs demo --out-folder demo_out
+    dcs demo --identities 100 --epochs 1 --large-classes 0 --out-folder demo_small   # a quicker look
 
-synthesize (InsightFace .rec + held-out pairs.bin) → convert (images + lists) → train the sampled mode
-(`ivf`) and `full` → extract pair features → verify → a large-class stage (the classifier step alone at
-100,000 classes, where it dominates the cost: full vs the sampled mode, same run) → one comparison table,
-plots and `summary.json`, all under one folder:
+The command calls `run_demo(out_folder, DemoSpec(...))`, which runs: synthesize (InsightFace .rec +
+held-out pairs.bin) → convert (images + lists) → train the sampled mode (`ivf`) and `full` → extract pair
+features → verify → a large-class stage (the classifier step alone at 100,000 classes, where it dominates
+the cost: full vs the sampled mode, same run) → one comparison table, plots and `summary.json`, all under
+one folder:
 
     demo_out/data/            train.rec, train.idx, pairs.bin          (the "user's" data)
     demo_out/converted/       images/<label>/<key>.jpg, train_list.txt, val_list.txt, meta.json
     demo_out/runs/<mode>/     config.yaml, metrics.jsonl, curves.png, checkpoints/, summary.json
-    demo_out/features/<mode>/ pairs.npy                                 (2 × pairs × feature_dim)
-    demo_out/roc.png, demo_out/summary.json   (rows: mode, verify_acc, ...; large_class: speedup, recall)
+    demo_out/features/<mode>/ pairs.npy, extract.json                   (pairs.npy: 2·pairs × feature_dim)
+    demo_out/roc.png, demo_out/verify.json, demo_out/summary.json
+                              (summary rows: mode, verify_acc, ...; large_class: speedup, recall)
+
+It trains for minutes, so no test runs it as a doctest; `tests/cli/test_demo.py` runs it at toy sizes.
 """
 
 from __future__ import annotations

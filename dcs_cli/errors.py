@@ -4,7 +4,13 @@ Every mistake a user can make (missing file, corrupt record, bad config value) r
 subclass whose message says what was wrong, where (file, record, key) and what to do. The CLI prints it
 as one red line and exits with the class's `exit_code`; `--verbose` adds the traceback.
 
-    raise DataError(f"{path}: record at offset {off}: bad magic 0x{magic:08x}; the file is not RecordIO")
+    >>> path, off, magic = "train.rec", 4096, 0x12345678
+    >>> raise DataError(f"{path}: record at offset {off}: bad magic 0x{magic:08x}; the file is not RecordIO")
+    Traceback (most recent call last):
+    ...
+    dcs_cli.errors.DataError: train.rec: record at offset 4096: bad magic 0x12345678; the file is not RecordIO
+    >>> DataError.exit_code, ConfigError.exit_code, UsageError.exit_code, Interrupted.exit_code
+    (1, 2, 2, 130)
 """
 
 from __future__ import annotations

@@ -1,10 +1,21 @@
 """Atomic outputs: write to a temporary name beside the target, rename when complete.
 
-    with atomic_path(out / "train_list.txt") as tmp:
-        tmp.write_text(...)
-    guard_output_folder(out, overwrite=False, marker="meta.json")
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> tmp = tempfile.TemporaryDirectory(); out = Path(tmp.name) / "converted"
+    >>> with atomic_path(out / "train_list.txt") as part:        # a temporary name in the same folder
+    ...     _ = part.write_text("0/1.jpg 0")
+    >>> (out / "train_list.txt").read_text()                      # under its name only once complete
+    '0/1.jpg 0'
+    >>> write_json_atomic(out / "meta.json", {"images": 1})
+    >>> guard_output_folder(out, overwrite=False, marker="meta.json")
+    Traceback (most recent call last):
+    ...
+    dcs_cli.errors.OutputExistsError: ...converted already holds a finished output (meta.json); pass --overwrite ...
+    >>> tmp.cleanup()
 
-An interrupted run therefore never leaves a half-written file under its final name.
+An interrupted run therefore never leaves a half-written file under its final name, and a finished
+output folder (one holding its marker) is replaced only with `--overwrite`.
 """
 
 from __future__ import annotations

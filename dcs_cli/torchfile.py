@@ -1,7 +1,17 @@
 """Torch files (checkpoints, store snapshots) that cannot run code and name their own corruption.
 
-    save_torch_file({"w": torch.zeros(2)}, "/tmp/dcs-example.pt")   # atomic, with a content checksum
-    state = load_torch_file("/tmp/dcs-example.pt", "checkpoint")     # DataError if unsafe or corrupt
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> tmp = tempfile.TemporaryDirectory(); path = Path(tmp.name) / "example.pt"
+    >>> _ = save_torch_file({"w": torch.zeros(2), "epoch": 3}, path)   # atomic, with a content checksum
+    >>> load_torch_file(path, "checkpoint")                            # DataError if unsafe or corrupt
+    {'w': tensor([0., 0.]), 'epoch': 3}
+    >>> torch.save({"w": torch.ones(2), "epoch": 3, CHECKSUM_KEY: "0" * 64}, path)   # content ≠ checksum
+    >>> load_torch_file(path, "checkpoint")
+    Traceback (most recent call last):
+    ...
+    dcs_cli.errors.DataError: ...example.pt: checksum mismatch; this checkpoint is corrupt — use another copy ...
+    >>> tmp.cleanup()
 
 Loading goes through `torch.load(weights_only=True)`: only tensors, containers and plain values are
 unpickled, so a file whose pickle calls a function (`os.system`, …) is refused with one line instead of

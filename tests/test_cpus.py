@@ -38,7 +38,7 @@ def test_cli_rejects_a_bad_core_list_in_one_line(runner):
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
 def test_server_process_runs_on_the_given_core():
-    from dcs_cli.paramserver.server import start_background
+    from dcs_cli.paramserver.launcher import start_background
 
     core = min(available_cpus())
     with start_background("tcp://127.0.0.1:*", cpus=[core], torch_threads=4) as server:

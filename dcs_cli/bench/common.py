@@ -1,8 +1,11 @@
 """Shared plumbing of `dcs bench` scenarios: machine description, peak memory, table + JSON report.
 
-    report("select-speed", params, rows, json_path)   # prints a rich table, writes JSON if asked
+>>> result = report("demo", {"n": 1}, [{"name": "a", "seconds": 0.5}], show=False)  # show: a rich table
+>>> result["scenario"], result["rows"], sorted(result["machine"])
+('demo', [{'name': 'a', 'seconds': 0.5}], ['cpus', 'device', 'platform', 'python', 'torch'])
 
-Benchmarks compare contenders side by side in one run; ratios matter, absolute times are context.
+With a `json_path`, `report` also writes that object as JSON. Benchmarks compare contenders side by side
+in one run; ratios matter, absolute times are context.
 """
 
 from __future__ import annotations

@@ -26,13 +26,10 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Optional
 
-import typer
 from PIL import Image
 
 from dcs_cli.bench.common import peak_rss_mb, report
-from dcs_cli.cli.options import JsonOpt
 from dcs_cli.console import info, progress_bar
 from dcs_cli.data.convert import rec_to_images
 from dcs_cli.data.images import image_ext
@@ -103,6 +100,8 @@ def filesystem_of(path: Path) -> str:
 
 def run_convert_bench(images: int, workers: int, baseline_images: int, json_path: Path | None,
                       workdir: Path | None = None, rounds: int = 3) -> dict:
+    if images < 1 or baseline_images < 0 or workers < 0 or rounds < 1:
+        raise UsageError("--images and --rounds must be >= 1, --baseline-images and --workers >= 0")
     identities = max(1, images // _PER_IDENTITY)
     images = identities * _PER_IDENTITY
     if workdir is not None:
@@ -155,22 +154,3 @@ def run_convert_bench(images: int, workers: int, baseline_images: int, json_path
               "rec_mb": round(rec_bytes / 2**20, 1), "peak_rss_mb": round(peak_rss_mb())}
     return report("convert", params, rows, json_path)
 
-
-def register(bench_app: typer.Typer) -> None:
-    @bench_app.command("convert")
-    def convert(
-        images: Annotated[int, typer.Option("--images", help="Synthetic 112×112 JPEGs in the .rec.")] = 20000,
-        workers: Annotated[int, typer.Option("--workers", "-j", help="dcs convert writer threads; 0 = auto.")] = 0,
-        rounds: Annotated[int, typer.Option(
-            "--rounds", help="Interleaved rounds of all contenders; figures are medians over rounds.")] = 3,
-        baseline_images: Annotated[int, typer.Option(
-            "--baseline-images", help="Images the (slow) baseline times; 0 = all, like dcs.")] = 0,
-        workdir: Annotated[Optional[Path], typer.Option(
-            "--workdir", help="Where the temporary data go (default: the system temp folder); its file "
-            "system decides the figures.", show_default=False)] = None,
-        json_path: JsonOpt = None,
-    ) -> None:
-        """dcs convert vs a Pillow decode-and-re-encode loop (and the file system's floor): images/s, ratios."""
-        if images < 1 or baseline_images < 0 or workers < 0 or rounds < 1:
-            raise UsageError("--images and --rounds must be >= 1, --baseline-images and --workers >= 0")
-        run_convert_bench(images, workers, baseline_images, json_path, workdir, rounds)

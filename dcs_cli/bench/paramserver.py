@@ -22,14 +22,11 @@ import gc
 import multiprocessing as mp
 import os
 import time
-from typing import Annotated
 
 import numpy as np
 import torch
-import typer
 
 from dcs_cli.bench.common import peak_rss_mb, report
-from dcs_cli.cli.options import JsonOpt
 from dcs_cli.console import info, progress_bar, warn
 from dcs_cli.cpus import available_cpus, format_cpu_list, pin_to_cpus
 from dcs_cli.errors import UsageError
@@ -156,7 +153,7 @@ def run_paramserver_bench(
     classes: int, dim: int, rows: int, steps: int, warmup: int, threads: int = 1, json_path=None
 ) -> dict:
     from dcs_cli.paramserver.client import RemoteStore
-    from dcs_cli.paramserver.server import start_background
+    from dcs_cli.paramserver.launcher import start_background
 
     if min(classes, dim, rows, steps) <= 0 or rows > classes:
         raise UsageError("need --classes, --dim, --rows, --steps > 0 and --rows <= --classes")
@@ -215,19 +212,3 @@ def run_paramserver_bench(
     }
     return report("paramserver", params, results, json_path)
 
-
-def paramserver(
-    classes: Annotated[int, typer.Option("--classes", help="Rows in the matrix (N).")] = 1_000_000,
-    dim: Annotated[int, typer.Option("--dim", help="Row length (d).")] = 256,
-    rows: Annotated[int, typer.Option("--rows", help="Rows fetched and pushed per step.")] = 10_000,
-    steps: Annotated[int, typer.Option("--steps", help="Timed steps per contender.")] = 50,
-    warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps before timing.")] = 3,
-    threads: Annotated[int, typer.Option("--threads", help="torch intra-op threads of every process.")] = 1,
-    json_path: JsonOpt = None,
-) -> None:
-    """Rows/s, payload MB/s, p50/p99 step latency of get+push: paramserver (1, 2 clients) vs in-process."""
-    run_paramserver_bench(classes, dim, rows, steps, warmup, threads, json_path)
-
-
-def register(bench_app: typer.Typer) -> None:
-    bench_app.command("paramserver")(paramserver)

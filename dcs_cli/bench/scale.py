@@ -24,12 +24,8 @@ import os
 import queue as queue_mod
 import time
 from pathlib import Path
-from typing import Annotated, Optional
-
-import typer
 
 from dcs_cli.bench.common import peak_rss_mb, report
-from dcs_cli.cli.options import JsonOpt
 from dcs_cli.console import info
 from dcs_cli.errors import UsageError
 
@@ -194,11 +190,21 @@ def run_config(mode: str, classes: int, procs: int, p: dict) -> dict:
     return row
 
 
-def run_scale(params: dict, classes=CLASSES, contenders=CONTENDERS, procs=PROCS, json_path: Path | None = None):
+def run_scale(params: dict, classes=None, contenders=None, procs=None, json_path: Path | None = None,
+              quick: bool = False) -> dict:
+    """Run every (class count, contender, process count) configuration and report one row each.
+
+    `classes`, `contenders` and `procs` default to CLASSES (QUICK_CLASSES with `quick`), CONTENDERS and PROCS;
+    a value the scenario cannot run with is a `UsageError` naming its option.
+    """
+    counts = tuple(classes) if classes else (QUICK_CLASSES if quick else CLASSES)
+    contenders = tuple(contenders) if contenders else CONTENDERS
+    worlds = tuple(procs) if procs else PROCS
+    _check(params, counts, contenders, worlds)
     rows = []
-    for n in classes:
+    for n in counts:
         for mode in contenders:
-            for w in procs:
+            for w in worlds:
                 info(f"scale: {mode}, {n:,} classes, {w} process(es) ...")
                 rows.append(run_config(mode, n, w, params))
                 info(f"  -> {rows[-1].get('samples_per_s')} samples/s, {rows[-1].get('peak_rss_mb')} MB "
@@ -206,48 +212,16 @@ def run_scale(params: dict, classes=CLASSES, contenders=CONTENDERS, procs=PROCS,
     return report("scale", params, rows, json_path)
 
 
-def register(bench_app: typer.Typer) -> None:
-    @bench_app.command("scale")
-    def scale(
-        quick: Annotated[bool, typer.Option("--quick", help="20k and 125k classes (a few minutes).")] = False,
-        classes: Annotated[Optional[list[int]], typer.Option(
-            "--classes", help="Class counts (repeatable); default 125k, 1M, 4M, 10M.")] = None,
-        only: Annotated[Optional[list[str]], typer.Option(
-            "--only", help="Contenders (repeatable): full, random, hf.")] = None,
-        procs: Annotated[Optional[list[int]], typer.Option(
-            "--procs", help="Process counts (repeatable); default 1 and 2.")] = None,
-        dim: Annotated[int, typer.Option("--dim", help="Feature dimension d.")] = 128,
-        batch: Annotated[int, typer.Option("--batch", help="Batch size per process.")] = 128,
-        sample_num: Annotated[int, typer.Option("--sample-num", help="Active classes per step, all shards "
-                                                "together (random, hf).")] = 10_000,
-        steps: Annotated[int, typer.Option("--steps", help="Timed steps per sampled contender.")] = 20,
-        full_steps: Annotated[int, typer.Option("--full-steps", help="Timed steps for full.")] = 3,
-        ntrees: Annotated[int, typer.Option("--ntrees", help="Annoy trees (hf).")] = 4,
-        index_dim: Annotated[int, typer.Option("--index-dim", help="hf: PCA dimensions indexed.")] = 32,
-        rerank: Annotated[int, typer.Option("--rerank", help="hf: candidates per kept neighbour.")] = 4,
-        momentum_dtype: Annotated[str, typer.Option(
-            "--momentum-dtype", help="Sharded store momentum: float32 or bfloat16 (halves it).")] = "float32",
-        threads: Annotated[int, typer.Option("--threads", help="torch threads per process; 0 = cores / processes. "
-                                             "1 keeps a shared machine's load from distorting the ratios.")] = 1,
-        json: JsonOpt = None,
-    ) -> None:
-        """Classifier samples/s and peak RSS per class count, contender and process count."""
-        counts = tuple(classes) if classes else (QUICK_CLASSES if quick else CLASSES)
-        contenders = tuple(only) if only else CONTENDERS
-        worlds = tuple(procs) if procs else PROCS
-        bad = [c for c in contenders if c not in CONTENDERS]
-        if bad:
-            raise UsageError(f"--only: unknown contender(s) {', '.join(bad)}; choose from {', '.join(CONTENDERS)}")
-        for name, value in (("--dim", dim), ("--batch", batch), ("--sample-num", sample_num), ("--steps", steps),
-                            ("--full-steps", full_steps), ("--ntrees", ntrees), ("--rerank", rerank),
-                            ("--classes", min(counts)), ("--procs", min(worlds))):
-            if value <= 0:
-                raise UsageError(f"{name} must be > 0, got {value}")
-        if momentum_dtype not in ("float32", "bfloat16"):
-            raise UsageError(f"--momentum-dtype must be float32 or bfloat16, got {momentum_dtype!r}")
-        if index_dim < 0 or threads < 0:
-            raise UsageError("--index-dim and --threads must be >= 0")
-        params = {"dim": dim, "batch": batch, "sample_num": sample_num, "steps": steps, "full_steps": full_steps,
-                  "ntrees": ntrees, "index_dim": index_dim, "rerank": rerank, "momentum_dtype": momentum_dtype,
-                  "threads": threads}
-        run_scale(params, counts, contenders, worlds, json)
+def _check(p: dict, counts: tuple, contenders: tuple, worlds: tuple) -> None:
+    bad = [c for c in contenders if c not in CONTENDERS]
+    if bad:
+        raise UsageError(f"--only: unknown contender(s) {', '.join(bad)}; choose from {', '.join(CONTENDERS)}")
+    for name, value in (("--dim", p["dim"]), ("--batch", p["batch"]), ("--sample-num", p["sample_num"]),
+                        ("--steps", p["steps"]), ("--full-steps", p["full_steps"]), ("--ntrees", p["ntrees"]),
+                        ("--rerank", p["rerank"]), ("--classes", min(counts)), ("--procs", min(worlds))):
+        if value <= 0:
+            raise UsageError(f"{name} must be > 0, got {value}")
+    if p["momentum_dtype"] not in ("float32", "bfloat16"):
+        raise UsageError(f"--momentum-dtype must be float32 or bfloat16, got {p['momentum_dtype']!r}")
+    if p["index_dim"] < 0 or p["threads"] < 0:
+        raise UsageError("--index-dim and --threads must be >= 0")

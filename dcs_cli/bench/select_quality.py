@@ -34,15 +34,12 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-import typer
 from torch import nn
 
 from dcs_cli.bench.common import report
-from dcs_cli.cli.options import JsonOpt
 from dcs_cli.console import progress_bar
 from dcs_cli.errors import UsageError
 
@@ -167,58 +164,31 @@ def run_select_quality(p: dict, contenders=CONTENDERS, json_path: Path | None = 
     return report("select-quality", p, rows, json_path)
 
 
-def register(bench_app: typer.Typer) -> None:
-    @bench_app.command("select-quality")
-    def select_quality(
-        classes: Annotated[int, typer.Option("--classes", help="Synthetic classes N.")] = 20_000,
-        dim: Annotated[int, typer.Option("--dim", help="Feature and embedding dimension.")] = 64,
-        budget: Annotated[float, typer.Option("--budget", help="sample_num as a fraction of N.")] = 0.01,
-        batch: Annotated[int, typer.Option("--batch", help="Batch size (at most sample_num).")] = 100,
-        steps: Annotated[int, typer.Option("--steps", help="Training steps per contender.")] = 1500,
-        interval: Annotated[int, typer.Option("--interval", help="Steps between index refreshes.")] = 150,
-        ntrees: Annotated[int, typer.Option("--ntrees", help="Annoy trees (hf).")] = 10,
-        hnsw_ef_construction: Annotated[int, typer.Option("--hnsw-ef-construction",
-                                                          help="hnswlib ef_construction (hnsw).")] = 40,
-        lr: Annotated[float, typer.Option("--lr", help="Backbone learning rate (momentum 0.9).")] = 0.05,
-        row_lr: Annotated[float, typer.Option(
-            "--row-lr", help="Class rows' learning rate per sample: the store's LR is row_lr × batch, "
-                             "because the batch-mean loss gives each row 1/batch of a sample's gradient.")] = 0.32,
-        drift_threshold: Annotated[float, typer.Option(
-            "--drift-threshold", help="hf+adaptive: refresh when the updated rows moved this much relative to "
-                                      "the snapshot (checked every 10 steps).")] = 0.1,
-        train_per_class: Annotated[int, typer.Option("--train-per-class",
-                                                                help="Training samples per class.")] = 8,
-        threads: Annotated[int, typer.Option("--threads", help="torch threads for the steps; 0 = torch's default. "
-                                             "1 keeps a shared machine's load from distorting the ratios.")] = 1,
-        store_momentum: Annotated[float, typer.Option(
-            "--store-momentum",
-            help="Momentum of the class store's SGD (lazy: a row's momentum decays only when selected).")] = 0.0,
-        head: Annotated[str, typer.Option("--head", help="softmax, cosface or arcface.")] = "softmax",
-        scale: Annotated[float, typer.Option("--scale", help="Margin heads' scale s.")] = 16.0,
-        margin: Annotated[float, typer.Option("--margin", help="Margin heads' margin m.")] = 0.2,
-        json: JsonOpt = None,
-    ) -> None:
-        """Held-out top-1 and confuser recall after equal training steps, per selection mode."""
-        sample_num = max(1, int(round(budget * classes)))
-        for name, value in (("--classes", classes), ("--dim", dim), ("--batch", batch), ("--steps", steps),
-                            ("--interval", interval), ("--ntrees", ntrees), ("--train-per-class", train_per_class),
-                            ("--hnsw-ef-construction", hnsw_ef_construction)):
-            if value <= 0:
-                raise UsageError(f"{name} must be > 0, got {value}")
-        if lr <= 0 or row_lr <= 0:
-            raise UsageError(f"--lr and --row-lr must be > 0, got {lr} and {row_lr}")
-        if not 0 <= store_momentum < 1:
-            raise UsageError(f"--store-momentum must be in [0, 1), got {store_momentum}")
-        if head not in ("softmax", "cosface", "arcface"):
-            raise UsageError(f"--head must be softmax, cosface or arcface, got {head!r}")
-        if not 0 < budget <= 1:
-            raise UsageError(f"--budget must be in (0, 1], got {budget}")
-        if sample_num < batch:
-            raise UsageError(f"--budget gives sample_num={sample_num} < --batch {batch}: a batch's distinct "
-                             "labels may not fit; raise --budget or lower --batch")
-        p = {"classes": classes, "dim": dim, "sample_num": sample_num, "batch": batch, "steps": steps,
-             "interval": interval, "ntrees": ntrees, "hnsw_ef_construction": hnsw_ef_construction,
-             "lr": lr, "row_lr": row_lr, "schedule": "cosine", "drift_threshold": drift_threshold,
-             "train_per_class": train_per_class, "hidden": 128, "threads": threads,
-             "head": head, "scale": scale, "margin": margin, "store_momentum": store_momentum}
-        run_select_quality(p, CONTENDERS, json)
+def params_from_options(*, classes: int, dim: int, budget: float, batch: int, steps: int, interval: int,
+                        ntrees: int, hnsw_ef_construction: int, lr: float, row_lr: float, drift_threshold: float,
+                        train_per_class: int, threads: int, store_momentum: float, head: str, scale: float,
+                        margin: float) -> dict:
+    """The scenario's parameters from `dcs bench select-quality`'s options (sample_num = budget × classes);
+    a value it cannot run with is a `UsageError` naming its option."""
+    sample_num = max(1, int(round(budget * classes)))
+    for name, value in (("--classes", classes), ("--dim", dim), ("--batch", batch), ("--steps", steps),
+                        ("--interval", interval), ("--ntrees", ntrees), ("--train-per-class", train_per_class),
+                        ("--hnsw-ef-construction", hnsw_ef_construction)):
+        if value <= 0:
+            raise UsageError(f"{name} must be > 0, got {value}")
+    if lr <= 0 or row_lr <= 0:
+        raise UsageError(f"--lr and --row-lr must be > 0, got {lr} and {row_lr}")
+    if not 0 <= store_momentum < 1:
+        raise UsageError(f"--store-momentum must be in [0, 1), got {store_momentum}")
+    if head not in ("softmax", "cosface", "arcface"):
+        raise UsageError(f"--head must be softmax, cosface or arcface, got {head!r}")
+    if not 0 < budget <= 1:
+        raise UsageError(f"--budget must be in (0, 1], got {budget}")
+    if sample_num < batch:
+        raise UsageError(f"--budget gives sample_num={sample_num} < --batch {batch}: a batch's distinct "
+                         "labels may not fit; raise --budget or lower --batch")
+    return {"classes": classes, "dim": dim, "sample_num": sample_num, "batch": batch, "steps": steps,
+            "interval": interval, "ntrees": ntrees, "hnsw_ef_construction": hnsw_ef_construction,
+            "lr": lr, "row_lr": row_lr, "schedule": "cosine", "drift_threshold": drift_threshold,
+            "train_per_class": train_per_class, "hidden": 128, "threads": threads,
+            "head": head, "scale": scale, "margin": margin, "store_momentum": store_momentum}

@@ -37,13 +37,10 @@ import dataclasses
 import multiprocessing as mp
 import time
 from pathlib import Path
-from typing import Annotated, Optional
 
 import torch
-import typer
 
 from dcs_cli.bench.common import peak_rss_mb, report
-from dcs_cli.cli.options import JsonOpt
 from dcs_cli.console import info, progress_bar
 from dcs_cli.errors import UsageError
 
@@ -187,10 +184,18 @@ def default_params(**overrides) -> dict:
     return {**params, **overrides}
 
 
+def sweep_settings(only=None) -> list[tuple[str, dict]]:
+    """The `--sweep` rows: SWEEP, keeping only the index kinds in `only` (all when empty)."""
+    return [(mode, over) for mode, over in SWEEP if not only or mode in only]
+
+
 def run_select_speed(params: dict, contenders=CONTENDERS, json_path: Path | None = None, sweep=None,
                      quiet_table: bool = False) -> dict:
     """Run each contender (or each `sweep` setting: (mode, overrides) pairs) in its own process, add
-    speed-ups over full, print and (optionally) save."""
+    speed-ups over full, print and (optionally) save. Empty `contenders` means all of CONTENDERS; a value the
+    scenario cannot run with is a `UsageError` naming its option."""
+    contenders = tuple(contenders) if contenders else CONTENDERS
+    _check(params, contenders)
     ctx = mp.get_context("spawn")
     runs = ([(sweep_name(mode, over), mode, {**params, **over}) for mode, over in sweep] if sweep is not None
             else [(mode, mode, params) for mode in contenders])
@@ -215,67 +220,22 @@ def run_select_speed(params: dict, contenders=CONTENDERS, json_path: Path | None
     return report("select-speed", params, rows, json_path, show=not quiet_table)
 
 
-def register(bench_app: typer.Typer) -> None:
-    @bench_app.command("select-speed")
-    def select_speed(
-        quick: Annotated[bool, typer.Option("--quick", help="N=100k instead of 1M (about 2 minutes).")] = False,
-        classes: Annotated[Optional[int], typer.Option("--classes", help="Classes N (default 1,000,000).")] = None,
-        dim: Annotated[int, typer.Option("--dim", help="Feature dimension d.")] = 256,
-        batch: Annotated[int, typer.Option("--batch", help="Batch size B.")] = 256,
-        sample_num: Annotated[int, typer.Option("--sample-num", help="Active classes per step.")] = 10_000,
-        interval: Annotated[int, typer.Option("--interval", help="Steps between index refreshes.")] = 100,
-        steps: Annotated[int, typer.Option("--steps", help="Steps per sampled contender "
-                                           "(hf/hnsw run at least interval+1).")] = 30,
-        full_steps: Annotated[int, typer.Option("--full-steps", help="Steps for full and exact "
-                                                "(a full step at N=1M takes seconds).")] = 3,
-        ntrees: Annotated[int, typer.Option("--ntrees", help="Annoy trees (hf).")] = 4,
-        hnsw_m: Annotated[int, typer.Option("--hnsw-m", help="hnswlib M.")] = 12,
-        hnsw_ef_construction: Annotated[int, typer.Option(
-            "--hnsw-ef-construction", help="hnswlib ef_construction of the hnsw contender.")] = 40,
-        hnsw_ef: Annotated[int, typer.Option("--hnsw-ef", help="hnswlib ef at query time.")] = 64,
-        index_dim: Annotated[int, typer.Option("--index-dim", help="hf/hnsw: PCA dimensions the index holds "
-                                               "(0 = full rows); selection.index_dim.")] = 32,
-        rerank: Annotated[int, typer.Option("--rerank", help="hf/hnsw: candidates per kept neighbour, "
-                                            "re-scored exactly; selection.rerank.")] = 4,
-        ivf_lists: Annotated[int, typer.Option("--ivf-lists", help="ivf: inverted lists (k-means "
-                                               "centroids); 0 = one per 100 rows; selection.ivf_lists.")] = 0,
-        ivf_nprobe: Annotated[int, typer.Option("--ivf-nprobe", help="ivf: lists each sample probes; "
-                                                "selection.ivf_nprobe.")] = 4,
-        sweep: Annotated[bool, typer.Option("--sweep", help="Recall vs speed: full, then hf, hnsw and ivf at "
-                                            "four or more settings each (--only keeps those kinds).")] = False,
-        hnsw_rebuild_fraction: Annotated[float, typer.Option(
-            "--hnsw-rebuild-fraction", help="hnsw: fresh build when more than this share of rows changed.")] = 0.25,
-        refresh: Annotated[str, typer.Option("--refresh", help="sync: refreshes run in the step and are timed "
-                                             "alone; background: in a thread beside the steps.")] = "sync",
-        only: Annotated[Optional[list[str]], typer.Option(
-            "--only", help="Run only these contenders (repeatable): full, random, exact, hf, hnsw, ivf.")] = None,
-        threads: Annotated[int, typer.Option("--threads", help="torch threads for the steps; 0 = torch's default. "
-                                             "1 keeps a shared machine's load from distorting the ratios.")] = 1,
-        json: JsonOpt = None,
-    ) -> None:
-        """Seconds per classifier step (fwd+bwd+update) and amortized refresh cost, per selection mode."""
-        n = classes if classes is not None else (100_000 if quick else 1_000_000)
-        for name, value in (("--classes", n), ("--dim", dim), ("--batch", batch), ("--sample-num", sample_num),
-                            ("--interval", interval), ("--steps", steps), ("--full-steps", full_steps),
-                            ("--ntrees", ntrees), ("--ivf-nprobe", ivf_nprobe)):
-            if value <= 0:
-                raise UsageError(f"{name} must be > 0, got {value}")
-        if ivf_lists < 0:
-            raise UsageError(f"--ivf-lists must be >= 0 (0 = one list per 100 rows), got {ivf_lists}")
-        if index_dim < 0 or rerank < 1 or not 0 <= hnsw_rebuild_fraction <= 1:
-            raise UsageError("--index-dim must be >= 0, --rerank >= 1, --hnsw-rebuild-fraction in [0, 1]")
-        if refresh not in REFRESH_MODES:
-            raise UsageError(f"--refresh must be one of {', '.join(REFRESH_MODES)}, got {refresh!r}")
-        if sample_num > n:
-            raise UsageError(f"--sample-num {sample_num} exceeds --classes {n}")
-        contenders = tuple(only) if only else CONTENDERS
-        bad = [c for c in contenders if c not in CONTENDERS]
-        if bad:
-            raise UsageError(f"--only: unknown contender(s) {', '.join(bad)}; choose from {', '.join(CONTENDERS)}")
-        params = {"classes": n, "dim": dim, "batch": batch, "sample_num": sample_num, "interval": interval,
-                  "steps": steps, "full_steps": full_steps, "ntrees": ntrees, "hnsw_m": hnsw_m,
-                  "hnsw_ef_construction": hnsw_ef_construction, "hnsw_ef": hnsw_ef, "threads": threads,
-                  "index_dim": index_dim, "rerank": rerank, "hnsw_rebuild_fraction": hnsw_rebuild_fraction,
-                  "refresh": refresh, "ivf_lists": ivf_lists, "ivf_nprobe": ivf_nprobe}
-        grid = [(mode, over) for mode, over in SWEEP if not only or mode in only] if sweep else None
-        run_select_speed(params, contenders, json, sweep=grid)
+
+def _check(p: dict, contenders: tuple) -> None:
+    for name, value in (("--classes", p["classes"]), ("--dim", p["dim"]), ("--batch", p["batch"]),
+                        ("--sample-num", p["sample_num"]), ("--interval", p["interval"]), ("--steps", p["steps"]),
+                        ("--full-steps", p["full_steps"]), ("--ntrees", p["ntrees"]),
+                        ("--ivf-nprobe", p["ivf_nprobe"])):
+        if value <= 0:
+            raise UsageError(f"{name} must be > 0, got {value}")
+    if p["ivf_lists"] < 0:
+        raise UsageError(f"--ivf-lists must be >= 0 (0 = one list per 100 rows), got {p['ivf_lists']}")
+    if p["index_dim"] < 0 or p["rerank"] < 1 or not 0 <= p["hnsw_rebuild_fraction"] <= 1:
+        raise UsageError("--index-dim must be >= 0, --rerank >= 1, --hnsw-rebuild-fraction in [0, 1]")
+    if p["refresh"] not in REFRESH_MODES:
+        raise UsageError(f"--refresh must be one of {', '.join(REFRESH_MODES)}, got {p['refresh']!r}")
+    if p["sample_num"] > p["classes"]:
+        raise UsageError(f"--sample-num {p['sample_num']} exceeds --classes {p['classes']}")
+    bad = [c for c in contenders if c not in CONTENDERS]
+    if bad:
+        raise UsageError(f"--only: unknown contender(s) {', '.join(bad)}; choose from {', '.join(CONTENDERS)}")

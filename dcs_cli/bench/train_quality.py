@@ -21,12 +21,8 @@ import dataclasses
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from dcs_cli.bench.common import report
-from dcs_cli.cli.options import JsonOpt, SetOpt
 from dcs_cli.console import info
 from dcs_cli.errors import UsageError
 
@@ -57,6 +53,27 @@ class TrainQualitySpec:
     @classmethod
     def quick(cls) -> TrainQualitySpec:
         return cls(identities=1000, held_out=100, pairs=600, sample_num=50, epochs=3)
+
+    @classmethod
+    def from_options(cls, quick: bool = False, identities: int = 0, sample_num: int = 0, epochs: int = 0,
+                     modes=None, heads=None, seed: int = 0, overrides=None) -> TrainQualitySpec:
+        """The spec of `dcs bench train-quality`'s options: `quick()` or the defaults, then each option
+        given (0 / empty = the size's default; `identities` alone sets sample_num to 5% of them)."""
+        spec = cls.quick() if quick else cls()
+        if identities:
+            spec.identities = identities
+            spec.sample_num = max(spec.batch_size, identities // 20)  # 5%
+        if sample_num:
+            spec.sample_num = sample_num
+        if epochs:
+            spec.epochs = epochs
+        if modes:
+            spec.modes = tuple(modes)
+        if heads:
+            spec.heads = tuple(heads)
+        spec.seed = seed
+        spec.overrides = tuple(overrides or ())
+        return spec
 
     def validate(self) -> None:
         for name in ("identities", "family_size", "images_per_identity", "held_out", "pairs", "epochs"):
@@ -145,33 +162,3 @@ def run_train_quality(spec: TrainQualitySpec, json_path: str | None = None) -> d
     params = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("modes", "heads")}
     return report("train-quality", params, rows, json_path)
 
-
-def register(app: typer.Typer) -> None:
-    @app.command("train-quality")
-    def train_quality(
-        quick: Annotated[bool, typer.Option("--quick", help="1,000 identities, 3 epochs (about 4 minutes).")] = False,
-        identities: Annotated[int, typer.Option(help="Training identities (classes); 0 = the size's default.")] = 0,
-        sample_num: Annotated[int, typer.Option(help="Active classes per step; 0 = 5% of the identities.")] = 0,
-        epochs: Annotated[int, typer.Option(help="Training epochs; 0 = the size's default.")] = 0,
-        mode: Annotated[list[str], typer.Option(help="Modes to run (repeatable); default: all.")] = None,
-        head: Annotated[list[str], typer.Option(help="Heads to run (repeatable); default: softmax, cosface.")] = None,
-        seed: Annotated[int, typer.Option(help="Seed of the data, the initialisation and the data order.")] = 0,
-        overrides: SetOpt = None,
-        json: JsonOpt = None,
-    ) -> None:
-        """Val top-1 and held-out verification of full, hf, ivf, hnsw, random and exact, through dcs train."""
-        spec = TrainQualitySpec.quick() if quick else TrainQualitySpec()
-        if identities:
-            spec.identities = identities
-            spec.sample_num = max(spec.batch_size, identities // 20)  # 5%
-        if sample_num:
-            spec.sample_num = sample_num
-        if epochs:
-            spec.epochs = epochs
-        if mode:
-            spec.modes = tuple(mode)
-        if head:
-            spec.heads = tuple(head)
-        spec.seed = seed
-        spec.overrides = tuple(overrides or ())
-        run_train_quality(spec, json)

@@ -10,10 +10,8 @@ threshold and fold by fold (one boolean pass over the pairs per threshold), shar
 from __future__ import annotations
 
 import time
-from typing import Annotated, Optional
 
 import numpy as np
-import typer
 
 from dcs_cli.bench.common import report
 from dcs_cli.console import info, progress_bar
@@ -170,18 +168,3 @@ def _best_of(repeat: int, fn):
         best = min(best, time.perf_counter() - start)
     return best, result
 
-
-def register(bench_app: typer.Typer) -> None:
-    @bench_app.command("verify")
-    def verify_bench(
-        pairs: Annotated[int, typer.Option(help="Number of pairs (2 feature rows each).")] = 6000,
-        folds: Annotated[int, typer.Option(help="Cross-validation folds.")] = 10,
-        dim: Annotated[int, typer.Option(help="Feature dimension.")] = 256,
-        seed: Annotated[int, typer.Option(help="Seed of the random features.")] = 0,
-        repeat: Annotated[int, typer.Option(help="Timed repetitions of the vectorised contenders (best counts).")] = 5,
-        json: Annotated[Optional[str], typer.Option("--json", help="Also write the results as JSON here.")] = None,
-    ) -> None:
-        """dcs verify's vectorised protocol vs a per-threshold loop: seconds and proof of identical figures."""
-        result = run_bench(pairs, folds, dim, seed, repeat, json)
-        if not all(row["identical_to_loop"] for row in result["rows"]):
-            raise typer.Exit(1)

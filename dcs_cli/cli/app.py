@@ -1,8 +1,8 @@
 """The `dcs` console entry: global options, command registration and error mapping.
 
-Commands live one per module in this package and expose `register(app)`; a command parses its options,
-loads the config and makes one call into library code. A `DcsError` becomes one red line and its exit
-code; `--verbose` shows the traceback too.
+Commands live one per module in this package and expose `register(app)` (the `dcs bench` scenarios one per
+`bench_*.py`, registered by `bench.py`); a command parses its options, loads the config and makes one call
+into library code. A `DcsError` becomes one red line and its exit code; `--verbose` shows the traceback too.
 """
 
 from __future__ import annotations

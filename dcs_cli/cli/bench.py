@@ -1,7 +1,9 @@
 """`dcs bench <scenario>`: side-by-side benchmarks (see BENCHMARKS in the README).
 
-Scenario modules import torch, numpy and friends; they are imported only when a scenario (or
-`dcs bench --help`) is asked for, so `dcs --help` and every other command start without them.
+Each scenario's command (its options) lives in `dcs_cli/cli/bench_<scenario>.py` and its work in
+`dcs_cli/bench/<scenario>.py`. A scenario's command module is imported only when that scenario (or
+`dcs bench --help`) is asked for, and it imports its library module, with torch, numpy and friends, only
+when the command runs, so `dcs --help` and every other command start without them.
 """
 
 from __future__ import annotations
@@ -11,15 +13,15 @@ import importlib
 import typer
 from typer.core import TyperGroup
 
-# scenario name → module exposing `register(bench_app)`; one line per scenario.
+# scenario name → command module exposing `register(bench_app)`; one line per scenario.
 SCENARIOS: dict[str, str] = {
-    "convert": "dcs_cli.bench.convert",
-    "paramserver": "dcs_cli.bench.paramserver",
-    "scale": "dcs_cli.bench.scale",
-    "select-quality": "dcs_cli.bench.select_quality",
-    "select-speed": "dcs_cli.bench.select_speed",
-    "train-quality": "dcs_cli.bench.train_quality",
-    "verify": "dcs_cli.bench.verify",
+    "convert": "dcs_cli.cli.bench_convert",
+    "paramserver": "dcs_cli.cli.bench_paramserver",
+    "scale": "dcs_cli.cli.bench_scale",
+    "select-quality": "dcs_cli.cli.bench_select_quality",
+    "select-speed": "dcs_cli.cli.bench_select_speed",
+    "train-quality": "dcs_cli.cli.bench_train_quality",
+    "verify": "dcs_cli.cli.bench_verify",
 }
 
 

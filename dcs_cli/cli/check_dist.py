@@ -1,4 +1,10 @@
-"""`dcs check-dist`: spawn N workers, all-reduce a size sweep, check the sums, print an nccl-tests-like table."""
+"""`dcs check-dist`: spawn N workers, all-reduce a size sweep, check the sums, print an nccl-tests-like table.
+
+    dcs check-dist --nproc 2 --backend gloo --sizes 1K,1M --iters 5
+    dcs check-dist --nproc 8 --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --master-port 29500
+
+The work is `dcs_cli.train.check_dist.check_dist`.
+"""
 
 from __future__ import annotations
 

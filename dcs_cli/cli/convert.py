@@ -1,4 +1,12 @@
-"""`dcs convert`: .rec/.idx → images + train/val lists; images + list → .rec/.idx; .bin → pair images."""
+"""`dcs convert`: .rec/.idx → images + train/val lists; images + list → .rec/.idx; .bin → pair images.
+
+    dcs convert --in-folder data/faces_emore --out-folder data/emore --val-ratio 0.05 --workers 8
+    dcs convert --to-rec --list data/emore/train_list.txt --root data/emore/images --out-folder data/repacked
+    dcs convert --bin data/lfw.bin --out-folder data/lfw_images
+
+Exactly one of --in-folder, --to-rec or --bin; the work is `rec_to_images`, `list_to_rec` or
+`bin_to_images` (`dcs_cli.data`).
+"""
 
 from __future__ import annotations
 

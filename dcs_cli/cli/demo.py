@@ -1,4 +1,10 @@
-"""`dcs demo`: the whole pipeline on built-in synthetic data."""
+"""`dcs demo`: the whole pipeline on built-in synthetic data.
+
+    dcs demo --out-folder demo_out
+    dcs demo --identities 100 --epochs 1 --large-classes 0 --keep -o demo_small
+
+The work is `dcs_cli.demo.run_demo`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""`dcs extract`: backbone features of .bin pair sets (or a list of images) → .npy."""
+"""`dcs extract`: backbone features of .bin pair sets (or a list of images) → .npy.
+
+    dcs extract --checkpoint runs/x/checkpoints/epoch_030.pt --bin data/lfw.bin --bin data/cfp_fp.bin -o feats
+    dcs extract --checkpoint backbone.pth --config configs/face_original.yaml --list LIST --root DIR -o feats
+
+The work is `dcs_cli.eval.extract.extract(ExtractJob(...))`.
+"""
 
 from __future__ import annotations
 

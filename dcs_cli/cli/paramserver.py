@@ -96,24 +96,22 @@ def paramserver(
     ] = None,
 ) -> None:
     """Serve class rows by id with synchronous SGD across clients; SIGTERM/Ctrl-C snapshot and exit 0."""
-    import dataclasses
-
-    from dcs_cli.config import load_config, validate
+    from dcs_cli.config import load_config
     from dcs_cli.cpus import parse_cpu_list
     from dcs_cli.paramserver.serve import serve
 
-    cfg = load_config(config, set_)
-    ps = {
-        "bind": bind,
-        "snapshot_dir": str(snapshot_dir) if snapshot_dir else None,
-        "snapshot_every": snapshot_every,
-        "token_file": str(token_file) if token_file else None,
-        "cpus": parse_cpu_list(cpus, "--cpus") if cpus is not None else None,
+    options = {  # each one a config key, applied after --set (so the option wins), typed
+        "paramserver.bind": bind,
+        "paramserver.snapshot_dir": str(snapshot_dir) if snapshot_dir else None,
+        "paramserver.snapshot_every": snapshot_every,
+        "paramserver.token_file": str(token_file) if token_file else None,
+        "paramserver.cpus": parse_cpu_list(cpus, "--cpus") if cpus is not None else None,
+        "optim.lr": lr,
+        "optim.momentum": momentum,
+        "optim.weight_decay": weight_decay,
     }
-    cfg.paramserver = dataclasses.replace(cfg.paramserver, **{k: v for k, v in ps.items() if v is not None})
-    optim = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
-    cfg.optim = dataclasses.replace(cfg.optim, **{k: v for k, v in optim.items() if v is not None})
-    validate(cfg)
+    cfg = load_config(config, list(set_ or []),
+                      values={key: value for key, value in options.items() if value is not None})
     raise typer.Exit(
         serve(cfg, resume=str(resume) if resume else None, ready_file=str(ready_file) if ready_file else None)
     )

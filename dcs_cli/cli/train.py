@@ -1,4 +1,11 @@
-"""`dcs train`: full softmax or a sampled mode, one process or one worker per device."""
+"""`dcs train`: full softmax or a sampled mode, one process or one worker per device.
+
+    dcs train --config configs/synthetic.yaml --mode hf --out runs/hf
+    dcs train --resume runs/hf --set optim.epochs=10
+
+The work is `dcs_cli.train.runner`: `resolve_config` (the typed options here override the config's keys
+named in their help), then `run_train`.
+"""
 
 from __future__ import annotations
 
@@ -47,13 +54,10 @@ def train_command(
     """Train a backbone and classifier; writes config.yaml, metrics.jsonl, curves.png and checkpoints."""
     from dcs_cli.train.runner import resolve_config, run_train
 
-    sets = list(overrides or [])
-    for key, value in (("selection.mode", mode), ("dist.nproc", nproc), ("dist.nnodes", nnodes),
-                       ("dist.node_rank", node_rank), ("dist.master_addr", master_addr),
-                       ("dist.master_port", master_port), ("output.dir", out)):
-        if value is not None:
-            sets.append(f"{key}={value}")
-    cfg, state = resolve_config(config, sets, str(resume) if resume else None)
+    settings = {"selection.mode": mode, "dist.nproc": nproc, "dist.nnodes": nnodes, "dist.node_rank": node_rank,
+                "dist.master_addr": master_addr, "dist.master_port": master_port,
+                "output.dir": str(out) if out is not None else None}
+    cfg, state = resolve_config(config, overrides or [], str(resume) if resume else None, settings)
     summary = run_train(cfg, resume=state, overwrite=overwrite)
     if summary.get("steps") is not None:
         rows = [{"figure": k, "value": v} for k, v in summary.items() if k != "stopped" and v is not None]

@@ -1,4 +1,10 @@
-"""`dcs verify`: K-fold verification accuracy, VAL@FAR, AUC/EER/TAR and an ROC plot for pair sets."""
+"""`dcs verify`: K-fold verification accuracy, VAL@FAR, AUC/EER/TAR and an ROC plot for pair sets.
+
+    dcs verify --features feats/lfw.npy --bin data/lfw.bin --plot roc.png
+    dcs verify --features-dir feats --bin-dir data --folds 10 --json verify.json
+
+The work is `dcs_cli.eval.targets.verify_targets` (after `match_targets` for the folder form).
+"""
 
 from __future__ import annotations
 

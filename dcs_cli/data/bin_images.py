@@ -1,9 +1,22 @@
 """A `.bin` verification set → its pair images as files plus `pairs.txt`.
 
-    summary = bin_to_images("data/lfw.bin", "out/lfw")
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from dcs_cli.data.synthetic_rec import write_synthetic_rec
+    >>> tmp = tempfile.TemporaryDirectory(); folder = Path(tmp.name)
+    >>> _ = write_synthetic_rec(folder / "data", 2, 1, image_size=16, pairs=2)   # data/pairs.bin: 2 pairs
+    >>> summary = bin_to_images(folder / "data" / "pairs.bin", folder / "lfw")
+    >>> summary["pairs"], summary["images"], summary["same"]
+    (2, 4, 1)
+    >>> (folder / "lfw" / "pairs.txt").read_text().splitlines()
+    ['0.jpg 1.jpg 1', '2.jpg 3.jpg 0']
+    >>> tmp.cleanup()
 
 Writes OUT/images/<i>.<ext> (i = position in the .bin, bytes unchanged), OUT/pairs.txt with one
 `path_a path_b issame` line per pair (paths relative to OUT/images, issame 1 or 0) and OUT/meta.json last.
+From the shell:
+
+    dcs convert --bin FILE --out-folder OUT
 """
 
 from __future__ import annotations

@@ -1,7 +1,20 @@
 """InsightFace `.bin` verification sets: a pickle of (encoded images, issame), two images per pair.
 
-    images, issame = read_bin("lfw.bin")     # list[bytes] (2 per pair), np.ndarray[bool]
-    write_bin("pairs.bin", images, issame)
+    >>> import os, pickle, tempfile
+    >>> from pathlib import Path
+    >>> from dcs_cli.data.images import encode_jpeg
+    >>> tmp = tempfile.TemporaryDirectory(); path = Path(tmp.name) / "pairs.bin"
+    >>> jpeg = encode_jpeg(np.zeros((8, 8, 3), np.uint8))
+    >>> write_bin(path, [jpeg] * 4, [True, False])     # two images per pair, atomically
+    >>> images, issame = read_bin(path)                 # list[bytes] (2 per pair), np.ndarray[bool]
+    >>> len(images), images[0] == jpeg, issame.tolist()
+    (4, True, [True, False])
+    >>> _ = path.write_bytes(pickle.dumps(([os.getcwd], [True])))   # a pickle that names a function
+    >>> read_bin(path)
+    Traceback (most recent call last):
+    ...
+    dcs_cli.errors.DataError: ...pairs.bin: refusing to load: the pickle asks for ...getcwd, which a .bin ...
+    >>> tmp.cleanup()
 
 Files come from Python 2 and 3, so payloads may be `str` (py2 read with encoding="bytes" gives bytes;
 py3 protocol-2 pickles store bytes as `_codecs.encode(text, "latin1")`). A pickle can run arbitrary code,

@@ -1,11 +1,23 @@
 """`.rec` → image files + train/val lists, without re-encoding a single image.
 
-    summary = rec_to_images("data/faces_emore", "data/emore_images", val_ratio=0.05, seed=0, workers=0)
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from dcs_cli.data.synthetic_rec import write_synthetic_rec
+    >>> tmp = tempfile.TemporaryDirectory(); folder = Path(tmp.name)
+    >>> _ = write_synthetic_rec(folder / "faces", num_identities=3, images_per_identity=4, image_size=16)
+    >>> summary = rec_to_images(folder / "faces", folder / "images", val_ratio=0.25, seed=0, workers=1)
+    >>> summary["layout"], summary["images"], summary["train"], summary["val"]
+    ('insightface', 12, 9, 3)
+    >>> (folder / "images" / "val_list.txt").read_text().splitlines()   # `path label`, per identity
+    ['0/1.jpg 0', '1/6.jpg 1', '2/9.jpg 2']
+    >>> tmp.cleanup()
 
 Writes OUT/images/<label>/<key>.<ext> (the record payload byte for byte; <key> is the record key, so every
 file traces back to its record), OUT/train_list.txt and OUT/val_list.txt (`path label`, paths relative to
 OUT/images) and finally OUT/meta.json, the marker of a finished folder. The split is per identity and
-deterministic for a seed; every identity keeps at least one training image.
+deterministic for a seed; every identity keeps at least one training image. From the shell:
+
+    dcs convert --in-folder DIR --out-folder OUT --val-ratio 0.05 --seed 0
 """
 
 from __future__ import annotations

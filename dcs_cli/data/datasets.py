@@ -1,9 +1,22 @@
 """torch Datasets over a list file, a `.rec` read directly, and a `.bin` verification set.
 
-    ds = ListDataset("out/train_list.txt", "out/images", image_size=112)
-    ds = RecDataset("data/faces_emore", image_size=112)      # train without converting
-    ds = BinDataset("data/lfw.bin", image_size=112)          # pairs: items 2k and 2k+1
-    x, label = ds[0]    # (3, 112, 112) float in [-1, 1], int
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from dcs_cli.data.convert import rec_to_images
+    >>> from dcs_cli.data.synthetic_rec import write_synthetic_rec
+    >>> tmp = tempfile.TemporaryDirectory(); folder = Path(tmp.name)
+    >>> _ = write_synthetic_rec(folder / "faces", 2, 3, image_size=16, pairs=2)   # train.rec/.idx, pairs.bin
+    >>> _ = rec_to_images(folder / "faces", folder / "out", val_ratio=0.0)       # images + train_list.txt
+    >>> ds = ListDataset(folder / "out" / "train_list.txt", folder / "out" / "images", image_size=32)
+    >>> x, label = ds[0]                       # (3, 32, 32) float in [-1, 1], int
+    >>> tuple(x.shape), label, len(ds)
+    ((3, 32, 32), 0, 6)
+    >>> len(RecDataset(folder / "faces", image_size=32))          # train without converting
+    6
+    >>> pairs = BinDataset(folder / "faces" / "pairs.bin", image_size=32)   # items 2k and 2k+1: pair k
+    >>> len(pairs), pairs[3][1], pairs.issame.tolist()
+    (4, 1, [True, False])
+    >>> tmp.cleanup()
 
 Images are decoded with Pillow to RGB uint8, resized (bilinear) when not already image_size, and
 normalised as InsightFace does: (x - 127.5) / 127.5. `random_flip` mirrors half the items (training).

@@ -1,8 +1,14 @@
 """Encoded-image helpers: format by magic bytes, Pillow decode to RGB, and the model's input tensor.
 
-    ext = image_ext(payload)                       # "jpg" | "png"
-    rgb = decode_rgb(payload)                      # (H, W, 3) uint8
-    x = to_input_tensor(rgb, image_size=112)       # (3, 112, 112) float in [-1, 1]
+    >>> rgb = np.full((8, 8, 3), 200, np.uint8)
+    >>> payload = encode_jpeg(rgb)                            # encode_png(rgb) for lossless
+    >>> image_ext(payload), image_ext(encode_png(rgb))
+    ('jpg', 'png')
+    >>> decode_rgb(payload, image_size=16).shape              # (H, W, 3) uint8, resized to a square
+    (16, 16, 3)
+    >>> x = to_input_tensor(decode_rgb(payload))              # (3, H, W) float in [-1, 1]
+    >>> tuple(x.shape), round(float(x.mean()), 1)             # (200 - 127.5) / 127.5
+    ((3, 8, 8), 0.6)
 """
 
 from __future__ import annotations

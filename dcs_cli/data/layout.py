@@ -1,8 +1,18 @@
 """The layouts of image `.rec` files, all read into one (key, label, payload) table.
 
-    table = read_table("data/faces_emore")         # folder with train.rec/train.idx, or the .rec itself
-    table.keys, table.labels                       # int64 arrays, one entry per image
-    jpeg = table.payload(0)                        # encoded bytes exactly as stored
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from dcs_cli.data.synthetic_rec import write_synthetic_rec
+    >>> tmp = tempfile.TemporaryDirectory(); folder = Path(tmp.name) / "faces"
+    >>> _ = write_synthetic_rec(folder, num_identities=2, images_per_identity=3, image_size=16)
+    >>> table = read_table(folder)             # folder with train.rec/train.idx, or the .rec itself
+    >>> table.layout, len(table), table.num_classes
+    ('insightface', 6, 2)
+    >>> table.keys.tolist(), table.labels.tolist()         # int64 arrays, one entry per image
+    ([1, 2, 3, 4, 5, 6], [0, 0, 0, 1, 1, 1])
+    >>> table.payload(0)[:2] == bytes([0xFF, 0xD8])         # encoded bytes exactly as stored: a JPEG
+    True
+    >>> table.reader.close(); tmp.cleanup()
 
 Layouts: InsightFace (record 0 has flag > 0 and label [A, B]; images are keys 1..A-1; identity records
 A..B-1 carry [start, end) of their image keys) and plain im2rec (every record is an image). Image labels

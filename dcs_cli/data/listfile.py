@@ -1,7 +1,12 @@
 """List files: one `relative/path label` line per image, paths relative to an images root.
 
-    entries = read_list("out/train_list.txt")     # [("0/1.jpg", 0), ...]
-    write_list("out/val_list.txt", entries)       # atomic: temp name, then rename
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> tmp = tempfile.TemporaryDirectory(); path = Path(tmp.name) / "val_list.txt"
+    >>> write_list(path, [("0/1.jpg", 0), ("1/my photo.jpg", 1)])   # atomic: temp name, then rename
+    >>> read_list(path)
+    [('0/1.jpg', 0), ('1/my photo.jpg', 1)]
+    >>> tmp.cleanup()
 
 The label is the last whitespace-separated field, so paths may contain spaces (not newlines).
 """

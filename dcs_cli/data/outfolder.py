@@ -1,8 +1,18 @@
 """Output folders of `dcs convert`: `meta.json` marks a finished one; a partial marker an unfinished one.
 
-    out = prepare_output(out_folder, overwrite, produces=["images", "train_list.txt"])
-    ...write...
-    finish_output(out, meta)        # meta.json written last (atomically), then the partial marker removed
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> tmp = tempfile.TemporaryDirectory(); folder = Path(tmp.name) / "converted"
+    >>> out = prepare_output(folder, overwrite=False, produces=["train_list.txt"])
+    >>> _ = (out / "train_list.txt").write_text("0/1.jpg 0")    # ... write the outputs ...
+    >>> finish_output(out, {"kind": "example"})    # meta.json written last (atomically), partial marker removed
+    >>> sorted(p.name for p in out.iterdir())
+    ['meta.json', 'train_list.txt']
+    >>> prepare_output(folder, overwrite=False, produces=["train_list.txt"])
+    Traceback (most recent call last):
+    ...
+    dcs_cli.errors.OutputExistsError: ...converted already holds a finished output (meta.json); pass --overwrite ...
+    >>> tmp.cleanup()
 
 A finished folder is never overwritten without `--overwrite`. Leftovers of an interrupted dcs run (the
 partial marker is still there) are cleared before a new run; anything else already under an output's

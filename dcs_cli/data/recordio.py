@@ -1,9 +1,15 @@
-"""MXNet RecordIO, read and written natively (no mxnet): `.rec` records plus a `.idx` of `key\\toffset`.
+r"""MXNet RecordIO, read and written natively (no mxnet): `.rec` records plus a `.idx` of `key\toffset`.
 
-    with RecordWriter("train.rec", "train.idx") as writer:
-        writer.write(0, pack_image_record(3.0, jpeg_bytes))
-    reader = RecordReader("train.rec")          # train.idx beside it; rebuilt by a scan if missing/bad
-    header, image = unpack_image_record(reader.read(0))
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> tmp = tempfile.TemporaryDirectory(); rec = Path(tmp.name) / "train.rec"
+    >>> with RecordWriter(rec, rec.with_suffix(".idx")) as writer:      # files appear when the block ends
+    ...     _ = writer.write(0, pack_image_record(3.0, b"jpeg bytes"))
+    >>> reader = RecordReader(rec)          # train.idx beside it; rebuilt by a scan if missing/bad
+    >>> header, image = unpack_image_record(reader.read(0))
+    >>> header.label, image
+    (3.0, b'jpeg bytes')
+    >>> reader.close(); tmp.cleanup()
 
 Format (little-endian): magic 0xced7230a (u32), lrec (u32: top 3 bits continuation flag 0 whole /
 1 first / 2 middle / 3 last, low 29 bits length), payload, zero padding to 4 bytes. A payload holding the

@@ -1,14 +1,21 @@
 """Seeded synthetic classification data with hard negatives, generated lazily (N in the millions is free).
 
-    data = SyntheticClasses(cfg.data.synthetic)
-    train, val = data.train_dataset(), data.val_dataset()   # items: (float32 vector of dim d, int label)
-    x, y = data.arrays("val")                               # a whole split at once (benchmarks)
+    >>> from dcs_cli.data.config import SyntheticConfig
+    >>> data = SyntheticClasses(SyntheticConfig(num_classes=1_000_000, dim=16))   # nothing generated yet
+    >>> x, y = data.train_dataset()[999_999]     # (float32 vector of dim d, int label); sample i: label i % N
+    >>> tuple(x.shape), x.dtype, y
+    ((16,), torch.float32, 999999)
+    >>> small = SyntheticClasses(SyntheticConfig(num_classes=50, dim=8, val_per_class=2))
+    >>> x, y = small.arrays("val")               # a whole split at once (benchmarks)
+    >>> tuple(x.shape), tuple(y.shape)
+    ((100, 8), (100,))
 
-Class means sit in tight clusters of `cluster_size` classes: a unit-norm cluster centre plus an offset
-of length `cluster_spread`. A sample is its class mean plus Gaussian noise of expected length `noise`.
-So the classes that matter for a sample are its cluster-mates, which a random subset of negatives rarely
-contains. Everything is generated in blocks from counter-based seeds ([seed, stream, block]), so any
-class or sample can be produced on its own, reproducibly, without materialising the rest.
+`dcs train` builds it from `cfg.data.synthetic` (`data.source=synthetic`). Class means sit in tight
+clusters of `cluster_size` classes: a unit-norm cluster centre plus an offset of length `cluster_spread`.
+A sample is its class mean plus Gaussian noise of expected length `noise`. So the classes that matter for
+a sample are its cluster-mates, which a random subset of negatives rarely contains. Everything is
+generated in blocks from counter-based seeds ([seed, stream, block]), so any class or sample can be
+produced on its own, reproducibly, without materialising the rest.
 """
 
 from __future__ import annotations

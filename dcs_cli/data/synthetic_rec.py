@@ -1,7 +1,15 @@
 """A seeded synthetic face-like dataset in real InsightFace layout: train.rec/train.idx (+ pairs.bin).
 
-    info = write_synthetic_rec("data/synth", num_identities=100, images_per_identity=20,
-                               image_size=112, seed=0, pairs=200)
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> tmp = tempfile.TemporaryDirectory(); folder = Path(tmp.name) / "synth"
+    >>> info = write_synthetic_rec(folder, num_identities=4, images_per_identity=3,
+    ...                            image_size=32, seed=0, pairs=6)
+    >>> info["images"], info["identities"], info["pairs"]
+    (12, 4, 6)
+    >>> sorted(p.name for p in folder.iterdir())
+    ['pairs.bin', 'train.idx', 'train.rec']
+    >>> tmp.cleanup()
 
 Each identity owns a smooth colour pattern (a random low-resolution grid upsampled bicubically, plus a
 few identity-specific bars); each image shifts it a few pixels, jitters brightness and contrast and adds

@@ -1,9 +1,22 @@
 """Image files + a list file → InsightFace-layout train.rec/train.idx (the way back from `dcs convert`).
 
-    summary = list_to_rec("out/train_list.txt", "out/images", "data/repacked")
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from dcs_cli.data.convert import rec_to_images
+    >>> from dcs_cli.data.synthetic_rec import write_synthetic_rec
+    >>> tmp = tempfile.TemporaryDirectory(); folder = Path(tmp.name)
+    >>> _ = write_synthetic_rec(folder / "faces", 2, 3, image_size=16)
+    >>> _ = rec_to_images(folder / "faces", folder / "out", val_ratio=0.0)     # images + train_list.txt
+    >>> summary = list_to_rec(folder / "out" / "train_list.txt", folder / "out" / "images", folder / "repacked")
+    >>> summary["images"], summary["classes"], sorted(p.name for p in (folder / "repacked").glob("train.*"))
+    (6, 2, ['train.idx', 'train.rec'])
+    >>> tmp.cleanup()
 
 Images are stored as their file bytes (no re-encode). Records are grouped by label, as the InsightFace
 layout requires (identity i owns one contiguous key range), so labels must be 0..C-1 without gaps.
+From the shell:
+
+    dcs convert --to-rec --list LIST --root ROOT --out-folder OUT
 """
 
 from __future__ import annotations

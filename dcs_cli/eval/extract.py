@@ -1,11 +1,30 @@
 """Backbone features of `.bin` pair sets and image lists: `extract(ExtractJob(...))` → `<out>/<name>.npy`.
 
-    job = ExtractJob(checkpoint="run/checkpoints/epoch_030.pt", bins=["lfw.bin"], out_dir="feats")
-    extract(job)          # feats/lfw.npy: float32 (2·pairs × feature_dim), file order; feats/extract.json
+    >>> import tempfile
+    >>> from dcs_cli.data.synthetic_rec import write_synthetic_rec
+    >>> from dcs_cli.torchfile import save_torch_file
+    >>> tmp = tempfile.TemporaryDirectory(); folder = Path(tmp.name)
+    >>> cfg = load_config(overrides=["model.backbone=mobilefacenet", "model.width=8", "model.feature_dim=16",
+    ...                              "data.image_size=16"])
+    >>> net = build_backbone(cfg.model, (3, 16, 16))
+    >>> _ = save_torch_file({"backbone": net.state_dict(), "config": to_dict(cfg)},   # as `dcs train` saves
+    ...                     folder / "epoch_001.pt")
+    >>> _ = write_synthetic_rec(folder / "data", 2, 1, image_size=16, pairs=3)       # data/pairs.bin
+    >>> job = ExtractJob(checkpoint=folder / "epoch_001.pt", bins=[folder / "data" / "pairs.bin"],
+    ...                  out_dir=folder / "feats")
+    >>> summary = extract(job)
+    >>> np.load(folder / "feats" / "pairs.npy").shape     # float32 (2·pairs × feature_dim), file order
+    (6, 16)
+    >>> sorted(p.name for p in (folder / "feats").iterdir())
+    ['extract.json', 'pairs.npy']
+    >>> tmp.cleanup()
 
 The architecture comes from the config saved in the checkpoint (key "config"), overridden by `--config`
 and `--set`. A checkpoint is either a `dcs train` dict (key "backbone") or a bare backbone state_dict.
-With flip (the InsightFace protocol) each embedding is model(image) + model(mirrored image).
+With flip (the InsightFace protocol) each embedding is model(image) + model(mirrored image). From the
+shell, with the checkpoint of a run:
+
+    dcs extract --checkpoint runs/x/checkpoints/epoch_030.pt --bin data/lfw.bin --out-dir feats
 """
 
 from __future__ import annotations

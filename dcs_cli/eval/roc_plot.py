@@ -1,4 +1,13 @@
-"""ROC curves as PNG: `plot_roc({"lfw": (fpr, tpr)}, "roc.png")`.
+"""ROC curves as PNG, one curve per target: `plot_roc({"lfw": (fpr, tpr)}, "roc.png")`.
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> fpr, tpr = np.array([0.0, 0.001, 0.01, 1.0]), np.array([0.0, 0.9, 0.99, 1.0])   # evaluate()'s ROC
+    >>> path = plot_roc({"lfw": (fpr, tpr)}, Path(tmp.name) / "roc.png", title="ROC: lfw")
+    >>> path.read_bytes()[1:4]
+    b'PNG'
+    >>> tmp.cleanup()
 
 FPR on a log axis (where face verification is compared: 1e-4..1e-2) against TPR, one curve per target,
 written atomically with matplotlib's file-only Agg backend so no display is needed.

@@ -1,7 +1,24 @@
 """Verify one or many targets (features `.npy` + the `.bin` they came from) into a table, JSON and ROC PNG.
 
-    figures = verify_targets([("lfw", "feats/lfw.npy", "data/lfw.bin")], folds=10, plot="roc.png")
-    pairs = match_targets("feats", "data")   # every feats/<name>.npy with a data/<name>.bin
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from dcs_cli.data.synthetic_rec import write_synthetic_rec
+    >>> tmp = tempfile.TemporaryDirectory(); folder = Path(tmp.name)
+    >>> _ = write_synthetic_rec(folder / "data", 2, 1, image_size=16, pairs=20)   # data/pairs.bin
+    >>> (folder / "feats").mkdir()
+    >>> np.save(folder / "feats" / "pairs.npy", np.random.default_rng(0).standard_normal((40, 8)))
+    >>> targets = match_targets(folder / "feats", folder / "data")   # every feats/<name>.npy with a data/<name>.bin
+    >>> [name for name, _, _ in targets]
+    ['pairs']
+    >>> figures = verify_targets(targets, folds=2, plot=folder / "roc.png", json_path=folder / "verify.json")
+    dcs verify (2-fold, squared L2 of normalised features)
+    ...
+    >>> figures["pairs"]["pairs"], sorted(p.name for p in folder.glob("*.*"))
+    (20, ['roc.png', 'verify.json'])
+    >>> tmp.cleanup()
+
+`dcs verify --features F.npy --bin F.bin` verifies one target, `--features-dir D --bin-dir B` every
+match; the table has metrics down and targets across, so several targets fit an 80-column terminal.
 """
 
 from __future__ import annotations

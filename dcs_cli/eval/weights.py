@@ -1,7 +1,18 @@
 """Read a checkpoint's backbone weights and load them leniently or strictly.
 
-    state, saved_cfg = read_checkpoint("epoch_030.pt")
-    report = load_backbone_weights(model, state, strict=False, where="epoch_030.pt")
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from dcs_cli.torchfile import save_torch_file
+    >>> tmp = tempfile.TemporaryDirectory(); path = Path(tmp.name) / "epoch_030.pt"
+    >>> saved = torch.nn.Linear(4, 2)
+    >>> _ = save_torch_file({"backbone": {"module." + k: v for k, v in saved.state_dict().items()},
+    ...                      "classifier": torch.zeros(10, 2), "config": {}}, path)   # as DDP would save it
+    >>> state, saved_cfg = read_checkpoint(path)      # (backbone state_dict, the saved config or None)
+    >>> model = torch.nn.Linear(4, 2)
+    >>> report = load_backbone_weights(model, state, strict=True, where=str(path))
+    >>> report["loaded"], report["stripped_prefix"], bool((model.weight == saved.weight).all())
+    (2, True, True)
+    >>> tmp.cleanup()
 
 A uniform `module.` prefix (a state_dict saved from DistributedDataParallel or DataParallel) is removed in
 both modes: it names the wrapper, not a different model. Strict mode then refuses any missing, unexpected

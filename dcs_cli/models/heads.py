@@ -1,12 +1,16 @@
 """Classifier heads over gathered rows: margin logits for the active classes (or all of them).
 
-    head = build_head(cfg.head)                         # softmax | cosface | arcface
-    logits = head(features, weight_rows, bias_rows, local_labels)
-    loss = F.cross_entropy(logits, local_labels)
+    >>> head = build_head(HeadConfig(type="cosface", scale=64.0, margin=0.35))   # softmax | cosface | arcface
+    >>> features, weight_rows = torch.randn(4, 8), torch.randn(10, 8)   # 4 samples; 10 rows from the store
+    >>> local_labels = torch.tensor([0, 3, 3, 9])                       # targets as positions in those rows
+    >>> logits = head(features, weight_rows, None, local_labels)        # (features, weight_rows, bias_rows, labels)
+    >>> loss = F.cross_entropy(logits, local_labels)
+    >>> tuple(logits.shape), head.metric
+    ((4, 10), 'angular')
 
 A head holds no weights: the rows come from the class store, so the same head serves full mode (all rows)
 and sampled mode (the selected rows with labels remapped into 0..S-1). `metric` tells the selectors which
-similarity ranks classes the way the logits do.
+similarity ranks classes the way the logits do (`dot` for softmax, `angular` for the margin heads).
 """
 
 from __future__ import annotations
@@ -63,14 +67,14 @@ class _CosineHead(nn.Module):
 
 
 class CosFaceHead(_CosineHead):
-    """`logits = CosFaceHead(s=64, m=0.35)(x, W, None, y)`: s·(cos θ − m at the target)."""
+    """`logits = CosFaceHead(scale=64, margin=0.35)(x, W, None, y)`: s·(cos θ − m at the target)."""
 
     def target_logit(self, cos_t):
         return cos_t - self.margin
 
 
 class ArcFaceHead(_CosineHead):
-    """`logits = ArcFaceHead(s=64, m=0.5)(x, W, None, y)`: s·cos(θ + m) at the target.
+    """`logits = ArcFaceHead(scale=64, margin=0.5)(x, W, None, y)`: s·cos(θ + m) at the target.
 
     cos(θ + m) stops decreasing once θ + m > π, which would reward pushing a sample further away. Past
     that threshold (cos θ < cos(π − m)) the target logit continues linearly as cos θ − (1 − cos m): it meets

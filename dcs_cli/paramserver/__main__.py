@@ -2,6 +2,7 @@
 
 `start_background` launches this entry so a server starts fast and does not depend on every other
 command of the `dcs` app importing cleanly. Options are exactly those of `dcs paramserver`.
+An entry point, not library code: it runs the CLI command itself, so the options are defined once.
 """
 
 from __future__ import annotations

@@ -1,6 +1,11 @@
 """Who may talk to the server: loopback-only binds, or a shared secret read from a token file.
 
-    if not is_loopback(bind) and read_token(token_file) is None: refuse to start
+`serve` refuses to bind an address that is not loopback unless a token file is given:
+
+>>> is_loopback("tcp://127.0.0.1:5570"), is_loopback("ipc:///tmp/ps"), is_loopback("tcp://0.0.0.0:5570")
+(True, True, False)
+>>> read_token("") is None   # no token file: loopback only
+True
 
 The token keys an HMAC of every message header (see protocol.py); it is never sent itself.
 """

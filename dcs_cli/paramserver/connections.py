@@ -1,13 +1,19 @@
 """A cap on the memory the server's socket may reserve for messages still being received.
 
-    budget = ConnectionBudget(sock, max_inflight_bytes=4 << 30, max_frame_bytes=128 << 20)
-    poller.register(budget.monitor, zmq.POLLIN); ...; budget.poll()   # in the server loop
+The server loop polls `budget.monitor` next to its socket and calls `budget.poll()` when it is readable.
 
 ZeroMQ allocates a frame's whole announced size as soon as its length arrives, before its bytes do, and
 keeps a message's frames until its last one. Each connection can therefore hold about one maximal frame
 (`paramserver.max_frame_bytes`, ZeroMQ's MAXMSGSIZE; larger frames drop the connection) in flight, and
 the total is capped by keeping at most `max_inflight_bytes // max_frame_bytes` connections: the ones
 accepted beyond that are shut down at once, so whoever opens them only loses them.
+
+>>> ctx = zmq.Context()
+>>> sock = ctx.socket(zmq.ROUTER)
+>>> budget = ConnectionBudget(sock, max_inflight_bytes=4 << 30, max_frame_bytes=128 << 20)
+>>> budget.limit   # connections kept open at once
+32
+>>> budget.close(); sock.close(); ctx.term()
 """
 
 from __future__ import annotations

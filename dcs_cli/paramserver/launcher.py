@@ -1,10 +1,10 @@
 """Start a real `dcs paramserver` process in the background (tests, the trainer's auto-start, benches).
 
-    with start_background("tcp://127.0.0.1:*", heartbeat_timeout=2) as server:
-        store = RemoteStore(server.address, "classifier", 1000, 64)
-    # leaving the block sends SIGTERM (final snapshot if a snapshot dir was given) and waits
-
-`*` as the port lets ZeroMQ pick a free one; the server reports the address it bound via --ready-file.
+`start_background("tcp://127.0.0.1:*", heartbeat_timeout=2)` runs `python -m dcs_cli.paramserver` and
+returns a `BackgroundServer` once the server listens; clients connect to its `.address`. Used as a
+context manager, leaving the block stops it (SIGTERM: the final snapshot is written if a snapshot folder
+was given) and waits for it. `*` as the port lets ZeroMQ pick a free one; the server reports the address
+it bound via --ready-file.
 """
 
 from __future__ import annotations

@@ -1,9 +1,13 @@
 """One served matrix: weights, momentum, optimiser params and the synchronous-SGD barrier of a step.
 
-    m = ServedMatrix(0, MatrixSpec("classifier", 1_000_000, 256), OptimParams())
-    m.members.add(client)                    # REGISTER
-    m.add_push(client, ids, grad_w, None)    # PUSH for m.step
-    if m.barrier_ready(): m.apply()          # summed over clients, one update, step += 1
+>>> m = ServedMatrix(0, MatrixSpec("classifier", num_classes=10, dim=4), OptimParams(lr=0.1, momentum=0.0))
+>>> m.members.update({1, 2})                                             # two clients REGISTERed
+>>> m.add_push(1, PendingPush(torch.tensor([3]), torch.ones(1, 4), None))   # client 1 PUSHes for step 0
+>>> m.barrier_ready()                                                    # client 2 has not pushed yet
+False
+>>> m.add_push(2, PendingPush(torch.tensor([3, 5]), torch.ones(2, 4), None))
+>>> m.barrier_ready(), m.apply(), m.step        # summed over clients, one update of 2 rows, step += 1
+(True, 2, 1)
 
 The update is `dcs_cli.selection.row_update.sgd_rows_`, the same function `LocalStore` uses, so a server with a
 single client follows the in-process trajectory bit for bit on CPU.

@@ -1,7 +1,12 @@
 """The paramserver wire format: one fixed binary header frame, then raw array frames (no pickle, no eval).
 
-    frames = encode(Header(op=Op.GET_ROWS, matrix=m, request_id=7, client_id=c), [ids], token)
-    header = decode_header(frames[0].buffer, token)     # raises ProtocolError on anything malformed
+>>> frame = Header(op=Op.GET_ROWS, matrix=0, request_id=7, client_id=3).pack(b"a shared secret")
+>>> len(frame), decode_header(frame, b"a shared secret").request_id
+(72, 7)
+>>> decode_header(frame, b"another secret")        # anything malformed or forged is a ProtocolError
+Traceback (most recent call last):
+...
+dcs_cli.paramserver.protocol.ProtocolError: authentication failed: wrong or missing token (see --token-file)
 
 A message is a ZeroMQ multipart message (DEALER → ROUTER). Frame 0 is the 72-byte little-endian header
 

@@ -1,8 +1,9 @@
 """`serve(cfg)`: bind the socket, install the signal handlers and run a `ParamServer` until it stops.
 
-    serve(load_config(overrides=["paramserver.bind=tcp://127.0.0.1:5570"]))   # blocks until SIGTERM/SHUTDOWN
-
-SIGTERM and SIGINT end the loop after the request in hand; the final snapshot is written on the way out.
+`serve(cfg, resume=None, ready_file=None)` reads the `paramserver:` section (address, token, snapshots,
+threads) and the optimiser defaults of `optim:`, optionally starts from a snapshot file, writes the bound
+address to `ready_file` once listening, and blocks until SIGTERM, SIGINT or a client's SHUTDOWN. SIGTERM
+and SIGINT end the loop after the request in hand; the final snapshot is written on the way out.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Shared-memory row transport for clients on the server's host (Linux `/dev/shm`).
 
-    segment = SharedSegment.create(reply_bytes=10 << 20, request_bytes=11 << 20)   # client
-    ATTACH {"name": segment.name, "reply_bytes": ..., "request_bytes": ...}          # server maps it
-    segment.unlink()                        # at once: the mapping lives on, no file is left behind
+A client creates a segment with `SharedSegment.create(reply_bytes, request_bytes)` and sends its name
+and sizes in an ATTACH; the server maps it with `SharedSegment.open(name, reply_bytes, request_bytes)`;
+the client then unlinks it at once (`unlink()`): both mappings live on and no file is left behind.
 
 Over TCP a 10 MB array is copied four times (into the sender's kernel buffer, out of it, and once per
 ZeroMQ side) and paced by the loopback stack. A client on the same host instead maps one file of
@@ -10,7 +10,11 @@ ZeroMQ side) and paced by the loopback stack. A client on the same host instead 
 and reads PUSH ids and gradients straight from its request region, so only the client's own copy in or
 out remains; the small control messages (header, row ids of a GET) still travel over ZeroMQ. A request or
 reply that uses the segment sets `FLAG_SHARED` and carries no array frames; its arrays lie in the region
-in wire order, each at an offset rounded up to 64 bytes.
+in wire order, each at an offset rounded up to 64 bytes:
+
+>>> push = [(np.dtype("<i8"), (3,)), (np.dtype("<f4"), (3, 4))]   # a PUSH of 3 rows of dim 4: ids, gradient
+>>> layout(push)                                                   # offsets, sizes, bytes spanned
+([0, 64], [24, 48], 128)
 
 A client has one request in flight at a time, so one reply and one request region suffice. Only a file of
 the server's own user, named `dcs-ps-<32 hex digits>`, mode 600 with a single link, is ever mapped. Its

@@ -1,7 +1,13 @@
 """Paramserver snapshots: one safetensors file, written under a temporary name and renamed (never torn).
 
-    path = write_snapshot(folder, matrices)        # folder/paramserver.safetensors
-    matrices = read_snapshot(path)                 # verifies format and checksum; DataError otherwise
+>>> import tempfile
+>>> from dcs_cli.selection.store import OptimParams
+>>> with tempfile.TemporaryDirectory() as folder:
+...     path = write_snapshot(folder, [ServedMatrix(0, MatrixSpec("classifier", 10, 4), OptimParams())])
+...     path.name, [(m.spec.name, tuple(m.weight.shape)) for m in read_snapshot(path)]
+('paramserver.safetensors', [('classifier', (10, 4))])
+
+`read_snapshot` verifies the format and the checksum; a file that fails either is a DataError.
 
 Format (safetensors, so any safetensors reader can open it):
 - tensors `<id>/weight` (N×d float32), `<id>/momentum` (N×d), and with a bias `<id>/bias`,

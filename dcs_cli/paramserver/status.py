@@ -1,24 +1,23 @@
 """The server's live status line: clients, steps and rows/s, rewritten in place on a terminal.
 
-status = StatusLine(server); ...; status.update(time.monotonic()); status.close()
+The socket loop (server.py) makes one `StatusLine` of its `ServerState`, calls `update(now)` on every
+turn and `close()` when it stops. The line is redrawn at most once a second on a terminal; otherwise a
+log line is written at most once a minute, and only while rows are moving.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING
 
 from dcs_cli.console import console, info, is_quiet
-
-if TYPE_CHECKING:
-    from dcs_cli.paramserver.server import ParamServer
+from dcs_cli.paramserver.state import ServerState
 
 
 class StatusLine:
     """One self-rewriting stderr line (clients, step, rows/s) on a terminal; a log line a minute otherwise."""
 
-    def __init__(self, server: ParamServer):
+    def __init__(self, server: ServerState):
         self.server = server
         self.tty = console.is_terminal and not is_quiet()
         self.last = time.monotonic()

@@ -1,8 +1,18 @@
 """Validation of every request the parameter server receives: frame counts, row ids, array values.
 
-    ids = row_ids(matrix, header, frames[0], unique=True, op="PUSH")   # ProtocolError if anything is off
-
 Each check raises `ProtocolError` with a message the client receives as its error reply.
+
+>>> import zmq
+>>> from dcs_cli.paramserver.matrix import MatrixSpec
+>>> from dcs_cli.paramserver.protocol import Op
+>>> from dcs_cli.selection.store import OptimParams
+>>> m = ServedMatrix(0, MatrixSpec("classifier", num_classes=10, dim=4), OptimParams())
+>>> row_ids(m, Header(op=Op.PUSH, rows=2), zmq.Frame(np.array([7, 2], "<i8").tobytes()), unique=True, op="PUSH")
+tensor([7, 2])
+>>> row_ids(m, Header(op=Op.PUSH, rows=2), zmq.Frame(np.array([7, 7], "<i8").tobytes()), unique=True, op="PUSH")
+Traceback (most recent call last):
+...
+dcs_cli.paramserver.protocol.ProtocolError: PUSH: row ids must be unique
 """
 
 from __future__ import annotations

@@ -1,20 +1,39 @@
 """Dynamic class selection: which classes each mini-batch trains, over which class store.
 
-    selector = build_selector(cfg.selection, num_classes, batch_size)
-    sampled = SampledSoftmax(selector, LocalStore(N, d), build_head(cfg.head))
+`build_selector` turns the `selection:` config section into the selector `selection.mode` names, checked
+against the number of classes and the batch size:
 
-Registry: a new selector is one module plus one line in `SELECTORS`.
+    >>> import torch
+    >>> from dcs_cli.selection.config import SelectionConfig
+    >>> selector = build_selector(SelectionConfig(mode="random", sample_num=8), num_classes=100, batch_size=4)
+    >>> sel = selector.select(torch.zeros(4, 16), torch.tensor([3, 3, 50, 7]))
+    >>> sel.ids.numel(), sel.ids[:3].tolist(), sel.local_labels.tolist()
+    (8, [3, 7, 50], [0, 0, 2, 1])
+    >>> too_many = SelectionConfig(mode="random", sample_num=800)
+    >>> build_selector(too_many, num_classes=100, batch_size=4)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    dcs_cli.errors.ConfigError: selection.sample_num = 800 exceeds the 100 classes; lower it or use ...
+
+Training wraps the selector with a class store and a head in `SampledSoftmax` (sampled.py), which
+attaches the store to it and calls its `refresh(store, step)` after each update of the rows.
+
+Adding a selector: write its module (a `Selector` subclass, see base.py) and add one `SelectorEntry` to
+`SELECTORS` below: its builder and a one-line description. The registry is the one list of modes:
+`selection.mode`'s valid values and its help (config.py) are derived from it, and so is the check of a
+mode name here. Options of its own are fields of `SelectionConfig` (selection/config.py), which the
+builder passes on. The help of `dcs train --mode` (cli/train.py) lists the modes in its own words.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dcs_cli.errors import ConfigError
-from dcs_cli.selection.base import Selection, Selector
+from dcs_cli.selection.base import Selection, Selector, check_sample_num
 
-if TYPE_CHECKING:  # a runtime import would be circular: dcs_cli.config imports this package's config
+if TYPE_CHECKING:  # a runtime import would be circular: selection/config.py derives its modes from SELECTORS
     from dcs_cli.selection.config import SelectionConfig
 
 
@@ -57,14 +76,31 @@ def _ivf(cfg: SelectionConfig, n: int, b: int) -> Selector:
                        rebuild_every=cfg.ivf_rebuild_every, **_index_kwargs(cfg))
 
 
-SELECTORS: dict[str, Callable[[SelectionConfig, int, int], Selector]] = {
-    "full": _full,
-    "random": _random,
-    "exact": _exact,
-    "hf": _hf,
-    "hnsw": _hnsw,
-    "ivf": _ivf,
+@dataclass(frozen=True)
+class SelectorEntry:
+    """One `selection.mode`: `build(cfg, num_classes, batch_size)` makes its selector (importing its module
+    only then); `help` describes it in `selection.mode`'s help."""
+
+    build: Callable[[SelectionConfig, int, int], Selector]
+    help: str
+
+
+# The order is the order `selection.mode`'s help and its error message list the modes in.
+SELECTORS: dict[str, SelectorEntry] = {
+    "full": SelectorEntry(_full, "full softmax: every class, every step"),
+    "hf": SelectorEntry(_hf, "sampled: Annoy forest, the paper's HF-Softmax"),
+    "hnsw": SelectorEntry(_hnsw, "sampled: hnswlib graph"),
+    "random": SelectorEntry(_random, "sampled: uniform negatives, Partial-FC style"),
+    "exact": SelectorEntry(_exact, "sampled: the true top-k by a full matmul; a quality oracle, not a speed-up"),
+    "ivf": SelectorEntry(_ivf, "sampled: k-means lists + exact scores of the live rows; high recall at 1M "
+                               "classes, fast"),
 }
+MODES = tuple(SELECTORS)  # `selection.mode`'s valid values
+
+
+def modes_help() -> str:
+    """`selection.mode`'s help: every mode with its description, in registry order."""
+    return ", ".join(f"{name} ({entry.help})" for name, entry in SELECTORS.items())
 
 
 def build_selector(cfg: SelectionConfig, num_classes: int, batch_size: int) -> Selector:
@@ -74,10 +110,8 @@ def build_selector(cfg: SelectionConfig, num_classes: int, batch_size: int) -> S
     if num_classes <= 0 or batch_size <= 0:
         raise ConfigError(f"selection needs num_classes > 0 and batch_size > 0, got {num_classes}, {batch_size}")
     cfg.validate("selection")
-    if cfg.mode != "full" and cfg.sample_num > num_classes:
-        raise ConfigError(f"selection.sample_num={cfg.sample_num} exceeds the {num_classes} classes; "
-                          "lower it or use selection.mode=full")
-    return SELECTORS[cfg.mode](cfg, num_classes, batch_size)
+    check_sample_num(cfg.sample_num, num_classes, mode=cfg.mode)
+    return SELECTORS[cfg.mode].build(cfg, num_classes, batch_size)
 
 
-__all__ = ["SELECTORS", "Selection", "Selector", "build_selector"]
+__all__ = ["MODES", "SELECTORS", "Selection", "Selector", "SelectorEntry", "build_selector", "modes_help"]

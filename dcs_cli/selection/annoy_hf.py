@@ -1,11 +1,21 @@
 """HF-Softmax's hashing forest: an Annoy random-projection forest over the class weights.
 
-    sel = AnnoySelector(N, sample_num, batch_size, ntrees=10, search_k=-1, interval=100)
-    sel.attach(store); s = sel.select(features, labels); sel.refresh(store, step)
+    >>> import torch
+    >>> from dcs_cli.selection.local_store import LocalStore
+    >>> store = LocalStore(num_classes=1000, dim=16, init_std=1.0)
+    >>> selector = AnnoySelector(1000, sample_num=64, batch_size=8, ntrees=4, jobs=1, background=False)
+    >>> selector.attach(store)                      # the first forest, built synchronously
+    >>> features = 2 * store.weights()[:8]          # sample i lies on class i's row
+    >>> selector.neighbours(features, 1)[:, 0].tolist()
+    [0, 1, 2, 3, 4, 5, 6, 7]
+    >>> sel = selector.select(features, torch.arange(500, 508))
+    >>> sel.ids[:10].tolist(), sel.stats["retrieved"]
+    ([500, 501, 502, 503, 504, 505, 506, 507, 0, 1], 56)
 
 Metric: a softmax head scores by the dot product, so `dot` (Annoy's inner-product trees) ranks classes
 exactly as the logits do; margin heads (cosface, arcface) score by the cosine, so `angular`.
-Annoy indexes are immutable, so every refresh is a full rebuild from a snapshot, in a background thread.
+Annoy indexes are immutable, so every refresh is a full rebuild from a snapshot (in a background thread
+unless `selection.background=false`).
 Cost: Annoy's `add_item` converts a row element by element (~0.25 µs each: 66 s for 1M×256 rows on this
 machine, more than the tree building), so indexing a 32–64-dimensional projection (`index_dim`) cuts a
 refresh several times; `rerank` restores the exact order among the candidates.
@@ -21,7 +31,7 @@ import torch
 from annoy import AnnoyIndex
 
 from dcs_cli.errors import ConfigError
-from dcs_cli.selection.index_base import IndexSelector
+from dcs_cli.selection.index_selector import IndexSelector
 
 ANNOY_METRIC = {"dot": "dot", "angular": "angular"}
 SEARCH_FACTOR = 20  # default search_k = SEARCH_FACTOR x ntrees x neighbours kept (see _query)

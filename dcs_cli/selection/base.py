@@ -1,8 +1,20 @@
-"""The selector seam: which classes a mini-batch trains.
+"""The selector seam: which classes a mini-batch trains, and the one rule on `selection.sample_num`.
 
-    sel = selector.select(features, labels)   # Selection(ids, local_labels, stats)
-    logits = head(features, store.rows(sel.ids)[0], sel.local_labels)
-    selector.refresh(store, step)             # maybe rebuild / update the index (never stalls)
+A `Selector` turns a batch into a `Selection`: `selector.select(features, labels)` returns the active ids
+(the batch's distinct labels first), the labels remapped into them, and stats. The caller then trains
+only those rows, `store.rows(sel.ids)`, and once the store is updated calls `selector.refresh(store,
+step)`, where an index selector may start rebuilding its index (it never waits for one).
+
+`check_sample_num` is the only place the size of the active set is checked against the classes and
+against a batch's distinct labels; the config checks, the data checks and every selector call it:
+
+    >>> check_sample_num(1000, num_classes=500)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    dcs_cli.errors.ConfigError: selection.sample_num = 1000 exceeds the 500 classes; lower it or use ...
+    >>> check_sample_num(64, num_classes=500, distinct_labels=70)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    dcs_cli.errors.ConfigError: selection.sample_num = 64 is smaller than the 70 distinct labels of this batch; ...
+    >>> check_sample_num(1000, num_classes=500, mode="full")   # full softmax ignores sample_num
 """
 
 from __future__ import annotations
@@ -12,7 +24,22 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dcs_cli.errors import ConfigError
 from dcs_cli.selection.store import ClassStore
+
+
+def check_sample_num(sample_num: int, num_classes: int, distinct_labels: int = 0, *, mode: str = "") -> None:
+    """ConfigError unless `sample_num` active classes fit: at most `num_classes`, at least a batch's
+    `distinct_labels` (its positives are always active). `mode="full"` passes: full softmax trains every
+    class and never reads sample_num."""
+    if mode == "full":
+        return
+    if sample_num > num_classes:
+        raise ConfigError(f"selection.sample_num = {sample_num} exceeds the {num_classes} classes; lower it or "
+                          "use selection.mode=full (--mode full)")
+    if distinct_labels > sample_num:
+        raise ConfigError(f"selection.sample_num = {sample_num} is smaller than the {distinct_labels} distinct "
+                          "labels of this batch; raise sample_num or lower data.batch_size")
 
 
 @dataclass

@@ -1,6 +1,10 @@
 """Turning a batch's labels and retrieved candidates into exactly `sample_num` active class ids.
 
-    sel = compose(labels, candidates, sample_num, num_classes, generator)
+    >>> import torch
+    >>> labels, candidates = torch.tensor([7, 3, 7]), torch.tensor([9, 3, -1, 11])   # -1 = padding
+    >>> sel = compose(labels, candidates, 6, 100, torch.Generator().manual_seed(0))
+    >>> sel.ids[:4].tolist(), sel.ids.numel(), sel.local_labels.tolist(), sel.stats
+    ([3, 7, 9, 11], 6, [1, 0, 1], {'positives': 2, 'retrieved': 2, 'random_fill': 2})
 
 Order of the active set: the batch's distinct labels (sorted), then candidates in the order given (callers
 pass them rank-major: every sample's 1st neighbour, then every 2nd, ... so a cut drops the farthest ones
@@ -13,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from dcs_cli.errors import ConfigError, DataError
-from dcs_cli.selection.base import Selection
+from dcs_cli.selection.base import Selection, check_sample_num
 
 
 def check_batch(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
@@ -68,9 +72,7 @@ def compose(
     """Positives, then unique candidates (ids < 0 are padding), cut or randomly filled to `sample_num`."""
     labels = labels.to("cpu", torch.long)
     positives = torch.unique(labels)
-    if positives.numel() > sample_num:
-        raise ConfigError(f"selection.sample_num={sample_num} is smaller than the {positives.numel()} distinct "
-                          "labels of this batch; raise sample_num or lower data.batch_size")
+    check_sample_num(sample_num, num_classes, int(positives.numel()))
     ids = positives
     retrieved = 0
     if candidates is not None and candidates.numel():

@@ -6,17 +6,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 from dcs_cli.config_fields import opt, require
+from dcs_cli.selection import MODES, modes_help
 
 
 @dataclass
 class SelectionConfig:
     """Dynamic class selection (the paper's HF-Softmax and its alternatives)."""
 
-    mode: Literal["full", "hf", "hnsw", "random", "exact", "ivf"] = opt(
-        "full", "full softmax, or sampled: hf (Annoy forest), hnsw, random (Partial-FC style), exact (oracle), "
-                "ivf (k-means lists + exact scores of the live rows: high recall at 1M classes, fast)")
+    mode: Literal[MODES] = opt("full", modes_help())  # the registry's modes, see selection/__init__.py
     sample_num: int = opt(1000, "active classes per mini-batch (positives included)")
-    interval: int = opt(100, "steps between index refreshes (hf, hnsw)")
+    interval: int = opt(100, "steps between index refreshes (hf, hnsw, ivf)")
     ntrees: int = opt(10, "Annoy trees in the hashing forest (hf)")
     search_k: int = opt(-1, "Annoy search_k; -1 = 20 * ntrees * neighbours kept per sample (not rerank x that)")
     build_jobs: int = opt(-1, "threads for the Annoy build; -1 = all cores")

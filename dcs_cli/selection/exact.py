@@ -1,7 +1,19 @@
-"""The quality oracle: each sample's true top-k classes by chunked matmul over all current weights.
+"""The quality oracle (`selection.mode=exact`): each sample's true top-k classes by a chunked matmul over
+all current weights.
 
-    ids = exact_topk(features, store.weights(), k, "dot")[1]      # B×k
-    sel = ExactSelector(N, S, B, seed).select(features, labels)  # after .attach(store)
+    >>> import torch
+    >>> weights = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0], [0.6, 0.8], [0.8, 0.6]])
+    >>> features = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    >>> scores, ids = exact_topk(features, weights, k=2)            # B×k, best first
+    >>> ids.tolist()
+    [[0, 5], [1, 4]]
+    >>> from dcs_cli.selection.local_store import LocalStore
+    >>> store = LocalStore(num_classes=6, dim=2)
+    >>> store.weight = weights
+    >>> selector = ExactSelector(num_classes=6, sample_num=4, batch_size=2)
+    >>> selector.attach(store)
+    >>> selector.select(features, torch.tensor([2, 3])).ids.tolist()  # positives, then every sample's best
+    [2, 3, 0, 1]
 
 Costs a full forward (B×N×d) per step, so it is a reference for the approximate selectors, not a speed-up.
 """
@@ -11,8 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dcs_cli.errors import ConfigError, DcsError
-from dcs_cli.selection.base import Selection, Selector
+from dcs_cli.errors import DcsError
+from dcs_cli.selection.base import Selection, Selector, check_sample_num
 from dcs_cli.selection.compose import check_batch, compose
 from dcs_cli.selection.store import ClassStore
 
@@ -46,9 +58,7 @@ class ExactSelector(Selector):
     name = "exact"
 
     def __init__(self, num_classes: int, sample_num: int, batch_size: int, seed: int = 0, metric: str = "auto"):
-        if sample_num > num_classes:
-            raise ConfigError(f"selection.sample_num={sample_num} exceeds the {num_classes} classes; "
-                              "lower it or use selection.mode=full")
+        check_sample_num(sample_num, num_classes)
         self.num_classes, self.sample_num = num_classes, sample_num
         self.k = sample_num // batch_size + 1  # per-sample neighbours, as in the original code
         self.metric = "dot" if metric == "auto" else metric

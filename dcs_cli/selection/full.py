@@ -1,6 +1,9 @@
-"""Full softmax as a selector: every class is active, labels stay as they are.
+"""Full softmax as a selector (`selection.mode=full`): every class is active, labels stay as they are.
 
-    sel = FullSelector(num_classes).select(features, labels)   # sel.ids = 0..N-1
+    >>> import torch
+    >>> sel = FullSelector(num_classes=5).select(torch.zeros(2, 16), torch.tensor([4, 1]))
+    >>> sel.ids.tolist(), sel.local_labels.tolist()
+    ([0, 1, 2, 3, 4], [4, 1])
 """
 
 from __future__ import annotations

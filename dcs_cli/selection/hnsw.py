@@ -1,15 +1,25 @@
 """A graph index (hnswlib) over the class weights, refreshed by replacing only the rows that changed.
 
-    sel = HnswSelector(N, sample_num, batch_size, m=16, ef_construction=100, ef=64, interval=100)
-    sel.attach(store); s = sel.select(features, labels); sel.refresh(store, step)
+    >>> import torch
+    >>> from dcs_cli.selection.local_store import LocalStore
+    >>> store = LocalStore(num_classes=1000, dim=16, init_std=1.0)
+    >>> selector = HnswSelector(1000, sample_num=64, batch_size=8, jobs=1, background=False)
+    >>> selector.attach(store)                      # the first graph, built synchronously
+    >>> features = 2 * store.weights()[:8]          # sample i lies on class i's row
+    >>> selector.neighbours(features, 1)[:, 0].tolist()
+    [0, 1, 2, 3, 4, 5, 6, 7]
+    >>> sel = selector.select(features, torch.arange(500, 508))
+    >>> sel.ids[:10].tolist(), sel.stats["retrieved"]
+    ([500, 501, 502, 503, 504, 505, 506, 507, 0, 1], 56)
 
-Rows not selected since the last refresh did not move (the store's updates are lazy), so a refresh
-re-inserts only the selected ones: hnswlib's `add_items` with an existing label updates that element in
-place. The update runs in a background thread in chunks; a lock keeps queries and a chunk apart, so a
-step waits at most one chunk, never the whole refresh. Updating an element costs more than inserting it
-into a fresh graph (measured: re-inserting 63% of 100k rows took 143 s, a fresh build 31 s), so when more
-than `rebuild_fraction` of the rows changed (uniform labels, interval 100: most of them) the refresh
-builds a new graph instead, over the `index_dim` projection like the first build.
+Rows not selected since the last refresh got no gradient (the store's updates are lazy; with catch-up
+they only drift along their decaying momentum), so a refresh re-inserts only the selected ones: hnswlib's
+`add_items` with an existing label updates that element in place. The update runs in a background thread
+in chunks; a lock keeps queries and a chunk apart, so a step waits at most one chunk, never the whole
+refresh. Updating an element costs more than inserting it into a fresh graph (measured: re-inserting 63%
+of 100k rows took 143 s, a fresh build 31 s), so when more than `rebuild_fraction`
+(`selection.hnsw_rebuild_fraction`) of the rows changed (uniform labels, interval 100: most of them) the
+refresh builds a new graph instead, over the `index_dim` projection like the first build.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ import hnswlib
 import numpy as np
 
 from dcs_cli.errors import ConfigError
-from dcs_cli.selection.index_base import IndexSelector
+from dcs_cli.selection.index_selector import IndexSelector
 
 HNSW_SPACE = {"dot": "ip", "angular": "cosine"}
 UPDATE_CHUNK = 2048

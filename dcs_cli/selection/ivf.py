@@ -1,7 +1,16 @@
 """A two-level index over the class weights: spherical k-means lists, then exact scores of the live rows.
 
-    sel = IvfSelector(N, sample_num, batch_size, lists=0, nprobe=4, interval=100)
-    sel.attach(store); s = sel.select(features, labels); sel.refresh(store, step)
+    >>> import torch
+    >>> from dcs_cli.selection.local_store import LocalStore
+    >>> store = LocalStore(num_classes=1000, dim=16, init_std=1.0)
+    >>> selector = IvfSelector(1000, sample_num=64, batch_size=8, nprobe=4, background=False)
+    >>> selector.attach(store)                      # the first lists, built synchronously
+    >>> features = 2 * store.weights()[:8]          # sample i lies on class i's row
+    >>> selector.neighbours(features, 1)[:, 0].tolist()
+    [0, 1, 2, 3, 4, 5, 6, 7]
+    >>> sel = selector.select(features, torch.arange(500, 508))
+    >>> sel.ids[:10].tolist(), sel.stats["retrieved"]
+    ([500, 501, 502, 503, 504, 505, 506, 507, 0, 1], 56)
 
 Level one (stale, refreshed every `interval` steps): the rows are grouped into `lists` inverted lists by
 spherical k-means (each list a unit centroid; a row belongs to the centroid with the highest cosine).
@@ -40,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from dcs_cli.errors import ConfigError
-from dcs_cli.selection.index_base import IndexSelector
+from dcs_cli.selection.index_selector import IndexSelector
 
 LIST_SIZE = 100  # rows per list when selection.ivf_lists = 0 (auto)
 MIN_LIST = 32  # rows per list at least: small stores get fewer lists, so a probe still yields candidates

@@ -1,12 +1,17 @@
 """The in-process class store: weights, optional bias and momentum as torch tensors on one device.
 
-    store = LocalStore(num_classes=1_000_000, dim=256, params=OptimParams(lr=0.1), device="cuda")
-    w, b = store.rows(ids); ...; store.push(ids, grad_w, grad_b)
+    >>> store = LocalStore(num_classes=1000, dim=8, params=OptimParams(lr=0.1, weight_decay=0.0))
+    >>> ids = torch.tensor([3, 17])
+    >>> w, b = store.rows(ids)                     # S×d rows; b is None without bias=True
+    >>> store.push(ids, torch.ones(2, 8))          # one SGD step on rows 3 and 17 only
+    >>> round(float(store.rows(ids)[0][0, 0] - w[0, 0]), 6), store.steps    # -lr × grad (v = g at first)
+    (-0.1, 1)
 
-Updates go through `sgd_rows_` (the single definition of the rule), so a step touches only the pushed rows
-and allocates only S-sized temporaries. With `catch_up=True` (what `dcs train` uses, `optim.catch_up`) a
-pushed row first catches up the steps it sat out and `settle()` catches every row up; without it, rows
-that are not pushed keep their weight and momentum ("lazy").
+`device="cuda"` keeps the rows on a GPU (they are drawn on the CPU first, so every device starts from the
+same rows). Updates go through `sgd_rows_` (the single definition of the rule), so a step touches only the
+pushed rows and allocates only S-sized temporaries. With `catch_up=True` (what `dcs train` uses,
+`optim.catch_up`) a pushed row first catches up the steps it sat out and `settle()` catches every row up;
+without it, rows that are not pushed keep their weight and momentum ("lazy").
 """
 
 from __future__ import annotations

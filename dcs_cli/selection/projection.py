@@ -1,8 +1,15 @@
 """A reduced-dimension view of the class weights for index building (`selection.index_dim`).
 
-    proj = Projection.fit(weights, dim=32, metric="dot", seed=0)   # PCA basis from a row sample
-    reduced = proj.apply(weights)                                  # N×32 float32 numpy, chunked
-    cand = index.query(proj.apply(features), rerank * k)           # then re-rank exactly in full d
+    >>> import torch
+    >>> gen = torch.Generator().manual_seed(0)
+    >>> weights = torch.randn(1000, 4, generator=gen) @ torch.randn(4, 64, generator=gen)   # rank 4
+    >>> proj = Projection.fit(weights, dim=8, metric="dot", seed=0)   # PCA basis from a row sample
+    >>> reduced = proj.apply(weights)                                 # N×8 float32 numpy, chunked
+    >>> reduced.shape, reduced.dtype, round(proj.energy(weights), 3)  # the share of the rows' energy kept
+    ((1000, 8), dtype('float32'), 1.0)
+
+An index built over `reduced` is queried with `proj.apply(features)` for `rerank × k` candidates, which
+are then re-ranked exactly against the full-d rows (rerank.py).
 
 Why: building an index costs about N × d per tree (and Annoy's per-row `add_item` is slow per element),
 so indexing 32 of 256 dimensions makes a refresh several times cheaper. The projection loses ranking

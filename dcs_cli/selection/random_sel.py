@@ -1,14 +1,17 @@
-"""Partial-FC style selection: the batch's positives plus uniformly drawn negatives.
+"""Partial-FC style selection (`selection.mode=random`): the batch's positives plus uniform negatives.
 
-    sel = RandomSelector(num_classes, sample_num, seed=0).select(features, labels)
+    >>> import torch
+    >>> selector = RandomSelector(num_classes=100, sample_num=8, seed=0)
+    >>> sel = selector.select(torch.zeros(4, 16), torch.tensor([3, 3, 50, 7]))
+    >>> sel.ids[:3].tolist(), sel.ids.numel(), sel.local_labels.tolist()
+    ([3, 7, 50], 8, [0, 0, 2, 1])
 """
 
 from __future__ import annotations
 
 import torch
 
-from dcs_cli.errors import ConfigError
-from dcs_cli.selection.base import Selection, Selector
+from dcs_cli.selection.base import Selection, Selector, check_sample_num
 from dcs_cli.selection.compose import check_batch, compose
 
 
@@ -18,9 +21,7 @@ class RandomSelector(Selector):
     name = "random"
 
     def __init__(self, num_classes: int, sample_num: int, seed: int = 0):
-        if sample_num > num_classes:
-            raise ConfigError(f"selection.sample_num={sample_num} exceeds the {num_classes} classes; "
-                              "lower it or use selection.mode=full")
+        check_sample_num(sample_num, num_classes)
         self.num_classes, self.sample_num = num_classes, sample_num
         self.generator = torch.Generator().manual_seed(seed)
 

@@ -1,9 +1,16 @@
 """Sampled softmax: selector → store rows → head → loss, and one batched push of the row gradients.
 
-    sampled = SampledSoftmax(selector, store, head)
-    loss, stats = sampled(features, labels)
-    loss.backward()          # gradients reach the backbone through `features`
-    sampled.push()           # one SGD step on the active rows, then the selector's refresh hook
+    >>> from dcs_cli.models.heads import SoftmaxHead
+    >>> from dcs_cli.selection.local_store import LocalStore
+    >>> from dcs_cli.selection.random_sel import RandomSelector
+    >>> store = LocalStore(1000, 16)
+    >>> sampled = SampledSoftmax(RandomSelector(1000, sample_num=64, seed=0), store, SoftmaxHead())
+    >>> features = torch.randn(8, 16, requires_grad=True)             # the backbone's output
+    >>> loss, stats = sampled(features, torch.randint(0, 1000, (8,)))
+    >>> loss.backward()          # gradients reach the backbone through `features`
+    >>> sampled.push()           # one SGD step on the active rows, then the selector's refresh hook
+    >>> stats["active"], store.steps, tuple(features.grad.shape)
+    (64, 1, (8, 16))
 
 With a FullSelector this is the same head over all rows (full softmax); nothing else changes.
 """

@@ -1,8 +1,18 @@
 """The model-parallel class store: rank r of W owns the contiguous class slice [lo_r, hi_r) on its device.
 
-    store = ShardedStore(num_classes=10_000_000, dim=128, rank=0, world=2, params=OptimParams(lr=0.1))
-    w, b = store.rows(torch.tensor([store.lo, store.lo + 1]))   # global ids, all inside this shard
-    store.push(ids, grad_w, grad_b)                             # one SGD step on this shard's rows only
+    >>> from dcs_cli.selection.local_store import LocalStore
+    >>> store = ShardedStore(num_classes=1000, dim=8, rank=1, world=2, params=OptimParams(lr=0.1))
+    >>> store.lo, store.hi                                   # this rank's slice of the classes
+    (500, 1000)
+    >>> ids = torch.tensor([500, 999])                       # global ids, all inside this shard
+    >>> w, b = store.rows(ids)
+    >>> bool((w == LocalStore(1000, 8).rows(ids)[0]).all())  # the same start as a one-process run
+    True
+    >>> store.push(ids, torch.ones(2, 8))                    # one SGD step on this shard's rows only
+    >>> store.rows(torch.tensor([3]))
+    Traceback (most recent call last):
+    ...
+    dcs_cli.errors.DataError: sharded store rank 1: class ids 3..3 are outside its shard 500..999; ask the owning rank
 
 Ids at the interface are global class ids; rows outside the shard are a DataError (the caller must ask the
 owning rank). Selectors run over the shard with local ids through `store.local_view()`. Rows start equal
@@ -11,7 +21,7 @@ so a one-process run and a sharded run begin from the same classifier. Updates g
 the single definition of the rule. `momentum_dtype=torch.bfloat16` halves the momentum's memory (the
 10M-class option): the update is still computed in float32 on the pushed rows and stored rounded.
 Nothing here talks to the network; `weights()` is this shard's rows (hi-lo)×d, `gather_weights()` is
-the collective that assembles all N×d.
+the collective that assembles all N×d. Without `rank`/`world` the store takes the process group's.
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
 """All-reduce health check over N workers, reported like nccl-tests.
 
-    rows = check_dist(LaunchSpec(nproc=2), backend="gloo", sizes=[1024, 1 << 20], iters=20)
+`check_dist(LaunchSpec(nproc=2), backend="gloo", sizes=parse_sizes("1K,1M"), iters=20)` launches the
+workers and returns rank 0's table rows (size, time, algbw, busbw, ok).
+
+>>> parse_sizes("1K,1M,25M"), human_bytes(1 << 20)
+([1024, 1048576, 26214400], '1M')
 
 Each rank fills its buffer with `(rank + 1) * (i % 7 + 1)`, so after a SUM the exact answer is
 `world * (world + 1) / 2 * (i % 7 + 1)` — small integers, exact in float32 — and every element is checked.

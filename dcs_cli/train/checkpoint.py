@@ -1,12 +1,20 @@
 """Epoch checkpoints: atomic save (temp + rename), keep the last K, find and load for resume.
 
-    path = save_checkpoint(run_dir, epoch, state, keep=3)   # run_dir/checkpoints/epoch_003.pt
-    state = load_checkpoint(path)
+>>> import tempfile
+>>> tmp = tempfile.TemporaryDirectory()
+>>> state = {"backbone": {}, "config": {}, "epoch": 3, "step": 150, "optimizer": {}}
+>>> save_checkpoint(tmp.name, 3, state, keep=3).relative_to(tmp.name).as_posix()
+'checkpoints/epoch_003.pt'
+>>> loaded = load_checkpoint(tmp.name)  # a run folder: its newest checkpoint
+>>> loaded["epoch"], Path(loaded["_path"]).name
+(3, 'epoch_003.pt')
+>>> tmp.cleanup()
 
 A checkpoint is a `torch.save` dict with the keys agreed with `dcs extract`: backbone, classifier, config,
-epoch, step, optimizer, scheduler, store, rng, plus a content checksum (`dcs_cli.torchfile`); it is loaded
-as data only, never as code. When the class store lives in a paramserver, the server's snapshot of the same
-step sits beside it as `epoch_003.store.pt` and the checkpoint's `store` names it; a sharded store (several
+epoch, step, optimizer, store, selector, plus a content checksum (`dcs_cli.torchfile`); it is loaded as
+data only, never as code. Checkpoints of earlier versions also hold scheduler, rng and world_size, which
+nothing reads. When the class store lives in a paramserver, the server's snapshot of the same step sits
+beside it as `epoch_003.store.pt` and the checkpoint's `store` names it; a sharded store (several
 processes) writes its shards and manifest into the folder `epoch_003.store/` beside it, loadable on any
 number of processes (`dcs_cli.train.shard_checkpoint`). Both are deleted with their checkpoint.
 """

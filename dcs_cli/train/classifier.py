@@ -1,13 +1,11 @@
-"""The classifier side of a training step, the same interface for full and sampled modes.
+"""The classifier side of a training step, one interface for full and sampled modes.
 
-    clf = build_classifier(cfg, num_classes, ctx, store)     # FullClassifier | SampledClassifier
-    loss, correct, stats = clf.loss(features, labels)
-    loss.backward(); optimizer.step(); clf.after_step()       # sampled: push the rows' gradients
-    acc, samples = clf.top1(backbone, val_loader, device)     # validation top-1 over all N rows
-
-Full mode: the N×d weight is an ordinary parameter trained by the backbone's optimiser (under DDP in
-multi-process runs). Sampled modes: the rows live in a class store (in process, or a paramserver) and a
-selector picks the active ones each step (`SampledSoftmax`).
+`FullClassifier` (full mode): the N×d weight is an ordinary parameter trained by the backbone's optimiser
+(under DDP in multi-process runs); `FullModel` puts it in one module with the backbone. `SampledClassifier`
+(sampled modes): the rows live in a class store (in process, or a paramserver) and a selector picks the
+active ones each step (`SampledSoftmax`); the loop calls its `loss`, then `after_step` to push the active
+rows' gradients, and `top1` to validate over all N rows. `ShardedClassifier`
+(`dcs_cli.train.sharded_softmax`) has the same methods over a sharded store.
 """
 
 from __future__ import annotations
@@ -130,9 +128,7 @@ class SampledClassifier:
     def set_lr(self, lr: float, is_main: bool) -> None:
         # A remote store is shared: one rank sets its LR, and only when it changes (one round trip).
         if lr != self._lr and (is_main or not hasattr(self.store, "address")):
-            params = self.store.get_optim()
-            params.lr = lr
-            self.store.set_optim(params)
+            self.store.set_lr(lr)
         self._lr = lr
 
     def top1(self, backbone: nn.Module, loader, device: torch.device) -> tuple[float, int]:

@@ -1,7 +1,14 @@
 """Training and validation data for `dcs train`, checked before any worker starts.
 
-    data = build_data(cfg)           # TrainData(train, val, num_classes, input_shape)
-    loader = train_loader(data.train, cfg.data, epoch, seed, rank, world)
+    >>> from dcs_cli.config import load_config
+    >>> cfg = load_config("configs/synthetic.yaml", ["data.synthetic.num_classes=20",
+    ...                   "data.synthetic.train_per_class=4", "selection.sample_num=10"])
+    >>> data = build_data(cfg)
+    >>> data.num_classes, data.input_shape, len(data.train)
+    (20, (64,), 80)
+    >>> loader = train_loader(data.train, batch_size=16, workers=0, epoch=0, seed=0, rank=0, world=1)
+    >>> len(loader), steps_per_epoch(len(data.train), 16, world=1)
+    (5, 5)
 
 Sources: list files from `dcs convert` (data.train_list / train_root / val_list), a `.rec` read directly
 (data.rec), or the synthetic feature-level classes (data.source=synthetic). Every problem a user can
@@ -19,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from dcs_cli.errors import ConfigError, DataError
+from dcs_cli.selection.base import check_sample_num
 
 
 @dataclass
@@ -110,10 +118,7 @@ def build_data(cfg) -> TrainData:
         raise DataError("the training data is empty")
     if num_classes < 2:
         raise DataError(f"the training data has {num_classes} class(es); a classifier needs at least 2")
-    sel = cfg.selection
-    if sel.mode != "full" and sel.sample_num > num_classes:
-        raise ConfigError(f"selection.sample_num = {sel.sample_num} exceeds the {num_classes} classes of the data; "
-                          f"lower it or use --mode full")
+    check_sample_num(cfg.selection.sample_num, num_classes, mode=cfg.selection.mode)
     return TrainData(train=train, val=val, num_classes=num_classes, input_shape=shape)
 
 

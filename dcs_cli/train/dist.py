@@ -1,9 +1,8 @@
 """Distributed chores: start N workers through torch's elastic launcher, join the process group, reduce.
 
-    results = launch(worker_fn, (arg,), LaunchSpec(nproc=2))   # {local_rank: return value}
-    # inside worker_fn:
-    ctx = init_distributed("auto")     # reads RANK / WORLD_SIZE / LOCAL_RANK (set by launch or torchrun)
-    loss = dist_mean(loss_tensor)      # identity on one process
+`launch(worker_fn, (arg,), LaunchSpec(nproc=2))` returns {local_rank: worker_fn's return value}; inside
+the worker, `init_distributed("auto")` reads RANK / WORLD_SIZE / LOCAL_RANK (set by `launch` or torchrun)
+and returns its `DistContext`. `all_reduce_sum` and `barrier` are identities in one process.
 
 The launcher is `torch.distributed.launcher.api.elastic_launch`, the engine behind `torchrun`, with the
 static rendezvous of `torchrun --nnodes/--node-rank/--master-addr/--master-port`. A worker that raises a
@@ -114,15 +113,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def dist_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean over ranks of a tensor (a copy); identity on one process."""
-    out = tensor.detach().clone()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        out /= dist.get_world_size()
-    return out
 
 
 def dist_max(value: float) -> float:

@@ -1,9 +1,15 @@
 """Validation top-1 over the whole classifier (all N classes), sharded across ranks.
 
-    acc = evaluate_top1(backbone, weight, bias, loader, device, angular=False)
+>>> import torch
+>>> features, labels = torch.tensor([[0.1, 2.0, 0.3], [5.0, 0.0, 0.0]]), torch.tensor([1, 2])
+>>> predict(features, torch.eye(3), None, angular=False).tolist()
+[1, 0]
+>>> evaluate_top1(torch.nn.Identity(), torch.eye(3), None, [(features, labels)], torch.device("cpu"), False)
+(0.5, 2)
 
 The prediction is argmax over every class: W·f (+ b) for the softmax head, cosine for the margin heads
 (whose training logits are scaled cosines; the margin only applies to the target during training).
+`evaluate_top1` returns (accuracy, samples) summed over the ranks, each rank scoring its own loader.
 """
 
 from __future__ import annotations

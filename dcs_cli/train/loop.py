@@ -1,10 +1,13 @@
 """The training loop of one worker: epochs of steps, validation, checkpoint — one code path for one process
 or many (under `dcs train --nproc N` or an external torchrun).
 
-    result = train_worker(TrainJob(config=to_dict(cfg), run_dir="runs/x"))
+`train_worker(job)` runs it: `run_train` calls it in place (one process, or each process of an external
+torchrun), passing the data it opened and the checkpoint it loaded; workers that `dcs train --nproc N`
+starts get only the picklable `TrainJob` and open both themselves.
 
 Each epoch reseeds the data order and the selector's random fill from (seed, epoch, rank), so a run
-resumed from an epoch checkpoint replays exactly the batches and selections an uninterrupted run would.
+resumed from an epoch checkpoint replays exactly the batches and selections an uninterrupted run would
+(the tail draws of `selection.tail_samples` excepted: their generator restarts from its seed).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from dcs_cli import console
 from dcs_cli.config import config_from_dict
 from dcs_cli.train.checkpoint import load_checkpoint, save_checkpoint
-from dcs_cli.train.data import build_data, seed_everything, steps_per_epoch, train_loader, val_loader
+from dcs_cli.train.data import TrainData, build_data, seed_everything, steps_per_epoch, train_loader, val_loader
 from dcs_cli.train.dist import barrier, init_distributed
 from dcs_cli.train.meter import StepMeter
 from dcs_cli.train.metrics import MetricsLog
@@ -42,16 +45,20 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + rank) % (2**63)
 
 
-def train_worker(job: TrainJob) -> dict:
+def train_worker(job: TrainJob, data: TrainData | None = None, resume: dict | None = None) -> dict:
+    """Train as `job` says; returns {"step", "epoch", "val_acc", "stopped"}. `data` and `resume` (the loaded
+    checkpoint of `job.resume`) are opened here unless the caller, in the same process, already has them."""
     console.set_quiet(job.quiet)
     cfg = config_from_dict(job.config)
     ctx = init_distributed(cfg.dist.backend)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(_threads(cfg, ctx))
     run_dir = Path(job.run_dir)
-    data = build_data(cfg)
-    resume = load_checkpoint(job.resume) if job.resume else None
-    parts = build_parts(cfg, data.num_classes, data.input_shape, ctx, resume, run_dir)
+    if data is None:
+        data = build_data(cfg)
+    if resume is None and job.resume:
+        resume = load_checkpoint(job.resume)
+    parts = build_parts(cfg, data.num_classes, data.input_shape, ctx, resume)
     spe = steps_per_epoch(len(data.train), cfg.data.batch_size, ctx.world_size)
     sched = LRSchedule(cfg.optim, cfg.optim.base_lr(cfg.selection.mode), spe)
     log = MetricsLog(run_dir, enabled=ctx.is_main)

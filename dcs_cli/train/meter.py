@@ -1,10 +1,18 @@
 """Running training figures between two log lines, reduced over ranks.
 
-    meter = StepMeter(ctx, batch_size); meter.update(loss, correct, n, stats)
-    row = meter.flush(step=100, epoch=1, lr=0.1)   # {"kind": "train", "loss": ..., "acc": ..., ...}
+>>> import torch
+>>> from dcs_cli.train.dist import DistContext
+>>> meter = StepMeter(DistContext(), batch_size=2)
+>>> meter.update(torch.tensor(1.0), correct=1, n=2, stats={"active": 40})
+>>> meter.update(torch.tensor(3.0), correct=2, n=2, stats={"active": 40})
+>>> row = meter.flush(step=2, epoch=1, lr=0.1)
+>>> {key: row[key] for key in ("kind", "step", "loss", "acc", "active")}
+{'kind': 'train', 'step': 2, 'loss': 2.0, 'acc': 0.75, 'active': 40}
 
 Loss and accuracy are means over every sample of every rank since the last flush; samples/s counts all
-ranks. Selection stats are rank 0's latest (they describe the shared index and store).
+ranks. Selection stats are rank 0's latest (they describe the shared index and store). The loss is summed
+on the device and read back once per flush; the correct counts arrive as Python ints, which the step
+computed from device tensors (on a GPU that is one synchronisation per step).
 """
 
 from __future__ import annotations

@@ -1,12 +1,18 @@
 """Run metrics: `metrics.jsonl` (one JSON object per line), `curves.png`, optional TensorBoard events.
 
-    log = MetricsLog(run_dir, enabled=ctx.is_main)
-    log.write({"kind": "train", "step": 100, "loss": 2.3, "acc": 0.41, "lr": 0.1, "samples_per_s": 5120.0})
-    log.plot()   # curves.png: loss and accuracy against step
-    log.close()
+>>> import tempfile
+>>> tmp = tempfile.TemporaryDirectory()
+>>> log = MetricsLog(tmp.name, enabled=True, tensorboard=False)
+>>> log.write({"kind": "train", "step": 100, "loss": 2.3})
+>>> log.write({"kind": "train", "step": 200, "loss": 1.9})
+>>> log.truncate_after(100)
+>>> read_metrics(Path(tmp.name) / "metrics.jsonl")
+[{'kind': 'train', 'step': 100, 'loss': 2.3}]
+>>> log.close(); tmp.cleanup()
 
-Only rank 0 writes. On resume, `truncate_after(step)` drops the lines a killed run logged after its last
-checkpoint, so the file reads like one uninterrupted run.
+Only rank 0 writes (`enabled`). On resume, `truncate_after(step)` drops the lines a killed run logged after
+its last checkpoint, so the file reads like one uninterrupted run; `plot()` draws loss and accuracy
+against step into `curves.png`.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """`dcs train` in the parent process: check everything, prepare the run folder, start the workers.
 
-    summary = run_train(cfg, resume=None, overwrite=False)
+`resolve_config` makes the run's config (a checkpoint's, a YAML file, `--set` overrides and the command's
+typed options), `run_train(cfg, resume=None, overwrite=False)` trains and returns a summary.
 
 Every user mistake (missing list, empty data, a label ≥ num_classes, sample_num > classes, an unreachable
 paramserver, a batch larger than a worker's share of the data) is reported here, as one line, before any
-worker starts. One process runs the loop in place; `dist.nproc × dist.nnodes > 1` starts one worker per
-device through torch's elastic launcher; under an external `torchrun` every process runs the loop itself.
+worker starts. One process runs the loop in place, on the data opened for the checks and the checkpoint
+loaded for them; `dist.nproc × dist.nnodes > 1` starts one worker per device through torch's elastic
+launcher; under an external `torchrun` every process runs the loop itself.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from dcs_cli.config import save_resolved, to_dict
 from dcs_cli.errors import ConfigError, DataError, Interrupted, OutputExistsError, ServerError
 from dcs_cli.fsutil import guard_output_folder, write_json_atomic
 from dcs_cli.train.checkpoint import list_checkpoints, load_checkpoint
+from dcs_cli.train.class_store import class_store_kind
 from dcs_cli.train.data import build_data, steps_per_epoch
 from dcs_cli.train.dist import LaunchSpec, env_world_size, launch, resolve_backend
 from dcs_cli.train.loop import TrainJob, train_worker
 from dcs_cli.train.metrics import read_metrics
-from dcs_cli.train.parts import class_store_kind
 
 MARKER = "config.yaml"  # written by every run: a folder holding it is a dcs run folder
 
@@ -34,8 +36,8 @@ def under_torchrun() -> bool:
 
 def probe_paramserver(cfg, num_classes: int) -> None:
     """Fail fast (one line) when `paramserver.address` does not answer."""
+    from dcs_cli.paramserver.auth import read_token
     from dcs_cli.paramserver.client import RemoteStore
-    from dcs_cli.paramserver.server import read_token
 
     ps = cfg.paramserver
     try:
@@ -113,29 +115,42 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     guard_output_folder(run_dir, overwrite=True, marker=MARKER)
 
 
-def resolve_config(config_path, overrides: list[str], resume: str | None):
-    """The run's config: defaults ← the checkpoint's config (resume) ← the YAML file ← overrides.
+def resolve_config(config_path, overrides: list[str], resume: str | None, settings: dict | None = None):
+    """The run's config: defaults ← the checkpoint's config (resume) ← the YAML file ← `--set` overrides ←
+    `settings`, typed values by dotted key ({"dist.nproc": 2}; None = not given), checked like overrides.
 
-    Resuming without `output.dir` in the overrides continues in the checkpoint's own run folder.
-    Returns (config, loaded checkpoint or None).
+    Resuming without `output.dir` among the overrides or settings continues in the checkpoint's own run
+    folder. Returns (config, loaded checkpoint or None).
     """
     from dcs_cli.config import load_config
 
     if config_path is None and not resume:
         raise ConfigError("pass --config FILE (see configs/) or --resume CHECKPOINT")
     state = load_checkpoint(resume) if resume else None
-    overrides = list(overrides)
-    if state is not None and not any(o.strip().startswith("output.dir=") for o in overrides):
-        overrides.insert(0, f"output.dir={Path(state['_path']).resolve().parent.parent}")
-    return load_config(config_path, overrides, base=state["config"] if state else None), state
+    settings = {key: value for key, value in (settings or {}).items() if value is not None}
+    if state is not None and "output.dir" not in settings and not _sets_output_dir(overrides):
+        settings["output.dir"] = str(Path(state["_path"]).resolve().parent.parent)
+    cfg = load_config(config_path, list(overrides), base=state["config"] if state else None, values=settings)
+    return cfg, state
+
+
+def _sets_output_dir(overrides: list[str]) -> bool:
+    from dcs_cli.config import parse_override
+
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys[:2] == ["output", "dir"] or (keys == ["output"] and isinstance(value, dict) and "dir" in value):
+            return True
+    return False
 
 
 def run_train(cfg, resume: str | dict | None = None, overwrite: bool = False,
               stop_after_steps: int | None = None) -> dict:
     """Train as the config says; returns a summary (final val accuracy, steps, samples/s, run folder).
 
-    `resume` is a checkpoint path (or one already loaded); `stop_after_steps` is a test hook that stops
-    the workers after that global step without saving, like a kill.
+    `resume` is a checkpoint path (or one already loaded, which a run in this process then trains from
+    in place: its optimiser state changes); `stop_after_steps` is a test hook that stops the workers after
+    that global step without saving, like a kill.
     """
     external = under_torchrun()
     world = env_world_size() if external else cfg.dist.nproc * cfg.dist.nnodes
@@ -160,7 +175,7 @@ def run_train(cfg, resume: str | dict | None = None, overwrite: bool = False,
     start = time.perf_counter()
     try:
         if external or world == 1:
-            result = train_worker(job)
+            result = train_worker(job, data, state)
         else:
             d = cfg.dist
             spec = LaunchSpec(nproc=d.nproc, nnodes=d.nnodes, node_rank=d.node_rank, master_addr=d.master_addr,

@@ -1,7 +1,12 @@
 """Learning-rate schedules as pure functions of training progress, so a resumed run sets the same LR.
 
-    sched = LRSchedule(cfg.optim, base_lr=0.5, steps_per_epoch=1000)
-    lr = sched.lr(epoch=3, step_in_epoch=10)
+>>> from dcs_cli.train.config import OptimConfig
+>>> sched = LRSchedule(OptimConfig(lr_steps=[21, 27], lr_gamma=0.1), base_lr=0.1, steps_per_epoch=1000)
+>>> sched.lr(epoch=3, step_in_epoch=10), round(sched.lr(epoch=21), 6)
+(0.1, 0.01)
+>>> cosine = LRSchedule(OptimConfig(schedule="cosine", epochs=10, warmup_epochs=1.0), 0.5, steps_per_epoch=100)
+>>> cosine.lr(0, 50), cosine.lr(1), cosine.lr(5, 50), cosine.lr(10)
+(0.255, 0.5, 0.25, 0.0)
 
 Progress is measured in epochs (fractional within an epoch), not raw steps, so a checkpoint made with N
 workers resumes with M workers (different steps per epoch) on the same curve.

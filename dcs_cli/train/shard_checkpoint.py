@@ -1,8 +1,19 @@
 """Class-store checkpoints as shards plus a manifest, loadable on any number of processes.
 
-    save_sharded_store(store, run_dir / "store_epoch_003")   # collective for a ShardedStore; LocalStore too
-    load_store(new_store, run_dir / "store_epoch_003")       # W → M ranks, or into a LocalStore (M = 1)
-    state = local_state_dict(run_dir / "store_epoch_003")    # a LocalStore state dict (extract, validation)
+>>> import tempfile
+>>> from dcs_cli.selection.local_store import LocalStore
+>>> tmp = tempfile.TemporaryDirectory()
+>>> folder = Path(tmp.name) / "epoch_003.store"
+>>> store = LocalStore(10, 4, seed=0)
+>>> save_sharded_store(store, folder).name  # a collective for a ShardedStore; a LocalStore is one shard
+'store_manifest.json'
+>>> read_manifest(folder)["world_size"], local_state_dict(folder)["weight"].shape
+(1, torch.Size([10, 4]))
+>>> other = LocalStore(10, 4, seed=1)
+>>> load_store(other, folder)  # W → M ranks, or into a LocalStore (M = 1)
+>>> torch.equal(other.weights(), store.weights())
+True
+>>> tmp.cleanup()
 
 A folder holds `store_shard_RRR_of_WWW.pt` per rank (that rank's rows [lo, hi): weights, momentum in its
 storage dtype, optional bias; written with `save_torch_file`, so each carries its content checksum) and

@@ -1,8 +1,18 @@
 """Model-parallel softmax: every rank scores the global batch against its own class shard only.
 
-    clf = ShardedClassifier(build_shard_selector(cfg.selection, store, global_batch), store, head)
-    loss, correct, stats = clf.loss(features, labels)   # collective: every rank calls it each step
-    loss.backward(); optimizer.step(); clf.after_step()  # backbone under DDP; rows pushed locally
+    >>> from dcs_cli.config import load_config
+    >>> from dcs_cli.models.heads import SoftmaxHead
+    >>> cfg = load_config(overrides=["selection.mode=random", "selection.sample_num=64"])
+    >>> store = ShardedStore(num_classes=1000, dim=16)     # rank and world of the process group (here 0 of 1)
+    >>> clf = ShardedClassifier(build_shard_selector(cfg.selection, store, global_batch=8), store, SoftmaxHead())
+    >>> features = torch.randn(8, 16, requires_grad=True)            # the backbone's output (under DDP)
+    >>> loss, correct, stats = clf.loss(features, torch.randint(0, 1000, (8,)))   # collective: every rank
+    >>> loss.backward(); clf.after_step()                             # rows pushed locally
+    >>> stats["active"], store.steps
+    (64, 1)
+
+Under `dcs train --nproc N` every rank runs those lines on its own shard and batch, with an optimizer step
+for the backbone between backward and `after_step()`; one process (no process group) runs the same code.
 
 One step: all-gather features and labels (autograd-aware) → the shard's selector picks active classes
 among the shard's rows (positives = gathered labels inside the shard) → the head's logits over those rows
@@ -13,7 +23,8 @@ gradient is summed over ranks and each rank keeps its own samples' slice, multip
 averages the backbone gradients over ranks (as Partial FC does): the backbone then gets exactly the
 gradient a single process over the global batch would. Row gradients already are that process's
 gradients, so they are pushed as they are. No class parameter crosses the network; per step the wire
-carries B×d features (and their gradient), B labels and 5·B+1 floats of reductions (a MAX, a SUM).
+carries B×d features (and their gradient), B labels and 3·B+1 floats of reductions (a MAX of B, a SUM of
+2·B+1; with tail samples a second MAX of 2·B and SUM of 2·B+1).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dcs_cli.paramserver.server import start_background
+from dcs_cli.paramserver.launcher import start_background
 
 HEARTBEAT_TIMEOUT = 2.0
 

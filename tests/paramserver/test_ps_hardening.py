@@ -15,8 +15,9 @@ import zmq
 from dcs_cli.errors import DataError, ServerError
 from dcs_cli.paramserver.client import RemoteStore
 from dcs_cli.paramserver.config import ParamServerConfig
+from dcs_cli.paramserver.launcher import start_background
 from dcs_cli.paramserver.protocol import STATUS_ERROR, DType, Header, Op, decode_header, json_frame
-from dcs_cli.paramserver.server import ParamServer, start_background
+from dcs_cli.paramserver.server import ParamServer
 from dcs_cli.paramserver.snapshot import read_snapshot
 from dcs_cli.selection.row_update import sgd_rows_
 from dcs_cli.selection.store import OptimParams
@@ -121,15 +122,16 @@ def test_shared_memory_is_not_trusted_after_the_check(server):
             RemoteStore(server.address, "shm-rewrite-a", n, d) as b:
         start = a.weights().clone()
         a.rows(ids)
-        assert a._segment is not None
-        a._segment.reply[:] = np.frombuffer(np.full(len(a._segment.reply) // 4, np.nan, "<f4").tobytes(), np.uint8)
+        segment = a._shared.segment
+        assert segment is not None
+        segment.reply[:] = np.frombuffer(np.full(len(segment.reply) // 4, np.nan, "<f4").tobytes(), np.uint8)
         grad = torch.ones(3, d)
 
         def rewrite_after_push():
             deadline = time.monotonic() + 10
             while not b.stats()["matrices"][a.matrix_id]["pending"] and time.monotonic() < deadline:
                 time.sleep(0.01)
-            request = a._segment.request
+            request = a._shared.segment.request
             request[:] = np.frombuffer(np.full(len(request) // 4, 1e30, "<f4").tobytes(), np.uint8)
             b.push(ids, grad)
 

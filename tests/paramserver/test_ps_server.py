@@ -15,8 +15,8 @@ import zmq
 
 from dcs_cli.errors import ServerError
 from dcs_cli.paramserver.client import RemoteStore
+from dcs_cli.paramserver.launcher import start_background
 from dcs_cli.paramserver.protocol import STATUS_ERROR, DType, Header, Op, decode_header
-from dcs_cli.paramserver.server import start_background
 from dcs_cli.paramserver.snapshot import read_snapshot
 from dcs_cli.selection.local_store import LocalStore
 from dcs_cli.selection.row_update import sgd_rows_
@@ -53,7 +53,7 @@ def test_one_client_follows_local_store_exactly(server, shared):
                 local.set_optim(PARAMS2)
                 assert remote.get_optim() == PARAMS2
         state = remote.state_dict()
-        assert (remote._segment is not None) == shared
+        assert (remote._shared.segment is not None) == shared
         assert state["step"] == steps == remote.step
         assert torch.equal(state["weight"], local.weight) and torch.equal(state["momentum"], local.momentum)
         assert torch.equal(state["bias"], local.bias) and torch.equal(

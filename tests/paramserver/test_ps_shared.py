@@ -15,7 +15,8 @@ import torch
 
 from dcs_cli.errors import ServerError
 from dcs_cli.paramserver import shm
-from dcs_cli.paramserver.client import RemoteStore, RequestTimeout
+from dcs_cli.paramserver.client import RemoteStore
+from dcs_cli.paramserver.client_socket import RequestTimeout
 from dcs_cli.paramserver.matrix import MatrixSpec, PendingPush, ServedMatrix
 from dcs_cli.paramserver.protocol import FLAG_MOMENTUM, FLAG_SHARED, DType, Op, json_frame
 from dcs_cli.selection.local_store import LocalStore
@@ -46,12 +47,12 @@ def test_shared_memory_follows_local_store_exactly(server):
             assert torch.equal(w_remote, w_local) and torch.equal(b_remote, b_local)
             remote.push(ids, gw, gb)
             local.push(ids, gw, gb)
-        assert remote._segment is not None and remote.stats()["shared_memory_clients"] >= 1
+        assert remote._shared.segment is not None and remote.stats()["shared_memory_clients"] >= 1
         state = remote.state_dict()
         for key in ("weight", "momentum", "bias", "bias_momentum"):
             assert torch.equal(state[key], getattr(local, key)), key
         assert _segments() == before  # unlinked as soon as the server mapped it
-    assert remote._segment is None
+    assert remote._shared.segment is None
 
 
 def test_two_clients_one_shared_one_on_frames_are_summed(server):
@@ -83,7 +84,7 @@ def test_two_clients_one_shared_one_on_frames_are_summed(server):
                 touched = np.union1d(ids_a, ids_b)
                 v[touched] = PARAMS.momentum * v[touched] + g[touched] + PARAMS.weight_decay * w[touched]
                 w[touched] -= PARAMS.lr * v[touched]
-        assert a._segment is not None and b._segment is None
+        assert a._shared.segment is not None and b._shared.segment is None
         np.testing.assert_allclose(b.weights().numpy(), w, rtol=1e-5, atol=1e-6)
     finally:
         a.close()
@@ -192,7 +193,7 @@ def test_a_server_that_cannot_map_the_segment_means_frames(server, monkeypatch, 
     monkeypatch.setattr(shm.SharedSegment, "create", create_then_lose)
     with RemoteStore(server.address, "shared-fallback", 60, 4, params=PARAMS) as store:
         w = store.rows(torch.tensor([1, 2, 3]))[0]
-        assert store._segment is None and not store._shared_ok
+        assert store._shared.segment is None and not store._shared.enabled
         store.push(torch.tensor([1, 2, 3]), torch.ones(3, 4))
         assert store.step == 1 and not torch.equal(store.rows(torch.tensor([1, 2, 3]))[0], w)
     assert "shared memory not used" in capsys.readouterr().err
@@ -201,7 +202,7 @@ def test_a_server_that_cannot_map_the_segment_means_frames(server, monkeypatch, 
 def test_a_timeout_on_a_shared_request_ends_shared_memory_for_the_store(server, monkeypatch):
     with RemoteStore(server.address, "shared-timeout", 60, 4, params=PARAMS) as store:
         store.rows(torch.tensor([1]))
-        assert store._segment is not None
+        assert store._shared.segment is not None
 
         def late(*args, **kwargs):
             raise RequestTimeout("no reply")
@@ -210,7 +211,7 @@ def test_a_timeout_on_a_shared_request_ends_shared_memory_for_the_store(server, 
         with pytest.raises(RequestTimeout):
             store.rows(torch.tensor([1]))
         del store._call
-        assert store._segment is None and not store._shared_ok
+        assert store._shared.segment is None and not store._shared.enabled
         store.push(torch.tensor([1]), torch.ones(1, 4))  # carries on over frames
         assert store.step == 1
 
@@ -222,7 +223,7 @@ def test_a_killed_client_leaves_no_segment_behind(server):
         "from dcs_cli.paramserver.client import RemoteStore\n"
         "s = RemoteStore(sys.argv[1], 'shared-kill', 20000, 8)\n"
         "s.rows(torch.arange(5000))\n"
-        "print('fetched', s._segment is not None, flush=True)\n"
+        "print('fetched', s._shared.segment is not None, flush=True)\n"
         "sys.stdin.readline()\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
@@ -245,7 +246,7 @@ def test_a_full_dev_shm_means_frames_not_a_crash(server, monkeypatch, capsys):
     before = _segments()
     with RemoteStore(server.address, "shared-full", 60, 4, params=PARAMS) as store:
         store.push(torch.tensor([1, 2]), torch.ones(2, 4))
-        assert store.step == 1 and store._segment is None
+        assert store.step == 1 and store._shared.segment is None
     assert "No space left on device" in capsys.readouterr().err
     assert _segments() == before
 
@@ -269,19 +270,19 @@ def test_a_checkpoint_between_get_and_push_changes_nothing(server):
             assert reply.flags & FLAG_SHARED
             remote.push(ids, grad)
             local.push(ids, grad)
-        assert remote._segment is not None
-        assert remote._segment.reply_bytes < 500 * d * 4 * 2  # bulk reads did not grow the segment
+        assert remote._shared.segment is not None
+        assert remote._shared.segment.reply_bytes < 500 * d * 4 * 2  # bulk reads did not grow the segment
         assert torch.equal(remote.weights(), local.weight)
 
 
 def test_a_dropped_client_still_reads_over_frames(tmp_path):
-    from dcs_cli.paramserver.server import start_background
+    from dcs_cli.paramserver.launcher import start_background
 
     with start_background("tcp://127.0.0.1:*", heartbeat_timeout=0.3) as srv:
         store = RemoteStore(srv.address, "shared-dropped", 50, 4, params=PARAMS, heartbeat=False)
         try:
             w = store.rows(torch.tensor([1, 2]))[0]
-            assert store._segment is not None
+            assert store._shared.segment is not None
             time.sleep(2.0)  # silent (any request would count as a sign of life) well past the timeout
             assert store.stats()["clients_dropped"] == 1, srv.log()
             assert torch.equal(store.rows(torch.tensor([1, 2]))[0], w)

@@ -22,7 +22,7 @@ def test_full_mode_under_ddp(tmp_path, synthetic_config, tiny):
     steps = [r["step"] for r in rows if r["kind"] == "train"]
     assert steps == sorted(set(steps))  # one writer: rank 0
     state = load_checkpoint(checkpoint_path(tmp_path / "ddp", 2))
-    assert state["world_size"] == 2 and state["classifier"]["weight"].shape == (200, 32)
+    assert state["classifier"]["weight"].shape == (200, 32)
 
 
 def test_hf_through_paramserver_then_resume_on_one_worker(tmp_path, synthetic_config, tiny):

@@ -43,3 +43,33 @@ def test_resume_refuses_a_finished_run(tmp_path, synthetic_config, tiny):
     with pytest.raises(ConfigError, match="optim.epochs"):
         cfg, state = resolve_config(None, [], str(tmp_path / "r"))
         run_train(cfg, resume=state)
+
+
+def test_a_checkpoint_with_the_keys_no_longer_written_resumes_in_place(tmp_path, synthetic_config, tiny, monkeypatch):
+    """Checkpoints of earlier versions carry rng, scheduler, world_size and the selector's generator state;
+    they still resume. One process resumes on the data and checkpoint `run_train` opened: the loop opens
+    neither again."""
+    import torch
+
+    import dcs_cli.train.loop as loop
+    from dcs_cli.torchfile import save_torch_file
+    from dcs_cli.train.checkpoint import load_checkpoint
+
+    run = tmp_path / "old"
+    run_train(load_config(synthetic_config, tiny(run, "random", epochs=1)))
+    ckpt = checkpoint_path(run, 1)
+    state = load_checkpoint(ckpt)
+    refreshes = state["selector"]["_refreshes"]
+    state.pop("_path")
+    state.update(scheduler={"epoch": 1, "step": state["step"], "kind": "cosine"}, rng={"torch": torch.get_rng_state()},
+                 world_size=1, selector={"generator": torch.Generator().get_state(), "_refreshes": refreshes})
+    save_torch_file(state, ckpt)
+
+    def opened_again(*args, **kwargs):
+        raise AssertionError("the loop opened what run_train had already opened")
+
+    monkeypatch.setattr(loop, "build_data", opened_again)
+    monkeypatch.setattr(loop, "load_checkpoint", opened_again)
+    cfg, state = resolve_config(None, ["optim.epochs=2"], str(run))
+    summary = run_train(cfg, resume=state)
+    assert summary["steps"] == 2 * 50 and summary["val_top1"] > 0.2, summary

@@ -14,7 +14,7 @@ from dcs_cli.train.checkpoint import (
     store_folder_path,
     store_snapshot_path,
 )
-from dcs_cli.train.parts import class_store_kind
+from dcs_cli.train.class_store import class_store_kind
 from dcs_cli.train.runner import resolve_config, run_train
 from dcs_cli.train.shard_checkpoint import read_manifest
 

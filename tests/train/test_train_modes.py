@@ -31,7 +31,8 @@ def test_each_mode_learns(tmp_path, synthetic_config, tiny, mode):
     assert [p.name for p in ckpts] == ["epoch_002.pt", "epoch_003.pt"]  # synthetic.yaml keeps 2
     state = load_checkpoint(ckpts[-1])
     assert state["epoch"] == 3 and state["step"] == 3 * 50
-    assert {"backbone", "optimizer", "scheduler", "config", "store", "classifier", "rng"} <= set(state)
+    assert {"backbone", "optimizer", "config", "epoch", "step", "store", "selector", "classifier"} <= set(state)
+    assert not {"scheduler", "rng", "world_size"} & set(state)  # nothing reads them; no longer written
     if mode == "full":
         assert state["classifier"]["weight"].shape == (200, 32) and state["store"] is None
     else:

@@ -1,5 +1,15 @@
 """Backbone registry: `model = build_backbone(cfg.model, input_shape=(3, 112, 112))` → (B, feature_dim).
 
+    >>> import torch
+    >>> from dcs_cli.models.config import ModelConfig
+    >>> available_backbones()
+    ['iresnet18', 'iresnet34', 'iresnet50', 'mlp', 'mobilefacenet']
+    >>> net = build_backbone(ModelConfig(backbone="iresnet18", feature_dim=32, width=8), input_shape=(3, 32, 32))
+    >>> tuple(net.eval()(torch.zeros(2, 3, 32, 32)).shape)     # (B, feature_dim)
+    (2, 32)
+    >>> backbone_input_kind("mlp"), backbone_input_kind("iresnet18")
+    ('vector', 'image')
+
 A backbone is one function registered under a name with `@register_backbone("name")`, taking the
 `ModelConfig` and the shape of one input sample (`(C, H, W)` for images, `(dim,)` for feature vectors).
 Adding one is one file in this package plus one line in `_MODULES`.

@@ -1,5 +1,12 @@
 """IR-ResNet (InsightFace's `iresnet18/34/50`): `net = build_backbone(cfg, (3, 112, 112)); emb = net(images)`.
 
+    >>> from dcs_cli.models.backbones import build_backbone
+    >>> from dcs_cli.models.config import ModelConfig
+    >>> cfg = ModelConfig(backbone="iresnet18", feature_dim=64, width=8)   # width 64: the InsightFace nets
+    >>> net = build_backbone(cfg, (3, 32, 32)).eval()                      # 32×32 demo images; 112×112 faces
+    >>> tuple(net(torch.zeros(2, 3, 32, 32)).shape)
+    (2, 64)
+
 Shape of the ArcFace backbones: a 3×3 stem at full resolution, four stages of BN-Conv-BN-PReLU-Conv-BN
 residual blocks each halving the resolution, then BN → dropout → FC → BN to `feature_dim`. The FC input
 size is computed from the input shape, so the same nets accept 112×112 faces or 32×32 demo images.

@@ -1,6 +1,12 @@
 """MLP backbone for feature-level data (synthetic classes, precomputed embeddings):
 `net = build_backbone(cfg, (dim,)); emb = net(vectors)`.
 
+    >>> from dcs_cli.models.backbones import build_backbone
+    >>> from dcs_cli.models.config import ModelConfig
+    >>> net = build_backbone(ModelConfig(backbone="mlp", mlp_hidden=32, feature_dim=16), (64,)).eval()
+    >>> tuple(net(torch.zeros(5, 64)).shape)
+    (5, 16)
+
 Linear → BN → PReLU → dropout → Linear → BN: enough capacity to re-embed fixed features, cheap enough
 that selection dominates the step time in the benchmarks.
 """

@@ -1,5 +1,11 @@
 """MobileFaceNet (Chen et al. 2018, InsightFace variant): `net = build_backbone(cfg, (3, 112, 112))`.
 
+    >>> from dcs_cli.models.backbones import build_backbone
+    >>> from dcs_cli.models.config import ModelConfig
+    >>> net = build_backbone(ModelConfig(backbone="mobilefacenet", feature_dim=32, width=8), (3, 16, 16))
+    >>> tuple(net.eval()(torch.zeros(2, 3, 16, 16)).shape)
+    (2, 32)
+
 Depthwise-separable inverted-residual stages (64→64→128→128 channels at width 64) down to 1/16 of the
 input, a 1×1 conv to 512, then a global depthwise conv (GDC) whose kernel covers the whole remaining
 feature map, a linear layer and BN to `feature_dim`. The GDC kernel is computed from the input shape, so

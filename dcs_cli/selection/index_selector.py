@@ -1,31 +1,38 @@
-"""Shared machinery of the index selectors (hf = Annoy, hnsw): refresh scheduling, background builds,
-drift measurement and the adaptive share of neighbours.
+"""The base of the index selectors (hf = Annoy, hnsw, ivf): query the serving index, compose the active
+set, and keep the index fresh without stalling the step.
 
-    sel = HnswSelector(...); sel.attach(store)          # first index, built synchronously and timed
-    s = sel.select(features, labels)                    # query the serving index, compose S ids
-    sel.refresh(store, step)                            # maybe start a refresh; never waits for one
+    >>> import torch
+    >>> from dcs_cli.selection.ivf import IvfSelector
+    >>> from dcs_cli.selection.local_store import LocalStore
+    >>> store = LocalStore(num_classes=1000, dim=16, init_std=1.0)
+    >>> selector = IvfSelector(1000, sample_num=64, batch_size=8, interval=2, background=False)
+    >>> selector.attach(store)                            # the first index, built synchronously and timed
+    >>> sel = selector.select(torch.randn(8, 16), torch.arange(8))
+    >>> sel.ids.numel(), sel.stats["positives"], sel.stats["index_age"]
+    (64, 8, 0)
+    >>> store.push(sel.ids, torch.randn(64, 16))
+    >>> for step in (1, 2):
+    ...     selector.refresh(store, step)                 # due every `interval` steps; never waits for one
+    >>> selector.refreshes, selector.index_step
+    (1, 2)
 
-Refresh: the caller's thread only takes `store.weights()` (a live view for a CPU LocalStore: no N-sized
-copy stalls the step); the background thread fits the projection, reads the rows into the index's own
-(reduced, `index_dim`) snapshot chunk by chunk and builds. Rows the trainer updates while that read is
-under way may land in the snapshot at either their old or new value — harmless for an approximate
-index, and the re-rank scores the live rows anyway. Incremental backends (hnsw) instead re-insert the
-rows selected since the last snapshot, unless more than `rebuild_fraction` of N changed (then a fresh
-build is cheaper). The result is swapped in by the next `select`/`refresh` once ready; the old index
-serves meanwhile. Every refresh's wall time, and the part of it spent in the caller's thread, is recorded.
+Schedule: a refresh starts every `interval` steps, or, in adaptive mode, when the rows drifted past
+`drift_threshold` (measured every `drift_check` steps, see drift.py). When `rerank` > 1 or the index
+holds a projection (`index_dim`), a query retrieves `rerank` × k candidates and keeps the k best by their
+exact score (rerank.py); adaptive mode also gives hard samples a larger share of `sample_num`
+(adaptive_share.py).
 
-Reduced index + exact re-rank (`index_dim`, `rerank`): the index holds a PCA projection of the rows
-(see projection.py); a query retrieves `rerank × k` candidates and keeps the k best by the exact score
-(x·w + b for dot, the cosine for angular) against the store's current full-d rows.
-
-Adaptive mode (the paper's scheme, our reading of it):
-  (a) drift-triggered refresh: every `drift_check` steps, estimate
-        drift = ||W_now - W_snap||_F / ||W_snap||_F
-      from up to 4096 sampled rows among those selected (hence updated) since the snapshot, scaled by
-      their count; a refresh starts when drift >= `drift_threshold` (instead of every `interval` steps).
-  (b) hard samples get more of `sample_num`: each sample's candidates (hard_factor × the even share)
-      are rescored against the current rows; hardness = best negative score − positive score; shares
-      are softmax(hardness / std) × (B × even share), clamped to [even/2, hard_factor × even].
+Refresh: in the caller's thread the store first settles (rows that sat out steps catch up), then a
+full build only takes `store.weights()` (a live view for a CPU LocalStore: no N-sized copy stalls the
+step); the background thread fits the projection, reads the rows into the index's own (reduced,
+`index_dim`) snapshot chunk by chunk and builds. Rows the trainer updates while that read is under way
+may land in the snapshot at either their old or new value — harmless for an approximate index, and the
+re-rank scores the live rows anyway. Incremental backends (hnsw, ivf) instead read the rows selected
+since the last snapshot in the caller's thread and update the index with them in the background, unless
+their `_rebuild_due` rule (hnsw: more than `rebuild_fraction` of N changed; ivf: every `rebuild_every`-th
+refresh) calls for a full build. The result is swapped in by the next `select`/`refresh` once ready;
+the old index serves meanwhile. Every refresh's wall time, and the part of it spent in the caller's
+thread, is recorded. `background=False` refreshes in place instead (deterministic; the step waits).
 """
 
 from __future__ import annotations
@@ -36,22 +43,15 @@ from abc import abstractmethod
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dcs_cli.errors import ConfigError, DcsError
-from dcs_cli.selection.base import Selection, Selector
+from dcs_cli.selection.adaptive_share import max_share, share_by_hardness
+from dcs_cli.selection.base import Selection, Selector, check_sample_num
 from dcs_cli.selection.compose import check_batch, compose
+from dcs_cli.selection.drift import sum_squares, weight_drift
 from dcs_cli.selection.projection import Projection
+from dcs_cli.selection.rerank import exact_rerank
 from dcs_cli.selection.store import ClassStore
-
-DRIFT_SAMPLE = 4096
-
-
-def sum_squares(rows: np.ndarray) -> float:
-    """Σ rows² without an N×d temporary (np.square of a 1M×256 snapshot allocates 1 GB and takes seconds)."""
-    flat = torch.from_numpy(rows).reshape(-1)
-    step = 1 << 20  # float32 partial sums over 1M elements each stay accurate; the total is a Python float
-    return sum(float(torch.linalg.vector_norm(flat[i:i + step])) ** 2 for i in range(0, flat.numel(), step))
 
 
 class IndexSelector(Selector):
@@ -63,9 +63,7 @@ class IndexSelector(Selector):
                  seed: int = 0, metric: str = "auto", adaptive: bool = False, drift_threshold: float = 0.05,
                  drift_check: int = 10, hard_factor: float = 2.0, background: bool = True, jobs: int = -1,
                  index_dim: int = 0, rerank: int = 1, rebuild_fraction: float = 0.5):
-        if sample_num > num_classes:
-            raise ConfigError(f"selection.sample_num={sample_num} exceeds the {num_classes} classes; "
-                              "lower it or use selection.mode=full")
+        check_sample_num(sample_num, num_classes)
         self.num_classes, self.sample_num, self.batch_size = num_classes, sample_num, batch_size
         self.k = sample_num // batch_size + 1  # per-sample neighbours, as in the original code
         self.interval, self.seed, self.metric = interval, seed, metric
@@ -143,29 +141,15 @@ class IndexSelector(Selector):
         cand = self._query(self.index, np.ascontiguousarray(self.proj.apply(feats)), kq)
         cand = torch.from_numpy(cand.astype(np.int64))
         if self.rerank > 1 or not self.proj.identity:
-            cand = self._rerank(feats, cand, k)
+            cand = exact_rerank(feats, cand, k, self.store, self._resolved_metric())
         return cand
-
-    def _rerank(self, feats: torch.Tensor, cand: torch.Tensor, k: int) -> torch.Tensor:
-        """The k best of each sample's candidates by the exact score against the store's current rows."""
-        valid = cand >= 0
-        w, b = self.store.rows(cand.clamp(min=0).reshape(-1))
-        w = w.to("cpu", torch.float32).view(*cand.shape, -1)
-        if self._resolved_metric() == "angular":
-            scores = torch.einsum("bd,bkd->bk", F.normalize(feats, dim=1), F.normalize(w, dim=2))
-        else:
-            scores = torch.einsum("bd,bkd->bk", feats, w)
-            if b is not None:  # rank as the softmax logits do
-                scores += b.to("cpu", torch.float32).view(cand.shape)
-        scores = scores.masked_fill(~valid, float("-inf"))
-        top = scores.topk(min(k, cand.shape[1]), dim=1)
-        out = cand.gather(1, top.indices)
-        return out.masked_fill(top.values == float("-inf"), -1)
 
     def select(self, features: torch.Tensor, labels: torch.Tensor) -> Selection:
         check_batch(features, labels, self.num_classes)
         if self.adaptive:
-            cand, share = self._adaptive_candidates(features, labels)
+            kmax = max_share(self.k, self.hard_factor)
+            cand, share = share_by_hardness(self.neighbours(features, kmax), features, labels, self.store,
+                                            self._resolved_metric(), self.k, kmax)
         else:
             cand, share = self.neighbours(features, self.k), None
         sel = compose(labels, cand.T.reshape(-1), self.sample_num, self.num_classes, self.generator)
@@ -174,31 +158,6 @@ class IndexSelector(Selector):
         if share is not None:
             sel.stats["share_min"], sel.stats["share_max"] = int(share.min()), int(share.max())
         return sel
-
-    def _adaptive_candidates(self, features: torch.Tensor, labels: torch.Tensor):
-        kmax = max(self.k, int(round(self.hard_factor * self.k)))
-        cand = self.neighbours(features, kmax)  # B×kmax
-        valid = cand >= 0
-        w, _ = self.store.rows(cand.clamp(min=0).reshape(-1))
-        wpos, _ = self.store.rows(labels)
-        feats = features.detach().to("cpu", torch.float32)
-        w, wpos = w.to("cpu").view(*cand.shape, -1), wpos.to("cpu")
-        if self._resolved_metric() == "angular":
-            feats, w, wpos = F.normalize(feats, dim=1), F.normalize(w, dim=2), F.normalize(wpos, dim=1)
-        scores = torch.einsum("bd,bkd->bk", feats, w)
-        scores[~valid | (cand == labels.view(-1, 1).to(cand.device))] = float("-inf")
-        pos = (feats * wpos).sum(1)
-        hardness = scores.max(1).values - pos
-        hardness = torch.nan_to_num(hardness, neginf=float(hardness[torch.isfinite(hardness)].min())
-                                    if torch.isfinite(hardness).any() else 0.0)
-        temp = hardness.std().clamp(min=1e-6) if hardness.numel() > 1 else torch.tensor(1.0)
-        weights = torch.softmax(hardness / temp, 0)
-        share = (weights * self.k * len(labels)).round().long().clamp(max(1, self.k // 2), kmax)
-        order = scores.argsort(1, descending=True)
-        cand = cand.gather(1, order)
-        ranks = torch.arange(kmax).view(1, -1)
-        cand = torch.where((ranks < share.view(-1, 1)) & valid.gather(1, order), cand, torch.full_like(cand, -1))
-        return cand, share
 
     # ------------------------------------------------------------------------------------ refresh
     def refresh(self, store: ClassStore, step: int) -> None:
@@ -213,21 +172,12 @@ class IndexSelector(Selector):
         since = step - self._snap_step
         if self.adaptive:
             if since > 0 and since % self.drift_check == 0:
-                self.last_drift = self._measure_drift()
+                self.last_drift = weight_drift(self.store, self.proj, self._snap, self._snap_norm2, self._dirty,
+                                               self.generator)
                 if self.last_drift >= self.drift_threshold:
                     self._start_refresh()
         elif since >= self.interval:
             self._start_refresh()
-
-    def _measure_drift(self) -> float:
-        dirty = self._dirty.nonzero().squeeze(1)
-        if dirty.numel() == 0:
-            return 0.0
-        pick = dirty[torch.randperm(dirty.numel(), generator=self.generator)[:DRIFT_SAMPLE]]
-        now, _ = self.store.rows(pick)
-        delta = self.proj.apply(now) - self._snap[pick.numpy()]
-        moved2 = float(np.square(delta).sum()) * dirty.numel() / pick.numel()
-        return (moved2 / self._snap_norm2) ** 0.5
 
     def _rebuild_due(self, changed: int) -> bool:
         """Whether this refresh builds afresh rather than updating the `changed` rows (incremental backends)."""
