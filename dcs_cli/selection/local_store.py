@@ -22,7 +22,7 @@ from dcs_cli.errors import ConfigError, DataError
 from dcs_cli.selection.hugepages import empty_rows
 from dcs_cli.selection.row_init import init_rows
 from dcs_cli.selection.row_update import RowClock, catch_up_rows_, sgd_rows_
-from dcs_cli.selection.store import ClassStore, OptimParams
+from dcs_cli.selection.store import ClassStore, OptimParams, on_cpu
 
 
 class LocalStore(ClassStore):
@@ -91,12 +91,10 @@ class LocalStore(ClassStore):
 
     def weights(self) -> torch.Tensor:
         """The live N×d weights on the CPU (no copy on a CPU store): callers that keep them must clone."""
-        return self.weight if self.weight.device.type == "cpu" else self.weight.cpu()
+        return on_cpu(self.weight)
 
     def biases(self) -> torch.Tensor | None:
-        if self.bias is None:
-            return None
-        return self.bias if self.bias.device.type == "cpu" else self.bias.cpu()
+        return on_cpu(self.bias)
 
     # ----------------------------------------------------------------------------------------- optim
     def get_optim(self) -> OptimParams:

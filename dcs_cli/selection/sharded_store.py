@@ -33,7 +33,7 @@ from dcs_cli.errors import ConfigError, DataError
 from dcs_cli.selection.hugepages import empty_rows
 from dcs_cli.selection.row_init import init_rows
 from dcs_cli.selection.row_update import RowClock, catch_up_rows_, sgd_rows_
-from dcs_cli.selection.store import ClassStore, OptimParams
+from dcs_cli.selection.store import ClassStore, OptimParams, on_cpu
 
 MOMENTUM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # The catch-up of rows that sat out steps (sgd_rows_'s `skipped`), when this checkout's store has it:
@@ -175,12 +175,10 @@ class ShardedStore(ClassStore):
 
     def weights(self) -> torch.Tensor:
         """This shard's live (hi-lo)×d weights on the CPU (not all N: see `gather_weights`)."""
-        return self.weight if self.weight.device.type == "cpu" else self.weight.cpu()
+        return on_cpu(self.weight)
 
     def biases(self) -> torch.Tensor | None:
-        if self.bias is None:
-            return None
-        return self.bias if self.bias.device.type == "cpu" else self.bias.cpu()
+        return on_cpu(self.bias)
 
     def gather_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Collective (every rank calls it): all N×d weights and N biases, on every rank's CPU.

@@ -74,3 +74,10 @@ class ClassStore(ABC):
         params = self.get_optim()
         params.lr = lr
         self.set_optim(params)
+
+
+def on_cpu(table: torch.Tensor | None) -> torch.Tensor | None:
+    """A store's table as callers read it: itself on a CPU store (no copy: clone to keep it), else a CPU copy."""
+    if table is None or table.device.type == "cpu":
+        return table
+    return table.cpu()
