@@ -30,6 +30,12 @@ def test_typed_values_are_checked_like_sets(synthetic_config):
         resolve_config(synthetic_config, [], None, {"dist.node_rank": 1})
 
 
+def test_sets_and_typed_values_are_validated_once_together(synthetic_config):
+    """`--set dist.node_rank=1 --nnodes 2`: valid as a whole, though the --set alone would not be."""
+    cfg, _ = resolve_config(synthetic_config, ["dist.node_rank=1"], None, {"dist.nnodes": 2})
+    assert (cfg.dist.node_rank, cfg.dist.nnodes) == (1, 2)
+
+
 def test_a_config_or_a_checkpoint_is_needed():
     with pytest.raises(ConfigError, match="--config"):
         resolve_config(None, [], None, {"selection.mode": "hf"})
