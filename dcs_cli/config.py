@@ -202,11 +202,23 @@ def config_from_dict(data: dict) -> Config:
     return cfg
 
 
+# Keys a checkpoint's saved config may hold that dcs no longer has; dropped from `base` so the run resumes.
+RETIRED_KEYS = {("selection", "fill_correction")}
+
+
+def _without_retired(base: dict) -> dict:
+    data = dict(base)
+    for section, key in RETIRED_KEYS:
+        if isinstance(data.get(section), dict) and key in data[section]:
+            data[section] = {k: v for k, v in data[section].items() if k != key}
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict | None = None, values: dict | None = None) -> Config:
     """Defaults ← `base` (e.g. a checkpoint's config) ← YAML file ← `--set` overrides ← `values` (typed
     values by dotted key, e.g. a command's own options: {"dist.nproc": 2}), then validate once."""
-    data: dict = dict(base or {})
+    data: dict = _without_retired(base or {})
     if path is not None:
         data = _merge(data, read_yaml(path))
     patches = [parse_override(text) for text in overrides or []]

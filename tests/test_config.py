@@ -84,3 +84,11 @@ def test_shipped_configs_load():
     configs = Path(__file__).resolve().parents[1] / "configs"
     for path in sorted(configs.glob("*.yaml")):
         load_config(path)
+
+
+def test_a_checkpoint_config_with_a_retired_key_still_loads():
+    """A run saved while `selection.fill_correction` existed resumes; a new config naming it is an error."""
+    cfg = load_config(None, [], base={"selection": {"mode": "hf", "fill_correction": False}})
+    assert cfg.selection.mode == "hf"
+    with pytest.raises(ConfigError, match="selection.fill_correction"):
+        load_config(None, ["selection.fill_correction=true"])

@@ -44,7 +44,8 @@ class SelectionConfig:
     hnsw_rebuild_fraction: float = opt(0.25, "hnsw: a refresh builds a fresh graph when more than this "
                                              "fraction of the rows changed since the last one (re-inserting "
                                              "that many rows costs more than a build), else re-inserts them")
-    tail_samples: int = opt(-1, "uniform draws among the inactive classes per step; their exp-logits, scaled "
+    tail_samples: int = opt(-1, "uniform draws among the inactive classes per step (per worker, like "
+                                "sample_num); their exp-logits, scaled "
                                 "up, stand for every inactive class in the softmax denominator of the rows' "
                                 "gradient (margin heads need it to train under sampling); -1 = auto: "
                                 "64 for cosface/arcface, 0 (off) for softmax")

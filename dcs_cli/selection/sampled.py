@@ -23,6 +23,7 @@ from torch import nn
 
 from dcs_cli.errors import DcsError
 from dcs_cli.selection.base import Selector
+from dcs_cli.selection.full import FullSelector
 from dcs_cli.selection.store import ClassStore
 from dcs_cli.selection.tail import TailSampler, resolve_tail_samples, tail_log_mass
 
@@ -41,7 +42,7 @@ class SampledSoftmax(nn.Module):
         metric = getattr(head, "metric", "dot")
         selector.set_metric(metric)
         selector.attach(store)
-        k = resolve_tail_samples(tail_samples, metric)
+        k = resolve_tail_samples(tail_samples, metric, selects_all=isinstance(selector, FullSelector))
         self.tail = TailSampler(store.num_classes, k, seed) if k > 0 else None
         self.step = 0
         self._pending: tuple | None = None
@@ -49,7 +50,7 @@ class SampledSoftmax(nn.Module):
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         sel = self.selector.select(features.detach(), labels)
         active = sel.ids.numel()
-        tail_ids, log_rate = self.tail.draw(sel.ids) if self.tail is not None else (sel.ids[:0], 0.0)
+        tail_ids, log_weight = self.tail.draw(sel.ids) if self.tail is not None else (sel.ids[:0], 0.0)
         w, b = self.store.rows(torch.cat([sel.ids, tail_ids.to(sel.ids.device)]))  # one store call
         w = w.to(features.device)
         b = b.to(features.device) if b is not None else None
@@ -63,7 +64,7 @@ class SampledSoftmax(nn.Module):
         else:
             with torch.no_grad():
                 log_tail = tail_log_mass(self.head(features, w_tail, b_tail, None),
-                                         log_rate, features.shape[0])
+                                         log_weight, features.shape[0])
             loss = F.cross_entropy(self.head(features, w.detach(), b.detach() if b is not None else None, local),
                                    local)
             # the rows' gradient: the same logits with the inactive classes' estimated mass in the denominator

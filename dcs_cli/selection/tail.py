@@ -2,8 +2,8 @@
 
     >>> import torch
     >>> tail = TailSampler(num_classes=1000, k=64, seed=0)
-    >>> ids, log_rate = tail.draw(torch.arange(50))   # 64 ids outside the active set, with replacement
-    >>> bool((ids >= 50).all()), round(log_rate, 3)    # log((1000 - 50) / 64)
+    >>> ids, log_weight = tail.draw(torch.arange(50)) # 64 ids outside the active set, with replacement
+    >>> bool((ids >= 50).all()), round(log_weight, 3)  # log((1000 - 50) / 64)
     (True, 2.698)
 
 A sampled softmax normalises over its S active classes only. With a margin head (CosFace, ArcFace) the
@@ -12,7 +12,8 @@ are pushed as if they were all the competition there is, and rows and features d
 direction. Full softmax's denominator also holds the N - S inactive classes; `k` uniform draws among them,
 scaled by (N - S) / k, estimate that mass without bias, and the rows' gradient is taken with it
 (`SampledSoftmax`, `ShardedSoftmax`). Where the inactive classes number at most `k`, all of them are
-taken once each (the estimate is exact).
+taken once each (the estimate is exact). The drawn rows are read as the store holds them: under catch-up
+(optim.catch_up) without the zero-gradient steps they sat out, a small lag the estimate tolerates.
 """
 
 from __future__ import annotations
@@ -25,16 +26,19 @@ AUTO_TAIL_SAMPLES = 64  # draws per step for angular heads (selection.tail_sampl
 TAIL_SEED_OFFSET = 7919  # keeps the draws apart from a random fill seeded with the same selection.seed
 
 
-def resolve_tail_samples(tail_samples: int, metric: str) -> int:
+def resolve_tail_samples(tail_samples: int, metric: str, selects_all: bool = False) -> int:
     """`selection.tail_samples`, with -1 (auto) resolved by the head: margin heads (angular metric) need the
-    estimate, the softmax head trains better without it (README, "Margin heads under sampling")."""
+    estimate, the softmax head trains better without it (README, "Margin heads under sampling"). 0 when the
+    selector takes every class (full mode): there is no inactive class to stand for."""
+    if selects_all:
+        return 0
     if tail_samples >= 0:
         return tail_samples
     return AUTO_TAIL_SAMPLES if metric == "angular" else 0
 
 
 class TailSampler:
-    """`ids, log_rate = TailSampler(N, k, seed).draw(active)`: k uniform draws from the ids not in `active`,
+    """`ids, log_weight = TailSampler(N, k, seed).draw(active)`: k uniform draws from the ids not in `active`,
     and log((N - |active|) / k), the log-weight that turns their exp-logits into an estimate of the sum over
     every inactive class."""
 
@@ -64,9 +68,9 @@ class TailSampler:
         return torch.cat(picked)[: self.k], math.log(rest / self.k)
 
 
-def tail_log_mass(logits: torch.Tensor, log_rate: float, batch: int) -> torch.Tensor:
+def tail_log_mass(logits: torch.Tensor, log_weight: float, batch: int) -> torch.Tensor:
     """(B,) log of the estimated sum of exp-logits over the inactive classes, from the drawn rows' (B×k)
     logits; -inf where nothing was drawn (no inactive class)."""
     if logits.shape[1] == 0:
         return logits.new_full((batch,), float("-inf"))
-    return torch.logsumexp(logits, 1) + log_rate
+    return torch.logsumexp(logits, 1) + log_weight

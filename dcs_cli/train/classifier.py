@@ -61,7 +61,8 @@ class _RecordingHead(nn.Module):
 
     def forward(self, features, weight_rows, bias_rows=None, local_labels=None):
         logits = self.head(features.float(), weight_rows, bias_rows, local_labels)
-        self.last_logits, self.last_labels = logits.detach(), local_labels
+        if local_labels is not None:  # the active classes' logits, not a tail estimate's (tail.py)
+            self.last_logits, self.last_labels = logits.detach(), local_labels
         return logits
 
 

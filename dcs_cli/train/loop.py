@@ -105,7 +105,7 @@ def train_worker(job: TrainJob, data: TrainData | None = None, resume: dict | No
                 log.write({"kind": "val", "step": step, "epoch": epoch + 1, "acc": acc})
                 if ctx.is_main:
                     console.info(f"epoch {epoch + 1}: val top-1 {acc:.4f} over {data.num_classes:,} classes")
-            parts.save_class_store(run_dir, epoch + 1, step)  # collective: a sharded store's shards
+            parts.save_class_store(run_dir, epoch + 1)  # collective: a sharded store's shards
             if ctx.is_main:
                 state = parts.state_dict(run_dir, epoch + 1, step)
                 save_checkpoint(run_dir, epoch + 1, state, keep=cfg.output.keep_checkpoints)

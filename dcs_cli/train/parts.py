@@ -85,7 +85,7 @@ class Parts:
         angular = getattr(self.full.head, "metric", "dot") == "angular"
         return evaluate_top1(self.backbone, self.full.weight.detach(), bias, loader, self.ctx.device, angular)
 
-    def save_class_store(self, run_dir: Path, epoch: int, step: int) -> None:
+    def save_class_store(self, run_dir: Path, epoch: int) -> None:
         """Collective, every rank before rank 0's `state_dict`: a sharded store writes its shards and manifest
         into `epoch_NNN.store/` beside the checkpoint. Nothing to do for the other stores."""
         store = self.sampled.store if self.sampled is not None else None

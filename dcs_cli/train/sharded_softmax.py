@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcs_cli.errors import ConfigError, DcsError
+from dcs_cli.selection.full import FullSelector
 from dcs_cli.selection.sharded_store import ShardedStore
 from dcs_cli.selection.tail import TailSampler, resolve_tail_samples, tail_log_mass
 
@@ -107,7 +108,6 @@ class ShardedCrossEntropy(torch.autograd.Function):
         raw_max = logits.max(1).values if logits.shape[1] else logits.new_full((b,), float("-inf"))
         maxes = raw_max if log_tail is None else torch.cat([raw_max, torch.maximum(raw_max, log_tail)])
         if world > 1:
-            maxes = maxes.clone()
             dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
         raw_max = maxes[:b]
         gmax = maxes[b:] if log_tail is not None else raw_max  # the shift: over the tails too
@@ -172,8 +172,9 @@ class ShardedSoftmax(nn.Module):
         selector.set_metric(metric)
         selector.attach(store.local_view())
         self.step = 0
-        # as SampledSoftmax; each shard draws its share of the tail among its own inactive rows
-        k = resolve_tail_samples(tail_samples, metric)
+        # as SampledSoftmax, per worker's batch like sample_num: the W shards share W·k draws for the global
+        # batch, each drawing its share among its own inactive rows
+        k = resolve_tail_samples(tail_samples, metric, selects_all=isinstance(selector, FullSelector)) * store.world
         share = -(-k * store.shard_size // store.num_classes)
         self.tail = TailSampler(store.shard_size, share, seed + store.rank) if k > 0 else None
         self._pending: tuple | None = None
@@ -194,7 +195,7 @@ class ShardedSoftmax(nn.Module):
         target_col[owned] = sel.local_labels
         target_col = target_col.to(device)
         active_here = sel.ids.numel()
-        tail_ids, log_rate = self.tail.draw(sel.ids) if self.tail is not None else (sel.ids[:0], 0.0)
+        tail_ids, log_weight = self.tail.draw(sel.ids) if self.tail is not None else (sel.ids[:0], 0.0)
         w, b = self.store.local_rows(torch.cat([sel.ids, tail_ids.to(sel.ids.device)]))
         w, w_tail = w[:active_here].to(device).detach().requires_grad_(True), w[active_here:].to(device)
         b, b_tail = (b[:active_here].to(device).detach().requires_grad_(True), b[active_here:].to(device)) \
@@ -208,7 +209,7 @@ class ShardedSoftmax(nn.Module):
             logits = margin_logits(self.head, feats, w.detach(), b.detach() if b is not None else None, target_col)
             loss, right, active = ShardedCrossEntropy.apply(logits, target_col, extra, None)
             with torch.no_grad():
-                log_tail = tail_log_mass(self.head(feats, w_tail, b_tail, None), log_rate, feats.shape[0])
+                log_tail = tail_log_mass(self.head(feats, w_tail, b_tail, None), log_weight, feats.shape[0])
             row_logits = margin_logits(self.head, feats.detach(), w, b, target_col)
             row_loss = ShardedCrossEntropy.apply(row_logits, target_col, 0.0, log_tail)[0]
             loss = loss + (row_loss - row_loss.detach())

@@ -15,27 +15,27 @@ from dcs_cli.selection.sampled import SampledSoftmax
 from dcs_cli.selection.tail import TailSampler, resolve_tail_samples
 
 
-def test_draws_only_inactive_ids_with_their_log_rate():
+def test_draws_only_inactive_ids_with_their_log_weight():
     active = torch.tensor([3, 9, 9, 40])  # a repeat counts once
-    ids, log_rate = TailSampler(1000, 256, seed=1).draw(active)
+    ids, log_weight = TailSampler(1000, 256, seed=1).draw(active)
     assert ids.numel() == 256
     assert not torch.isin(ids, active).any()
-    assert log_rate == pytest.approx(math.log(997 / 256))
+    assert log_weight == pytest.approx(math.log(997 / 256))
     assert ids.unique().numel() > 200  # uniform over 997 ids, not a few repeated
 
 
 def test_takes_every_inactive_id_once_when_they_are_few():
-    ids, log_rate = TailSampler(10, 8, seed=0).draw(torch.tensor([0, 5, 7]))
-    assert sorted(ids.tolist()) == [1, 2, 3, 4, 6, 8, 9] and log_rate == 0.0
-    ids, log_rate = TailSampler(10, 8, seed=0).draw(torch.arange(10))
+    ids, log_weight = TailSampler(10, 8, seed=0).draw(torch.tensor([0, 5, 7]))
+    assert sorted(ids.tolist()) == [1, 2, 3, 4, 6, 8, 9] and log_weight == 0.0
+    ids, log_weight = TailSampler(10, 8, seed=0).draw(torch.arange(10))
     assert ids.numel() == 0
 
 
 def test_mostly_active_classes_still_draw_uniformly_from_the_rest():
     active = torch.arange(90)  # 10 inactive of 100: the listing path, not rejection
-    ids, log_rate = TailSampler(100, 4, seed=0).draw(active)
+    ids, log_weight = TailSampler(100, 4, seed=0).draw(active)
     assert ids.numel() == 4 and bool((ids >= 90).all())
-    assert log_rate == pytest.approx(math.log(10 / 4))
+    assert log_weight == pytest.approx(math.log(10 / 4))
 
 
 def test_auto_is_on_for_angular_heads_only():
