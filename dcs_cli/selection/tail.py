@@ -46,6 +46,10 @@ class TailSampler:
         self.num_classes, self.k = num_classes, k
         self.gen = torch.Generator().manual_seed(seed + TAIL_SEED_OFFSET)
 
+    def reseed(self, seed: int) -> None:
+        """Restart the draws from `seed` (the training loop does at each epoch, as for the random fill)."""
+        self.gen.manual_seed(seed + TAIL_SEED_OFFSET)
+
     def draw(self, active: torch.Tensor) -> tuple[torch.Tensor, float]:
         active = active.cpu().long()
         rest = self.num_classes - int(torch.unique(active).numel())

@@ -126,6 +126,14 @@ class SampledClassifier:
     def after_step(self) -> None:
         self.sampled.push()
 
+    def reseed(self, seed: int) -> None:
+        """Restart the random draws (the selector's fill, the tail's) from `seed`: each epoch, so a resumed
+        run draws what an uninterrupted one would."""
+        if hasattr(self.selector, "generator"):
+            self.selector.generator.manual_seed(seed)
+        if self.sampled.tail is not None:
+            self.sampled.tail.reseed(seed)
+
     def set_lr(self, lr: float, is_main: bool) -> None:
         # A remote store is shared: one rank sets its LR, and only when it changes (one round trip).
         if lr != self._lr and (is_main or not hasattr(self.store, "address")):

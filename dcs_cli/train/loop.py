@@ -5,9 +5,9 @@ or many (under `dcs train --nproc N` or an external torchrun).
 torchrun), passing the data it opened and the checkpoint it loaded; workers that `dcs train --nproc N`
 starts get only the picklable `TrainJob` and open both themselves.
 
-Each epoch reseeds the data order and the selector's random fill from (seed, epoch, rank), so a run
-resumed from an epoch checkpoint replays exactly the batches and selections an uninterrupted run would
-(the tail draws of `selection.tail_samples` excepted: their generator restarts from its seed).
+Each epoch reseeds the data order, the selector's random fill and the tail draws (`selection.tail_samples`)
+from (seed, epoch, rank), so a run resumed from an epoch checkpoint replays exactly the batches and
+selections an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ def train_worker(job: TrainJob, data: TrainData | None = None, resume: dict | No
     try:
         for epoch in range(start_epoch, cfg.optim.epochs):
             seed_everything(epoch_seed(cfg.optim.seed, epoch, ctx.rank))
-            if parts.sampled is not None and hasattr(parts.sampled.selector, "generator"):
-                parts.sampled.selector.generator.manual_seed(epoch_seed(cfg.selection.seed, epoch, ctx.rank))
+            if parts.sampled is not None:
+                parts.sampled.reseed(epoch_seed(cfg.selection.seed, epoch, ctx.rank))
             loader = train_loader(data.train, cfg.data.batch_size, cfg.data.workers, epoch, cfg.optim.seed,
                                   ctx.rank, ctx.world_size)
             parts.model.train()

@@ -101,9 +101,9 @@ class Parts:
         """The checkpoint dict (rank 0 calls this; a remote store writes its snapshot beside the checkpoint,
         a sharded one has written its shards in `save_class_store`).
 
-        No generator state is saved: each epoch reseeds the global generators and the selector's from
-        (seed, epoch, rank) before its first draw (the tail sampler of `selection.tail_samples` restarts from
-        its seed on resume), and the LR is a function of (epoch, step) and the config, all three saved here.
+        No generator state is saved: each epoch reseeds the global generators, the selector's and the tail
+        sampler's from (seed, epoch, rank) before their first draw, and the LR is a function of (epoch, step)
+        and the config, all three saved here.
         """
         state = {
             "backbone": self.backbone.state_dict(),

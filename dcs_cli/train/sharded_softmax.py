@@ -274,6 +274,13 @@ class ShardedClassifier:
     def after_step(self) -> None:
         self.sharded.push()
 
+    def reseed(self, seed: int) -> None:
+        """As `SampledClassifier.reseed`: this shard's random fill and tail draws restart from `seed`."""
+        if hasattr(self.selector, "generator"):
+            self.selector.generator.manual_seed(seed)
+        if self.sharded.tail is not None:
+            self.sharded.tail.reseed(seed)
+
     def set_lr(self, lr: float, is_main: bool = True) -> None:
         if lr != self._lr:  # every rank owns its shard's optimiser state
             self.store.set_lr(lr)

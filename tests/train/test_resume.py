@@ -16,13 +16,15 @@ def _deterministic(rows):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
-@pytest.mark.parametrize("mode", ["hf", "full"])
-def test_killed_run_resumes_exactly(tmp_path, synthetic_config, tiny, mode):
+@pytest.mark.parametrize("mode,head", [("hf", "softmax"), ("full", "softmax"), ("random", "cosface")])
+def test_killed_run_resumes_exactly(tmp_path, synthetic_config, tiny, mode, head):
+    # random/cosface: the random fill and the tail draws (selection.tail_samples, auto-on for cosface)
+    sets = [f"head.type={head}"]
     straight = tmp_path / "straight"
-    run_train(load_config(synthetic_config, tiny(straight, mode, epochs=3)))
+    run_train(load_config(synthetic_config, tiny(straight, mode, epochs=3) + sets))
 
     killed = tmp_path / "killed"
-    summary = run_train(load_config(synthetic_config, tiny(killed, mode, epochs=3)), stop_after_steps=75)
+    summary = run_train(load_config(synthetic_config, tiny(killed, mode, epochs=3) + sets), stop_after_steps=75)
     assert summary["stopped"] and summary["steps"] == 75
     assert [p.name for p in list_checkpoints(killed)] == ["epoch_001.pt"]  # the kill lost half of epoch 2
     assert max(r["step"] for r in read_metrics(killed / "metrics.jsonl")) == 70  # logged every 10 steps
