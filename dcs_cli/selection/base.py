@@ -72,6 +72,13 @@ class Selector(ABC):
     def refresh(self, store: ClassStore, step: int) -> None:  # noqa: B027 - optional hook
         """Called once per step after the store update; index-based selectors rebuild or update here."""
 
+    def reseed(self, seed: int) -> None:
+        """Restart the random fill from `seed` (the training loop does at each epoch, so a resumed run draws
+        what an uninterrupted one would); selectors without a fill have nothing to restart."""
+        generator = getattr(self, "generator", None)
+        if generator is not None:
+            generator.manual_seed(seed)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Stop background work (index builds)."""
 

@@ -129,8 +129,7 @@ class SampledClassifier:
     def reseed(self, seed: int) -> None:
         """Restart the random draws (the selector's fill, the tail's) from `seed`: each epoch, so a resumed
         run draws what an uninterrupted one would."""
-        if hasattr(self.selector, "generator"):
-            self.selector.generator.manual_seed(seed)
+        self.selector.reseed(seed)
         if self.sampled.tail is not None:
             self.sampled.tail.reseed(seed)
 

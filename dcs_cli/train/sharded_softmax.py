@@ -276,8 +276,7 @@ class ShardedClassifier:
 
     def reseed(self, seed: int) -> None:
         """As `SampledClassifier.reseed`: this shard's random fill and tail draws restart from `seed`."""
-        if hasattr(self.selector, "generator"):
-            self.selector.generator.manual_seed(seed)
+        self.selector.reseed(seed)
         if self.sharded.tail is not None:
             self.sharded.tail.reseed(seed)
 
