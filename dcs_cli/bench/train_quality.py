@@ -13,11 +13,16 @@ the different-identity pairs being family-mates. Figures per row:
   tar_at_far_1e-3  true-accept rate at a false-accept rate of 1e-3 on the same pairs
   wall_s           training wall seconds; samples_per_s the mean training throughput
   active           classes trained per step (all of them in full mode)
+With `--runs R` each contender trains R times, with training seeds seed, seed + 1, ... (initialisation,
+data order, selection draws; the data stay those of `--seed`): the figures are the runs' means, with the
+runs' standard deviations (`val_top1_sd`, `verify_acc_sd`) and each run's values (`val_top1_runs`,
+`verify_acc_runs`). Single CosFace runs of this size spread by up to ±10 pt from seed to seed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -48,6 +53,7 @@ class TrainQualitySpec:
     modes: tuple[str, ...] = MODES
     heads: tuple[str, ...] = HEADS
     seed: int = 0
+    runs: int = 1  # trainings per contender, training seeds seed .. seed + runs - 1
     overrides: tuple[str, ...] = ()  # KEY=VALUE config overrides applied to every contender (--set)
 
     @classmethod
@@ -56,7 +62,7 @@ class TrainQualitySpec:
 
     @classmethod
     def from_options(cls, quick: bool = False, identities: int = 0, sample_num: int = 0, epochs: int = 0,
-                     modes=None, heads=None, seed: int = 0, overrides=None) -> TrainQualitySpec:
+                     modes=None, heads=None, seed: int = 0, runs: int = 1, overrides=None) -> TrainQualitySpec:
         """The spec of `dcs bench train-quality`'s options: `quick()` or the defaults, then each option
         given (0 / empty = the size's default; `identities` alone sets sample_num to 5% of them)."""
         spec = cls.quick() if quick else cls()
@@ -71,12 +77,12 @@ class TrainQualitySpec:
             spec.modes = tuple(modes)
         if heads:
             spec.heads = tuple(heads)
-        spec.seed = seed
+        spec.seed, spec.runs = seed, runs
         spec.overrides = tuple(overrides or ())
         return spec
 
     def validate(self) -> None:
-        for name in ("identities", "family_size", "images_per_identity", "held_out", "pairs", "epochs"):
+        for name in ("identities", "family_size", "images_per_identity", "held_out", "pairs", "epochs", "runs"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
         if not self.batch_size <= self.sample_num <= self.identities:
@@ -97,8 +103,9 @@ HEAD_SETTINGS = {  # InsightFace's margins; s = 32 suits a 64-d embedding (s = 6
 }
 
 
-def train_config(spec: TrainQualitySpec, converted: Path, run_dir: Path, mode: str, head: str):
-    """The `dcs train` config of one contender: everything but mode and head is shared."""
+def train_config(spec: TrainQualitySpec, converted: Path, run_dir: Path, mode: str, head: str, run: int = 0):
+    """The `dcs train` config of one contender's run `run`: everything but mode and head is shared, and the
+    training seed is spec.seed + run."""
     from dcs_cli.config import load_config
 
     base = {
@@ -107,9 +114,10 @@ def train_config(spec: TrainQualitySpec, converted: Path, run_dir: Path, mode: s
                  "image_size": spec.image_size, "batch_size": spec.batch_size, "workers": 0},
         "model": {"backbone": "iresnet18", "feature_dim": spec.feature_dim, "width": spec.width},
         "head": HEAD_SETTINGS[head],
-        "selection": {"mode": mode, "sample_num": spec.sample_num, "interval": 20, "seed": spec.seed,
+        "selection": {"mode": mode, "sample_num": spec.sample_num, "interval": 20, "seed": spec.seed + run,
                       "background": False},
-        "optim": {"lr": 0.1, "epochs": spec.epochs, "schedule": "cosine", "warmup_epochs": 0.5, "seed": spec.seed},
+        "optim": {"lr": 0.1, "epochs": spec.epochs, "schedule": "cosine", "warmup_epochs": 0.5,
+                  "seed": spec.seed + run},
         "dist": {"threads": 1},  # every contender alike; two threads thrash on a shared 2-core machine
         "output": {"dir": str(run_dir), "print_freq": 10_000, "keep_checkpoints": 1},
     }
@@ -142,23 +150,37 @@ def run_train_quality(spec: TrainQualitySpec, json_path: str | None = None) -> d
         for head in spec.heads:
             for mode in spec.modes:
                 name = f"{mode}/{head}"
-                info(f"train-quality: {name}")
-                run_dir = tmp / "runs" / mode / head
-                start = time.perf_counter()
-                summary = run_train(train_config(spec, converted, run_dir, mode, head), overwrite=True)
-                wall = time.perf_counter() - start
-                features_dir = tmp / "features" / mode / head
-                extract(ExtractJob(checkpoint=list_checkpoints(run_dir)[-1], out_dir=features_dir,
-                                   bins=[data["pairs_bin"]], overwrite=True))
-                result, _ = evaluate(load_features(features_dir / "pairs.npy"), issame, folds=10, where=name)
-                rows.append({
-                    "name": name, "mode": mode, "head": head,
-                    "val_top1": round(100 * (summary["val_top1"] or 0.0), 2),
-                    "verify_acc": round(100 * result.accuracy, 2),
-                    "tar_at_far_1e-3": round(100 * result.tar_at_far["0.001"], 2),
-                    "wall_s": round(wall, 1), "samples_per_s": round(summary["samples_per_s"] or 0.0, 1),
-                    "active": spec.identities if mode == "full" else spec.sample_num,
-                })
+                runs = []
+                for run in range(spec.runs):
+                    info(f"train-quality: {name}" + (f" (run {run + 1}/{spec.runs})" if spec.runs > 1 else ""))
+                    where = tmp / "runs" / mode / head / str(run)
+                    start = time.perf_counter()
+                    summary = run_train(train_config(spec, converted, where / "run", mode, head, run), overwrite=True)
+                    wall = time.perf_counter() - start
+                    extract(ExtractJob(checkpoint=list_checkpoints(where / "run")[-1], out_dir=where / "features",
+                                       bins=[data["pairs_bin"]], overwrite=True))
+                    result, _ = evaluate(load_features(where / "features" / "pairs.npy"), issame, folds=10, where=name)
+                    runs.append({"val_top1": 100 * (summary["val_top1"] or 0.0), "verify_acc": 100 * result.accuracy,
+                                 "tar_at_far_1e-3": 100 * result.tar_at_far["0.001"], "wall_s": wall,
+                                 "samples_per_s": summary["samples_per_s"] or 0.0})
+                rows.append(_row(name, mode, head, runs, spec))
     params = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("modes", "heads")}
     return report("train-quality", params, rows, json_path)
+
+
+def _row(name: str, mode: str, head: str, runs: list[dict], spec: TrainQualitySpec) -> dict:
+    """One contender's row: each figure's mean over its runs; with several runs, the spread and the runs."""
+    def mean(key: str) -> float:
+        return statistics.fmean(r[key] for r in runs)
+
+    row = {"name": name, "mode": mode, "head": head,
+           "val_top1": round(mean("val_top1"), 2), "verify_acc": round(mean("verify_acc"), 2),
+           "tar_at_far_1e-3": round(mean("tar_at_far_1e-3"), 2), "wall_s": round(mean("wall_s"), 1),
+           "samples_per_s": round(mean("samples_per_s"), 1),
+           "active": spec.identities if mode == "full" else spec.sample_num}
+    if len(runs) > 1:
+        for key in ("val_top1", "verify_acc"):
+            row[f"{key}_sd"] = round(statistics.stdev(r[key] for r in runs), 2)
+            row[f"{key}_runs"] = [round(r[key], 2) for r in runs]
+    return row
 

@@ -23,6 +23,8 @@ def register(app: typer.Typer) -> None:
         mode: Annotated[list[str], typer.Option(help="Modes to run (repeatable); default: all.")] = None,
         head: Annotated[list[str], typer.Option(help="Heads to run (repeatable); default: softmax, cosface.")] = None,
         seed: Annotated[int, typer.Option(help="Seed of the data, the initialisation and the data order.")] = 0,
+        runs: Annotated[int, typer.Option(help="Trainings per contender (training seeds seed, seed+1, ...); "
+                                               "rows report the mean and the spread.")] = 1,
         overrides: SetOpt = None,
         json: JsonOpt = None,
     ) -> None:
@@ -30,5 +32,6 @@ def register(app: typer.Typer) -> None:
         from dcs_cli.bench.train_quality import TrainQualitySpec, run_train_quality
 
         spec = TrainQualitySpec.from_options(quick=quick, identities=identities, sample_num=sample_num,
-                                             epochs=epochs, modes=mode, heads=head, seed=seed, overrides=overrides)
+                                             epochs=epochs, modes=mode, heads=head, seed=seed, runs=runs,
+                                             overrides=overrides)
         run_train_quality(spec, json)

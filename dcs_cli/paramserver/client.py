@@ -29,6 +29,7 @@ from dcs_cli.paramserver.client_socket import ClientSocket, RequestTimeout
 from dcs_cli.paramserver.config import MAX_MESSAGE_BYTES
 from dcs_cli.paramserver.heartbeat import Heartbeat
 from dcs_cli.paramserver.protocol import (
+    FLAG_CURRENT,
     FLAG_MOMENTUM,
     FLAG_SHARED,
     DType,
@@ -134,12 +135,18 @@ class RemoteStore(ClassStore):
         out = self._get(ids, with_momentum=False)
         return out["weight"], out.get("bias")
 
-    def _get(self, ids: torch.Tensor, with_momentum: bool, bulk: bool = False) -> dict[str, torch.Tensor]:
+    def current_rows(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`rows`, with the rows that sat out steps caught up by the server first (catch_up matrices)."""
+        out = self._get(ids, with_momentum=False, current=True)
+        return out["weight"], out.get("bias")
+
+    def _get(self, ids: torch.Tensor, with_momentum: bool, bulk: bool = False,
+             current: bool = False) -> dict[str, torch.Tensor]:
         """Rows of `ids`; `bulk` (whole-matrix reads in chunks) always as frames: the segment stays the
         size of a training step's rows."""
         ids_np = wire_array(ids.reshape(-1), torch.int64)
         seg = None if bulk else self._segment_for(len(ids_np), with_momentum)
-        flags = (FLAG_MOMENTUM if with_momentum else 0) | (FLAG_SHARED if seg else 0)
+        flags = (FLAG_MOMENTUM if with_momentum else 0) | (FLAG_SHARED if seg else 0) | (FLAG_CURRENT if current else 0)
         reply, frames = (self._call_shared if seg else self._call)(
             Op.GET_ROWS, [ids_np], dtype=DType.FLOAT32, rows=len(ids_np), cols=self.dim, flags=flags
         )

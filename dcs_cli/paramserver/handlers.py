@@ -16,6 +16,7 @@ from dcs_cli.console import info
 from dcs_cli.paramserver.barrier import complete_step, leave
 from dcs_cli.paramserver.matrix import MatrixSpec, PendingPush, ServedMatrix, check_step, optim_from_dict
 from dcs_cli.paramserver.protocol import (
+    FLAG_CURRENT,
     FLAG_MOMENTUM,
     FLAG_SHARED,
     DType,
@@ -90,7 +91,10 @@ def get_rows(server: ServerState, identity, header: Header, frames) -> None:
     m = server.matrix(header)
     check_row_request(m, header, "GET_ROWS")
     expect_frames(frames, 1, "GET_ROWS")
-    ids_np = row_ids(m, header, frames[0], unique=False, op="GET_ROWS").numpy()
+    ids = row_ids(m, header, frames[0], unique=False, op="GET_ROWS")
+    if header.flags & FLAG_CURRENT:
+        m.catch_up(ids)
+    ids_np = ids.numpy()
     with_momentum, shared = bool(header.flags & FLAG_MOMENTUM), bool(header.flags & FLAG_SHARED)
     client = server.clients.get(header.client_id)
     shared = shared and client is not None and client.segment is not None  # else: frames (flag cleared)

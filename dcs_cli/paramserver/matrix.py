@@ -192,6 +192,18 @@ class ServedMatrix:
         if moved:
             self.changed()
 
+    def catch_up(self, ids: torch.Tensor) -> None:
+        """Rows `ids` take the steps they sat out (GET_ROWS with FLAG_CURRENT: a training step's rows)."""
+        if self.clock is None:
+            return
+        ids, skipped = self.clock.behind(ids, self.step)
+        if ids.numel() == 0:
+            return
+        catch_up_rows_(self.weight, self.momentum, ids, skipped, self.params)
+        if self.spec.bias:
+            catch_up_rows_(self.bias, self.bias_momentum, ids, skipped, self.params)
+        self.changed()
+
     def _tables(self, with_momentum: bool) -> list[torch.Tensor]:
         tables = [self.weight] + [self.momentum] * with_momentum
         if self.spec.bias:

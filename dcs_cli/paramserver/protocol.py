@@ -15,7 +15,8 @@ A message is a ZeroMQ multipart message (DEALER → ROUTER). Frame 0 is the 72-b
     4      1    version     PROTOCOL_VERSION; a different version is refused
     5      1    op          Op below; replies repeat the request's op
     6      1    flags       FLAG_MOMENTUM: rows travel with their momentum; FLAG_SHARED: the arrays lie
-                            in the client's shared-memory segment instead of frames (see shm.py)
+                            in the client's shared-memory segment instead of frames (see shm.py);
+                            FLAG_CURRENT (GET_ROWS): rows that sat out steps catch them up first
     7      1    status      replies: 0 ok, 1 error (frame 1 is then {"error": "..."} as JSON)
     8      1    dtype       dtype of the array frames: 0 none, 1 float32, 2 int64, 3 json
     9      3    (padding)
@@ -53,6 +54,7 @@ MAC_SIZE = 16
 MAX_JSON_BYTES = 64 * 1024
 FLAG_MOMENTUM = 1
 FLAG_SHARED = 2
+FLAG_CURRENT = 4
 STATUS_OK = 0
 STATUS_ERROR = 1
 NO_AUTH = b"\0" * MAC_SIZE

@@ -2,7 +2,7 @@
 
 A `Selector` turns a batch into a `Selection`: `selector.select(features, labels)` returns the active ids
 (the batch's distinct labels first), the labels remapped into them, and stats. The caller then trains
-only those rows, `store.rows(sel.ids)`, and once the store is updated calls `selector.refresh(store,
+only those rows, `store.current_rows(sel.ids)`, and once the store is updated calls `selector.refresh(store,
 step)`, where an index selector may start rebuilding its index (it never waits for one).
 
 `check_sample_num` is the only place the size of the active set is checked against the classes and
@@ -49,12 +49,18 @@ class Selection:
     ids: torch.Tensor  # int64 (S,), unique
     local_labels: torch.Tensor  # int64 (B,), labels remapped into 0..S-1
     stats: dict = field(default_factory=dict)  # e.g. positives, retrieved, random_fill, index_age
+    # int64, unique, none of them in `ids`: the samples' next-nearest classes past the active ones, when the
+    # selector was asked for `near` of them per sample (the tail estimate takes them exactly, tail.py)
+    near: torch.Tensor | None = None
 
 
 class Selector(ABC):
     """Chooses exactly `sample_num` class ids per batch, positives always included."""
 
     name: str = "base"
+    # Neighbours per sample past the active ones to return as `Selection.near` (set by the tail estimate;
+    # selectors that search neighbours honour it, the others return none)
+    near: int = 0
 
     @abstractmethod
     def select(self, features: torch.Tensor, labels: torch.Tensor) -> Selection: ...

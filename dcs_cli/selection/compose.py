@@ -68,8 +68,10 @@ def compose(
     sample_num: int,
     num_classes: int,
     generator: torch.Generator,
+    near: torch.Tensor | None = None,
 ) -> Selection:
-    """Positives, then unique candidates (ids < 0 are padding), cut or randomly filled to `sample_num`."""
+    """Positives, then unique candidates (ids < 0 are padding), cut or randomly filled to `sample_num`;
+    `near` (ids < 0 are padding) becomes the selection's `near`: its unique ids not selected."""
     labels = labels.to("cpu", torch.long)
     positives = torch.unique(labels)
     check_sample_num(sample_num, num_classes, int(positives.numel()))
@@ -85,4 +87,8 @@ def compose(
     ids = torch.cat([ids, fill])
     local = torch.searchsorted(positives, labels)
     stats = {"positives": int(positives.numel()), "retrieved": int(retrieved), "random_fill": int(fill.numel())}
-    return Selection(ids=ids, local_labels=local, stats=stats)
+    if near is not None:
+        near = torch.unique(near.to("cpu", torch.long).reshape(-1))
+        near = near[(near >= 0) & ~torch.isin(near, ids)]
+        stats["near"] = int(near.numel())
+    return Selection(ids=ids, local_labels=local, stats=stats, near=near)

@@ -49,6 +49,9 @@ class SelectionConfig:
                                 "up, stand for every inactive class in the softmax denominator of the rows' "
                                 "gradient (margin heads need it to train under sampling); -1 = auto: "
                                 "64 for cosface/arcface, 0 (off) for softmax")
+    tail_near: int = opt(-1, "with the tail estimate on: each sample's next-nearest classes past the active ones "
+                             "(hf, hnsw, ivf, exact) whose exp-logits join the inactive mass whole, the draws "
+                             "covering the rest; -1 = auto: 30 (0 with the estimate off)")
     hard_factor: float = opt(2.0, "adaptive: the hardest samples get up to this many times the even share "
                                   "of neighbours (the easiest get half of it)")
 
@@ -66,6 +69,7 @@ class SelectionConfig:
         require(self.drift_threshold > 0, f"{key}.drift_threshold", "must be > 0")
         require(self.drift_check > 0, f"{key}.drift_check", "must be > 0")
         require(self.tail_samples >= -1, f"{key}.tail_samples", "must be >= 0, or -1 (auto: by the head)")
+        require(self.tail_near >= -1, f"{key}.tail_near", "must be >= 0, or -1 (auto)")
         require(self.hard_factor >= 1, f"{key}.hard_factor", "must be >= 1")
         require(self.index_dim >= 0, f"{key}.index_dim", "must be >= 0 (0 = index the full rows)")
         require(self.rerank >= 1, f"{key}.rerank", "must be >= 1 (1 = no re-ranking)")

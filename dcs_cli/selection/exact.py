@@ -81,8 +81,10 @@ class ExactSelector(Selector):
 
     def select(self, features: torch.Tensor, labels: torch.Tensor) -> Selection:
         check_batch(features, labels, self.num_classes)
-        cand = self.neighbours(features, self.k)
-        return compose(labels, cand.T.reshape(-1), self.sample_num, self.num_classes, self.generator)
+        cand = self.neighbours(features, min(self.k + self.near, self.num_classes))
+        near = cand[:, self.k:] if self.near else None
+        return compose(labels, cand[:, : self.k].T.reshape(-1), self.sample_num, self.num_classes, self.generator,
+                       near)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -150,9 +150,11 @@ class IndexSelector(Selector):
             kmax = max_share(self.k, self.hard_factor)
             cand, share = share_by_hardness(self.neighbours(features, kmax), features, labels, self.store,
                                             self._resolved_metric(), self.k, kmax)
-        else:
-            cand, share = self.neighbours(features, self.k), None
-        sel = compose(labels, cand.T.reshape(-1), self.sample_num, self.num_classes, self.generator)
+            near = None
+        else:  # one query for the kept neighbours and the `near` ones past them
+            cand, share = self.neighbours(features, self.k + self.near), None
+            cand, near = cand[:, : self.k], (cand[:, self.k:] if self.near else None)
+        sel = compose(labels, cand.T.reshape(-1), self.sample_num, self.num_classes, self.generator, near)
         self._dirty[sel.ids] = True
         sel.stats.update(self.stats())
         if share is not None:

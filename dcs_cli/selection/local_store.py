@@ -10,8 +10,10 @@
 `device="cuda"` keeps the rows on a GPU (they are drawn on the CPU first, so every device starts from the
 same rows). Updates go through `sgd_rows_` (the single definition of the rule), so a step touches only the
 pushed rows and allocates only S-sized temporaries. With `catch_up=True` (what `dcs train` uses,
-`optim.catch_up`) a pushed row first catches up the steps it sat out and `settle()` catches every row up;
-without it, rows that are not pushed keep their weight and momentum ("lazy").
+`optim.catch_up`) a row pushed or read by `current_rows` (what a training step computes with) first
+catches up the steps it sat out, so a step uses the rows dense SGD would hold, and `settle()` catches every
+row up; without it, rows that are not pushed keep their weight and momentum ("lazy"). `rows` reads them as
+stored (what selectors score candidates with: no write, no catch-up cost).
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ class LocalStore(ClassStore):
         b = self.bias.index_select(0, ids) if self.bias is not None else None
         return w, b
 
+    def current_rows(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.clock is not None:  # the rows that sat out steps catch up first
+            self._catch_up(*self.clock.behind(self._ids(ids), self.steps))
+        return self.rows(ids)
+
     def push(self, ids: torch.Tensor, grad_w: torch.Tensor, grad_b: torch.Tensor | None = None) -> None:
         ids = self._ids(ids)
         if grad_w.shape != (ids.numel(), self.dim):
@@ -84,10 +91,14 @@ class LocalStore(ClassStore):
         if self.clock is None:
             return
         for ids, skipped in self.clock.stale(self.steps):
-            catch_up_rows_(self.weight, self.momentum, ids, skipped, self.params)
-            if self.bias is not None:
-                catch_up_rows_(self.bias, self.bias_momentum, ids, skipped, self.params)
+            self._catch_up(ids, skipped)
         self.clock.reset(self.steps)
+
+    def _catch_up(self, ids: torch.Tensor, skipped: torch.Tensor) -> None:
+        """Rows `ids` (unique) take the `skipped` steps they sat out; the caller resets their clock."""
+        catch_up_rows_(self.weight, self.momentum, ids, skipped, self.params)
+        if self.bias is not None:
+            catch_up_rows_(self.bias, self.bias_momentum, ids, skipped, self.params)
 
     def weights(self) -> torch.Tensor:
         """The live N×d weights on the CPU (no copy on a CPU store): callers that keep them must clone."""

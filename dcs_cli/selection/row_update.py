@@ -69,7 +69,8 @@ def sgd_rows_(
         block = max(1, min(n, BLOCK_BYTES // row_bytes))
     w_buf, v_buf, g_buf, t_buf = _scratch(weight, block)
     coef = None
-    if skipped is not None and (params.momentum or params.weight_decay):
+    if skipped is not None and (params.momentum or params.weight_decay) and bool((skipped > 0).any()):
+        # (rows a training step read through `current_rows` have caught up already: nothing to do here)
         coef = catch_up_coefficients(skipped, params, weight.dtype, weight.device)
     for lo in range(0, n, block):
         hi = min(n, lo + block)
@@ -116,6 +117,7 @@ class RowClock:
 
         clock = RowClock(num_rows, device)
         skipped = clock.mark(ids, step)          # steps each row sat out; they count as updated at `step`
+        ids, skipped = clock.behind(ids, step)   # rows about to be read: which sat out steps, and how many
         for ids, skipped in clock.stale(step):   # rows behind `step` (settle), in chunks
             ...
         clock.reset(step)                        # every row is as of `step` (settled, loaded, written)
@@ -130,6 +132,16 @@ class RowClock:
         skipped = step - self.updated_at[ids]
         self.updated_at[ids] = step + 1
         return skipped
+
+    def behind(self, ids: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unique rows of `ids` behind `step` and the steps each sat out; they count as caught up to
+        `step` from now on (the caller catches them up)."""
+        ids = torch.unique(ids)
+        skipped = step - self.updated_at[ids]
+        late = skipped > 0
+        ids, skipped = ids[late], skipped[late]
+        self.updated_at[ids] = step
+        return ids, skipped
 
     def stale(self, step: int):
         n = self.updated_at.numel()

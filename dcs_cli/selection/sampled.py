@@ -25,7 +25,7 @@ from dcs_cli.errors import DcsError
 from dcs_cli.selection.base import Selector
 from dcs_cli.selection.full import FullSelector
 from dcs_cli.selection.store import ClassStore
-from dcs_cli.selection.tail import TailSampler, resolve_tail_samples, tail_log_mass
+from dcs_cli.selection.tail import TailSampler, resolve_tail_near, resolve_tail_samples, tail_log_mass
 
 
 class SampledSoftmax(nn.Module):
@@ -36,7 +36,7 @@ class SampledSoftmax(nn.Module):
     always gets the plain sampled softmax's gradient: its hard negatives are what it learns from."""
 
     def __init__(self, selector: Selector, store: ClassStore, head: nn.Module, tail_samples: int = 0,
-                 seed: int = 0):
+                 seed: int = 0, tail_near: int = 0):
         super().__init__()
         self.selector, self.store, self.head = selector, store, head
         metric = getattr(head, "metric", "dot")
@@ -44,34 +44,41 @@ class SampledSoftmax(nn.Module):
         selector.attach(store)
         k = resolve_tail_samples(tail_samples, metric, selects_all=isinstance(selector, FullSelector))
         self.tail = TailSampler(store.num_classes, k, seed) if k > 0 else None
+        selector.near = resolve_tail_near(tail_near, k)
         self.step = 0
         self._pending: tuple | None = None
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         sel = self.selector.select(features.detach(), labels)
         active = sel.ids.numel()
-        tail_ids, log_weight = self.tail.draw(sel.ids) if self.tail is not None else (sel.ids[:0], 0.0)
-        w, b = self.store.rows(torch.cat([sel.ids, tail_ids.to(sel.ids.device)]))  # one store call
+        near = sel.near if self.tail is not None and sel.near is not None else sel.ids[:0]
+        if self.tail is not None:
+            tail_ids, log_weight = self.tail.draw(torch.cat([sel.ids, near]))
+        else:
+            tail_ids, log_weight = sel.ids[:0], 0.0
+        # one store call; the rows as of this step (catch-up first), as dense SGD would hold them
+        w, b = self.store.current_rows(torch.cat([sel.ids, near, tail_ids.to(sel.ids.device)]))
         w = w.to(features.device)
         b = b.to(features.device) if b is not None else None
-        w, w_tail = w[:active].detach().requires_grad_(True), w[active:]
-        b, b_tail = (b[:active].detach().requires_grad_(True), b[active:]) if b is not None else (None, None)
+        w, w_rest = w[:active].detach().requires_grad_(True), w[active:]
+        b, b_rest = (b[:active].detach().requires_grad_(True), b[active:]) if b is not None else (None, None)
         local = sel.local_labels.to(features.device)
         stats = dict(sel.stats)
         stats["active"] = int(active)
         if self.tail is None:
             loss = F.cross_entropy(self.head(features, w, b, local), local)
         else:
-            with torch.no_grad():
-                log_tail = tail_log_mass(self.head(features, w_tail, b_tail, None),
-                                         log_weight, features.shape[0])
+            with torch.no_grad():  # the near rows whole, the drawn ones scaled up (tail.py)
+                rest_logits = self.head(features, w_rest, b_rest, None)
+                log_tail = tail_log_mass(rest_logits[:, near.numel():], log_weight, features.shape[0],
+                                         rest_logits[:, : near.numel()])
             loss = F.cross_entropy(self.head(features, w.detach(), b.detach() if b is not None else None, local),
                                    local)
             # the rows' gradient: the same logits with the inactive classes' estimated mass in the denominator
             row_logits = self.head(features.detach(), w, b, local)
             row_loss = F.cross_entropy(torch.cat([row_logits, log_tail.unsqueeze(1)], 1), local)
             loss = loss + (row_loss - row_loss.detach())  # the value stays the sampled loss
-            stats["tail"] = int(tail_ids.numel())
+            stats["tail"] = int(tail_ids.numel() + near.numel())
         self._pending = (sel.ids, w, b)
         return loss, stats
 

@@ -129,6 +129,16 @@ class ShardedStore(ClassStore):
     def push(self, ids: torch.Tensor, grad_w: torch.Tensor, grad_b: torch.Tensor | None = None) -> None:
         self.local_push(self.to_local(ids), grad_w, grad_b)
 
+    def current_rows(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.current_local_rows(self.to_local(ids))
+
+    def current_local_rows(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """As LocalStore.current_rows, in local ids: the rows that sat out steps catch up first."""
+        local = local.to(device=self.device, dtype=torch.long)
+        if self.clock is not None:
+            self._catch_up(*self.clock.behind(local, self.steps))
+        return self.local_rows(local)
+
     def local_rows(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         local = local.to(device=self.device, dtype=torch.long)
         w = self.weight.index_select(0, local)
@@ -162,16 +172,20 @@ class ShardedStore(ClassStore):
         if self.clock is None:
             return
         for local, skipped in self.clock.stale(self.steps):
-            if self.momentum.dtype == self.weight.dtype:
-                catch_up_rows_(self.weight, self.momentum, local, skipped, self.params)
-            else:
-                w, v = self.weight.index_select(0, local), self.momentum.index_select(0, local).float()
-                catch_up_rows_(w, v, torch.arange(local.numel(), device=self.device), skipped, self.params)
-                self.weight.index_copy_(0, local, w)
-                self.momentum.index_copy_(0, local, v.to(self.momentum.dtype))
-            if self.bias is not None:
-                catch_up_rows_(self.bias, self.bias_momentum, local, skipped, self.params)
+            self._catch_up(local, skipped)
         self.clock.reset(self.steps)
+
+    def _catch_up(self, local: torch.Tensor, skipped: torch.Tensor) -> None:
+        """Rows `local` (unique) take the `skipped` steps they sat out; the caller resets their clock."""
+        if self.momentum.dtype == self.weight.dtype:
+            catch_up_rows_(self.weight, self.momentum, local, skipped, self.params)
+        else:
+            w, v = self.weight.index_select(0, local), self.momentum.index_select(0, local).float()
+            catch_up_rows_(w, v, torch.arange(local.numel(), device=self.device), skipped, self.params)
+            self.weight.index_copy_(0, local, w)
+            self.momentum.index_copy_(0, local, v.to(self.momentum.dtype))
+        if self.bias is not None:
+            catch_up_rows_(self.bias, self.bias_momentum, local, skipped, self.params)
 
     def weights(self) -> torch.Tensor:
         """This shard's live (hi-lo)×d weights on the CPU (not all N: see `gather_weights`)."""

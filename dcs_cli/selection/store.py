@@ -47,6 +47,12 @@ class ClassStore(ABC):
     def rows(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weights (S×d float32) and bias (S, or None) of `ids` (int64, S), as fresh tensors."""
 
+    def current_rows(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`rows(ids)` as of the present step, what a training step computes with: a store that catches
+        skipped steps up (optim.catch_up) applies them to these rows first. By default (a remote store,
+        which catches up on push) the rows as stored. Selectors score candidates with `rows`."""
+        return self.rows(ids)
+
     @abstractmethod
     def push(self, ids: torch.Tensor, grad_w: torch.Tensor, grad_b: torch.Tensor | None = None) -> None:
         """Apply one SGD step to rows `ids` (unique) with their gradients (S×d, S)."""

@@ -77,6 +77,9 @@ class MeanGradStore(ClassStore):
     def rows(self, ids):
         return self.inner.rows(ids)
 
+    def current_rows(self, ids):
+        return self.inner.current_rows(ids)
+
     def push(self, ids, grad_w, grad_b=None):
         scale = 1.0 / self.world
         self.inner.push(ids, grad_w * scale, grad_b * scale if grad_b is not None else None)
@@ -104,7 +107,7 @@ class SampledClassifier:
     """`loss, correct, stats = SampledClassifier(selector, store, head).loss(features, labels)`."""
 
     def __init__(self, selector, store: ClassStore, head: nn.Module, world: int = 1, step: int = 0,
-                 tail_samples: int = 0, seed: int = 0):
+                 tail_samples: int = 0, seed: int = 0, tail_near: int = 0):
         from dcs_cli.selection.sampled import SampledSoftmax
 
         self.store, self.selector = store, selector
@@ -113,7 +116,7 @@ class SampledClassifier:
         # The selector continues its refresh schedule from the resumed step.
         selector.load_state_dict({"step": step})
         self.sampled = SampledSoftmax(selector, MeanGradStore(store, world) if world > 1 else store, self.head,
-                                      tail_samples=tail_samples, seed=seed)
+                                      tail_samples=tail_samples, seed=seed, tail_near=tail_near)
         self.sampled.step = step
         self._lr: float | None = None
 

@@ -24,8 +24,9 @@ class OptimConfig:
     amp: bool = opt(True, "mixed precision (autocast) when training on a GPU")
     seed: int = opt(0, "seed of initialisation and data order")
     catch_up: bool = opt(True, "sampled modes: a class row that sat out steps first catches up their momentum and "
-                               "weight decay when next selected (what full SGD does on a zero gradient); false = "
-                               "the row's weight and momentum stay frozen between its selections")
+                               "weight decay when next read or selected (what full SGD does on a zero gradient), so "
+                               "a step computes with the rows dense SGD would hold; false = the row's weight and "
+                               "momentum stay frozen between its selections")
     momentum_dtype: Literal["float32", "bfloat16"] = opt(
         "float32", "storage of the class rows' momentum in the sharded class store: bfloat16 halves it (the "
                    "10M-class option; each update is still computed in float32 and stored rounded); a "

@@ -187,11 +187,13 @@ def build_parts(cfg, num_classes: int, input_shape: tuple, ctx: DistContext, res
             selection = dataclasses.replace(cfg.selection, sample_num=cfg.selection.sample_num * world)
             selector = build_shard_selector(selection, store, cfg.data.batch_size * world)
             sampled = ShardedClassifier(selector, store, head, step=step,
-                                        tail_samples=cfg.selection.tail_samples, seed=cfg.selection.seed)
+                                        tail_samples=cfg.selection.tail_samples, seed=cfg.selection.seed,
+                                        tail_near=cfg.selection.tail_near)
         else:
             selector = build_selector(cfg.selection, num_classes, cfg.data.batch_size)
             sampled = SampledClassifier(selector, store, head, world=ctx.world_size, step=step,
-                                        tail_samples=cfg.selection.tail_samples, seed=cfg.selection.seed)
+                                        tail_samples=cfg.selection.tail_samples, seed=cfg.selection.seed,
+                                        tail_near=cfg.selection.tail_near)
         if resume is not None and hasattr(selector, "refreshes"):
             selector.refreshes = int((resume.get("selector") or {}).get("_refreshes", 0))
     optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)

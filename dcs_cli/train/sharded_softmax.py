@@ -39,7 +39,7 @@ from torch import nn
 from dcs_cli.errors import ConfigError, DcsError
 from dcs_cli.selection.full import FullSelector
 from dcs_cli.selection.sharded_store import ShardedStore
-from dcs_cli.selection.tail import TailSampler, resolve_tail_samples, tail_log_mass
+from dcs_cli.selection.tail import TailSampler, resolve_tail_near, resolve_tail_samples, tail_log_mass
 
 
 def _world() -> tuple[int, int]:
@@ -160,7 +160,7 @@ class ShardedSoftmax(nn.Module):
     `selector` works over the shard in local ids (attached here to `store.local_view()`)."""
 
     def __init__(self, selector, store: ShardedStore, head: nn.Module, ddp_average: bool = True,
-                 tail_samples: int = 0, seed: int = 0):
+                 tail_samples: int = 0, seed: int = 0, tail_near: int = 0):
         super().__init__()
         if getattr(selector, "adaptive", False):
             raise ConfigError("selection.adaptive is not supported with the sharded class store yet; "
@@ -177,6 +177,7 @@ class ShardedSoftmax(nn.Module):
         k = resolve_tail_samples(tail_samples, metric, selects_all=isinstance(selector, FullSelector)) * store.world
         share = -(-k * store.shard_size // store.num_classes)
         self.tail = TailSampler(store.shard_size, share, seed + store.rank) if k > 0 else None
+        selector.near = resolve_tail_near(tail_near, k)  # per sample, like SampledSoftmax
         self._pending: tuple | None = None
         self.last: dict = {}
 
@@ -195,10 +196,14 @@ class ShardedSoftmax(nn.Module):
         target_col[owned] = sel.local_labels
         target_col = target_col.to(device)
         active_here = sel.ids.numel()
-        tail_ids, log_weight = self.tail.draw(sel.ids) if self.tail is not None else (sel.ids[:0], 0.0)
-        w, b = self.store.local_rows(torch.cat([sel.ids, tail_ids.to(sel.ids.device)]))
-        w, w_tail = w[:active_here].to(device).detach().requires_grad_(True), w[active_here:].to(device)
-        b, b_tail = (b[:active_here].to(device).detach().requires_grad_(True), b[active_here:].to(device)) \
+        near = sel.near if self.tail is not None and sel.near is not None else sel.ids[:0]
+        if self.tail is not None:
+            tail_ids, log_weight = self.tail.draw(torch.cat([sel.ids, near]))
+        else:
+            tail_ids, log_weight = sel.ids[:0], 0.0
+        w, b = self.store.current_local_rows(torch.cat([sel.ids, near, tail_ids.to(sel.ids.device)]))
+        w, w_rest = w[:active_here].to(device).detach().requires_grad_(True), w[active_here:].to(device)
+        b, b_rest = (b[:active_here].to(device).detach().requires_grad_(True), b[active_here:].to(device)) \
             if b is not None else (None, None)
         feats = feats.float()
         extra = float(active_here)
@@ -208,8 +213,10 @@ class ShardedSoftmax(nn.Module):
         else:  # the backbone's loss over the active classes; the rows' with the tails in the denominator
             logits = margin_logits(self.head, feats, w.detach(), b.detach() if b is not None else None, target_col)
             loss, right, active = ShardedCrossEntropy.apply(logits, target_col, extra, None)
-            with torch.no_grad():
-                log_tail = tail_log_mass(self.head(feats, w_tail, b_tail, None), log_weight, feats.shape[0])
+            with torch.no_grad():  # this shard's near rows whole, its drawn ones scaled up (tail.py)
+                rest_logits = self.head(feats, w_rest, b_rest, None)
+                log_tail = tail_log_mass(rest_logits[:, near.numel():], log_weight, feats.shape[0],
+                                         rest_logits[:, : near.numel()])
             row_logits = margin_logits(self.head, feats.detach(), w, b, target_col)
             row_loss = ShardedCrossEntropy.apply(row_logits, target_col, 0.0, log_tail)[0]
             loss = loss + (row_loss - row_loss.detach())
@@ -221,7 +228,7 @@ class ShardedSoftmax(nn.Module):
         stats["active_shard"] = int(sel.ids.numel())
         stats["active"] = int(round(float(active)))
         if self.tail is not None:
-            stats["tail"] = int(tail_ids.numel())
+            stats["tail"] = int(tail_ids.numel() + near.numel())
         return loss, stats
 
     def push(self) -> None:
@@ -257,13 +264,13 @@ class ShardedClassifier:
     `top1` are collectives (every rank calls them)."""
 
     def __init__(self, selector, store: ShardedStore, head: nn.Module, step: int = 0, ddp_average: bool = True,
-                 tail_samples: int = 0, seed: int = 0):
+                 tail_samples: int = 0, seed: int = 0, tail_near: int = 0):
         self.store, self.selector = store, selector
         self.head = head
         self.angular = getattr(head, "metric", "dot") == "angular"
         selector.load_state_dict({"step": step})
         self.sharded = ShardedSoftmax(selector, store, head, ddp_average=ddp_average,
-                                     tail_samples=tail_samples, seed=seed)
+                                     tail_samples=tail_samples, seed=seed, tail_near=tail_near)
         self.sharded.step = step
         self._lr: float | None = None
 

@@ -79,6 +79,25 @@ def test_one_client_matches_dense_sgd_rows(server):
     assert torch.equal(state["weight"], w) and torch.equal(state["momentum"], m)
 
 
+def test_current_rows_have_caught_up_what_they_sat_out(server):
+    """GET_ROWS with FLAG_CURRENT (`current_rows`, what a training step reads) returns the rows dense SGD would
+    hold, as the in-process store does; `rows` returns them as stored."""
+    n, d = 50, 4
+    params = OptimParams(lr=0.1, momentum=0.9, weight_decay=1e-3)
+    gen = torch.Generator().manual_seed(3)
+    with RemoteStore(server.address, "current", n, d, seed=2, params=params, catch_up=True) as remote:
+        local = LocalStore(n, d, seed=2, params=params, catch_up=True)
+        for _ in range(6):
+            ids = torch.randperm(n, generator=gen)[:10]
+            g = torch.randn(10, d, generator=gen)
+            remote.push(ids, g)
+            local.push(ids, g)
+        read = torch.arange(n)
+        stored = remote.rows(read)[0]
+        torch.testing.assert_close(remote.current_rows(read)[0], local.current_rows(read)[0])
+        assert not torch.allclose(stored, local.current_rows(read)[0])  # the stored rows had fallen behind
+
+
 def test_two_clients_overlapping_rows_are_summed(server):
     n, d, steps = 200, 8, 4
     rng = np.random.default_rng(2)

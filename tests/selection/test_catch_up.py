@@ -1,11 +1,13 @@
 """A sampled store that catches rows up equals dense torch SGD whose unselected rows have zero gradient."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dcs_cli.selection.local_store import LocalStore
 from dcs_cli.selection.row_update import catch_up_coefficients
+from dcs_cli.selection.sharded_store import ShardedStore
 from dcs_cli.selection.store import OptimParams
 
 
@@ -69,3 +71,28 @@ def test_state_dict_round_trip_keeps_the_step_count():
     store.push(torch.tensor([1, 5]), torch.ones(2, 3))
     again.push(torch.tensor([1, 5]), torch.ones(2, 3))
     torch.testing.assert_close(store.weight, again.weight)
+
+
+@pytest.mark.parametrize("kind", ["local", "sharded"])
+def test_rows_are_read_as_dense_sgd_holds_them(kind):
+    """A row read by `current_rows` between pushes has caught up the steps it sat out: a training step
+    computes with the rows dense SGD would hold, not with rows frozen at their last selection (the read rows'
+    clock moves with them)."""
+    n, d = 40, 4
+    params = OptimParams(lr=0.1, momentum=0.9, weight_decay=1e-3)
+    gen = torch.Generator().manual_seed(7)
+    store = (LocalStore(n, d, params=params, seed=1, catch_up=True) if kind == "local" else
+             ShardedStore(n, d, rank=0, world=1, params=params, seed=1, catch_up=True))
+    weight = torch.nn.Parameter(store.weight.clone())
+    dense = torch.optim.SGD([weight], lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
+    for _ in range(30):
+        read = torch.randint(0, n, (12,), generator=gen)  # repeats included
+        torch.testing.assert_close(store.current_rows(read)[0], weight.detach()[read], atol=1e-5, rtol=1e-4)
+        ids = torch.randperm(n, generator=gen)[:5]
+        grad = torch.randn(5, d, generator=gen)
+        store.push(ids, grad)
+        weight.grad = torch.zeros(n, d)
+        weight.grad[ids] = grad
+        dense.step()
+    store.settle()
+    torch.testing.assert_close(store.weight, weight.detach(), atol=1e-5, rtol=1e-4)

@@ -12,7 +12,7 @@ from dcs_cli.models.heads import CosFaceHead, SoftmaxHead
 from dcs_cli.selection.base import Selection, Selector
 from dcs_cli.selection.local_store import LocalStore
 from dcs_cli.selection.sampled import SampledSoftmax
-from dcs_cli.selection.tail import TailSampler, resolve_tail_samples
+from dcs_cli.selection.tail import TailSampler, resolve_tail_near, resolve_tail_samples
 
 
 def test_draws_only_inactive_ids_with_their_log_weight():
@@ -85,3 +85,73 @@ def test_rows_get_full_softmax_gradient_and_backbone_the_sampled_one(head):
     plain_rows = weight[active].clone().requires_grad_(True)
     F.cross_entropy(head(x, plain_rows, None, local), local).backward()
     assert not torch.allclose(rows_grad, plain_rows.grad, atol=1e-4)  # the tail did change the rows' step
+
+
+def test_compose_keeps_near_ids_past_the_active_ones():
+    from dcs_cli.selection.compose import compose
+
+    sel = compose(torch.tensor([1, 2]), torch.tensor([5, 6]), 4, 20, torch.Generator().manual_seed(0),
+                  near=torch.tensor([[6, 7, -1], [7, 9, 1]]))
+    assert sel.ids.tolist() == [1, 2, 5, 6]
+    assert sel.near.tolist() == [7, 9] and sel.stats["near"] == 2  # unique, not active, no padding
+
+
+def test_near_rows_taken_whole_make_the_estimate_exact():
+    """With every inactive class among the near ones (no draw needed) the rows' gradient is exactly full
+    softmax's on the active rows, through an index-free selector that honours `near` (exact)."""
+    from dcs_cli.selection.exact import ExactSelector
+
+    n, d = 30, 6
+    head = CosFaceHead(scale=16.0, margin=0.3)
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(5, d, generator=gen), torch.tensor([1, 4, 4, 11, 20])
+    store = LocalStore(n, d, seed=3, init_std=0.5)
+    weight = store.weight.clone()
+    sampled = SampledSoftmax(ExactSelector(n, sample_num=8, batch_size=5), store, head, tail_samples=1, tail_near=n)
+    loss, stats = sampled(x.clone().requires_grad_(True), y)
+    loss.backward()
+    ids, rows = sampled._pending[0], sampled._pending[1]
+    assert stats["near"] == n - ids.numel() and stats["tail"] == n - ids.numel()
+    w_full = weight.clone().requires_grad_(True)
+    F.cross_entropy(head(x, w_full, None, y), y).backward()
+    torch.testing.assert_close(rows.grad, w_full.grad[ids], atol=1e-6, rtol=1e-5)
+
+
+def test_near_is_on_with_the_estimate_only():
+    assert resolve_tail_near(-1, 64) > 0 and resolve_tail_near(-1, 0) == 0 and resolve_tail_near(3, 0) == 0
+    assert resolve_tail_near(3, 64) == 3
+
+
+def test_near_classes_make_the_rows_gradient_closer_to_full_softmax():
+    """Where a few inactive classes lie close to each sample (look-alikes past the active set), most of the
+    inactive mass is theirs: taking them whole (tail_near) brings the active rows' gradient far closer to full
+    softmax's than the same number of uniform draws alone."""
+    from dcs_cli.selection.exact import ExactSelector
+
+    n, d, b = 2000, 64, 16
+    gen = torch.Generator().manual_seed(4)
+    x = F.normalize(torch.randn(b, d, generator=gen), dim=1)
+    y = torch.arange(b) * 100
+    store = LocalStore(n, d, seed=5, init_std=1.0)
+    for i in range(b):  # the label row and 6 look-alikes per sample
+        close = F.normalize(x[i] + torch.randn(7, d, generator=gen) / d**0.5, dim=1)  # cosine ~0.7
+        store.weight[y[i] + torch.arange(7)] = close
+    weight = store.weight.clone()
+    head = CosFaceHead(scale=32.0, margin=0.35)
+    w_full = weight.clone().requires_grad_(True)
+    F.cross_entropy(head(x, w_full, None, y), y).backward()
+
+    def error(tail_near: int) -> float:
+        errors = []
+        for seed in range(5):
+            store.weight = weight.clone()
+            selector = ExactSelector(n, sample_num=2 * b, batch_size=b, seed=seed)
+            sampled = SampledSoftmax(selector, store, head, tail_samples=64, tail_near=tail_near, seed=seed)
+            loss, _ = sampled(x.clone().requires_grad_(True), y)
+            loss.backward()
+            ids, rows = sampled._pending[0], sampled._pending[1]
+            errors.append(float((rows.grad - w_full.grad[ids]).norm() / w_full.grad[ids].norm()))
+        return sum(errors) / len(errors)
+
+    with_near, draws_only = error(10), error(0)
+    assert with_near < 0.5 * draws_only, (with_near, draws_only)
