@@ -25,7 +25,13 @@ from dcs_cli.errors import DcsError
 from dcs_cli.selection.base import Selector
 from dcs_cli.selection.full import FullSelector
 from dcs_cli.selection.store import ClassStore
-from dcs_cli.selection.tail import TailSampler, resolve_tail_near, resolve_tail_samples, tail_log_mass
+from dcs_cli.selection.tail import (
+    TailSampler,
+    resolve_tail_near,
+    resolve_tail_samples,
+    rows_past_active,
+    tail_log_mass,
+)
 
 
 class SampledSoftmax(nn.Module):
@@ -51,13 +57,9 @@ class SampledSoftmax(nn.Module):
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         sel = self.selector.select(features.detach(), labels)
         active = sel.ids.numel()
-        near = sel.near if self.tail is not None and sel.near is not None else sel.ids[:0]
-        if self.tail is not None:
-            tail_ids, log_weight = self.tail.draw(torch.cat([sel.ids, near]))
-        else:
-            tail_ids, log_weight = sel.ids[:0], 0.0
+        near, drawn, log_weight = rows_past_active(self.tail, sel)
         # one store call; the rows as of this step (catch-up first), as dense SGD would hold them
-        w, b = self.store.current_rows(torch.cat([sel.ids, near, tail_ids.to(sel.ids.device)]))
+        w, b = self.store.current_rows(torch.cat([sel.ids, near, drawn]))
         w = w.to(features.device)
         b = b.to(features.device) if b is not None else None
         w, w_rest = w[:active].detach().requires_grad_(True), w[active:]
@@ -69,16 +71,14 @@ class SampledSoftmax(nn.Module):
             loss = F.cross_entropy(self.head(features, w, b, local), local)
         else:
             with torch.no_grad():  # the near rows whole, the drawn ones scaled up (tail.py)
-                rest_logits = self.head(features, w_rest, b_rest, None)
-                log_tail = tail_log_mass(rest_logits[:, near.numel():], log_weight, features.shape[0],
-                                         rest_logits[:, : near.numel()])
+                log_tail = tail_log_mass(self.head(features, w_rest, b_rest, None), near.numel(), log_weight)
             loss = F.cross_entropy(self.head(features, w.detach(), b.detach() if b is not None else None, local),
                                    local)
             # the rows' gradient: the same logits with the inactive classes' estimated mass in the denominator
             row_logits = self.head(features.detach(), w, b, local)
             row_loss = F.cross_entropy(torch.cat([row_logits, log_tail.unsqueeze(1)], 1), local)
             loss = loss + (row_loss - row_loss.detach())  # the value stays the sampled loss
-            stats["tail"] = int(tail_ids.numel() + near.numel())
+            stats["tail"] = int(near.numel() + drawn.numel())
         self._pending = (sel.ids, w, b)
         return loss, stats
 

@@ -88,14 +88,23 @@ class TailSampler:
         return torch.cat(picked)[: self.k], math.log(rest / self.k)
 
 
-def tail_log_mass(logits: torch.Tensor, log_weight: float, batch: int,
-                  near_logits: torch.Tensor | None = None) -> torch.Tensor:
-    """(B,) log of the estimated sum of exp-logits over the inactive classes: the drawn rows' (B×k) logits
-    scaled by exp(log_weight), plus the near rows' (B×m, taken whole) when given; -inf where there is
-    neither (no inactive class)."""
-    mass = logits.new_full((batch,), float("-inf"))
-    if logits.shape[1]:
-        mass = torch.logsumexp(logits, 1) + log_weight
-    if near_logits is not None and near_logits.shape[1]:
-        mass = torch.logaddexp(mass, torch.logsumexp(near_logits, 1))
+def rows_past_active(tail: TailSampler | None, sel) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """`near, drawn, log_weight`: the rows a step reads past its active ones (`sel`, a Selection) for the
+    inactive mass: the selection's near classes, then `tail`'s draws among the rest (none without a tail)."""
+    if tail is None:
+        return sel.ids[:0], sel.ids[:0], 0.0
+    near = sel.near if sel.near is not None else sel.ids[:0]
+    drawn, log_weight = tail.draw(torch.cat([sel.ids, near]))
+    return near, drawn.to(sel.ids.device), log_weight
+
+
+def tail_log_mass(logits: torch.Tensor, near: int, log_weight: float) -> torch.Tensor:
+    """(B,) log of the estimated sum of exp-logits over the inactive classes, from the B×(near + k) logits of
+    the rows `rows_past_active` gave: the first `near` columns taken whole, the k drawn ones scaled by
+    exp(log_weight); -inf where there are none (no inactive class)."""
+    mass = logits.new_full((logits.shape[0],), float("-inf"))
+    if logits.shape[1] > near:
+        mass = torch.logsumexp(logits[:, near:], 1) + log_weight
+    if near:
+        mass = torch.logaddexp(mass, torch.logsumexp(logits[:, :near], 1))
     return mass

@@ -39,7 +39,13 @@ from torch import nn
 from dcs_cli.errors import ConfigError, DcsError
 from dcs_cli.selection.full import FullSelector
 from dcs_cli.selection.sharded_store import ShardedStore
-from dcs_cli.selection.tail import TailSampler, resolve_tail_near, resolve_tail_samples, tail_log_mass
+from dcs_cli.selection.tail import (
+    TailSampler,
+    resolve_tail_near,
+    resolve_tail_samples,
+    rows_past_active,
+    tail_log_mass,
+)
 
 
 def _world() -> tuple[int, int]:
@@ -196,12 +202,8 @@ class ShardedSoftmax(nn.Module):
         target_col[owned] = sel.local_labels
         target_col = target_col.to(device)
         active_here = sel.ids.numel()
-        near = sel.near if self.tail is not None and sel.near is not None else sel.ids[:0]
-        if self.tail is not None:
-            tail_ids, log_weight = self.tail.draw(torch.cat([sel.ids, near]))
-        else:
-            tail_ids, log_weight = sel.ids[:0], 0.0
-        w, b = self.store.current_local_rows(torch.cat([sel.ids, near, tail_ids.to(sel.ids.device)]))
+        near, drawn, log_weight = rows_past_active(self.tail, sel)
+        w, b = self.store.current_local_rows(torch.cat([sel.ids, near, drawn]))
         w, w_rest = w[:active_here].to(device).detach().requires_grad_(True), w[active_here:].to(device)
         b, b_rest = (b[:active_here].to(device).detach().requires_grad_(True), b[active_here:].to(device)) \
             if b is not None else (None, None)
@@ -214,9 +216,7 @@ class ShardedSoftmax(nn.Module):
             logits = margin_logits(self.head, feats, w.detach(), b.detach() if b is not None else None, target_col)
             loss, right, active = ShardedCrossEntropy.apply(logits, target_col, extra, None)
             with torch.no_grad():  # this shard's near rows whole, its drawn ones scaled up (tail.py)
-                rest_logits = self.head(feats, w_rest, b_rest, None)
-                log_tail = tail_log_mass(rest_logits[:, near.numel():], log_weight, feats.shape[0],
-                                         rest_logits[:, : near.numel()])
+                log_tail = tail_log_mass(self.head(feats, w_rest, b_rest, None), near.numel(), log_weight)
             row_logits = margin_logits(self.head, feats.detach(), w, b, target_col)
             row_loss = ShardedCrossEntropy.apply(row_logits, target_col, 0.0, log_tail)[0]
             loss = loss + (row_loss - row_loss.detach())
@@ -228,7 +228,7 @@ class ShardedSoftmax(nn.Module):
         stats["active_shard"] = int(sel.ids.numel())
         stats["active"] = int(round(float(active)))
         if self.tail is not None:
-            stats["tail"] = int(tail_ids.numel() + near.numel())
+            stats["tail"] = int(near.numel() + drawn.numel())
         return loss, stats
 
     def push(self) -> None:
