@@ -113,7 +113,8 @@ def sharded_steps(rank: int, world: int, spec: dict) -> dict:
     cfg = dataclasses.replace(SelectionConfig(), mode=spec["mode"], sample_num=spec.get("sample_num", 1),
                               metric="auto")
     selector = build_shard_selector(cfg, store, sum(spec["sizes"]))
-    clf = ShardedClassifier(selector, store, make_head(spec["head"]), tail_samples=spec.get("tail_samples", 0))
+    clf = ShardedClassifier(selector, store, make_head(spec["head"]), tail_samples=spec.get("tail_samples", 0),
+                            tail_near=spec.get("tail_near", 0))
     backbone = torch.nn.parallel.DistributedDataParallel(make_backbone(spec))
     lo = sum(spec["sizes"][:rank])
     hi = lo + spec["sizes"][rank]

@@ -41,7 +41,8 @@ class ReplaySelector(Selector):
 def single_process(spec: dict, selector) -> dict:
     """The reference: one LocalStore, the whole global batch, no DDP."""
     store = LocalStore(spec["classes"], spec["dim"], **store_kwargs(spec))
-    sampled = SampledSoftmax(selector, store, make_head(spec["head"]), tail_samples=spec.get("tail_samples", 0))
+    tail = spec.get("ref_tail_samples", spec.get("tail_samples", 0))
+    sampled = SampledSoftmax(selector, store, make_head(spec["head"]), tail_samples=tail)
     backbone = make_backbone(spec)
     out = {"loss": [], "feature_grad": [], "backbone_grad": [], "topk": [], "labels": []}
     # every shard keeps its positives (at most B) and then its samples' neighbours rank by rank, so each
@@ -100,12 +101,14 @@ def test_sharded_full_step_equals_one_process(tmp_path, head):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("head,tail", [("softmax", 0), ("cosface", 200)])
-def test_sharded_exact_step_equals_one_process(tmp_path, head, tail):
+@pytest.mark.parametrize("head,tail,near", [("softmax", 0, 0), ("cosface", 200, 0), ("cosface", 1, 200)])
+def test_sharded_exact_step_equals_one_process(tmp_path, head, tail, near):
     # tail 200 >= the inactive classes: every shard (and the one process) takes all of its inactive rows,
-    # so the rows' denominators are exact and must agree across the shards' reductions
+    # so the rows' denominators are exact and must agree across the shards' reductions; with near 200 each
+    # shard takes them all as its samples' near classes instead (no draw), against the same exact reference
     spec = {"classes": 200, "dim": 8, "d_in": 6, "sizes": [4, 4], "steps": 2, "mode": "exact", "head": head,
-            "sample_num": 80, "tail_samples": tail}
+            "sample_num": 80, "tail_samples": tail, "tail_near": near,
+            "ref_tail_samples": 200 if tail else 0}  # the one process takes every inactive row exactly
     ranks = run_ranks(sharded_steps, 2, tmp_path, spec)
     sets = [torch.cat([r["active"][step] for r in ranks]) for step in range(spec["steps"])]
     for active in sets:
