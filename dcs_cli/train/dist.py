@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import pickle
@@ -163,6 +164,10 @@ def _worker(fn: Callable, args: tuple, error_dir: str):
             path.write_bytes(pickle.dumps(record))
         raise
     finally:
+        # Free what the run left in reference cycles (a DDP model holds the process group and its pending
+        # work) while the interpreter is whole: gloo threads still holding them at interpreter exit can
+        # abort the process (SIGABRT) after the run itself succeeded.
+        gc.collect()
         destroy_distributed()
 
 
