@@ -184,9 +184,7 @@ class ServedMatrix:
             return
         moved = False
         for ids, skipped in self.clock.stale(self.step):
-            catch_up_rows_(self.weight, self.momentum, ids, skipped, self.params)
-            if self.spec.bias:
-                catch_up_rows_(self.bias, self.bias_momentum, ids, skipped, self.params)
+            self._catch_up_rows(ids, skipped)
             moved = moved or len(ids) > 0
         self.clock.reset(self.step)
         if moved:
@@ -199,10 +197,14 @@ class ServedMatrix:
         ids, skipped = self.clock.behind(ids, self.step)
         if ids.numel() == 0:
             return
+        self._catch_up_rows(ids, skipped)
+        self.changed()
+
+    def _catch_up_rows(self, ids: torch.Tensor, skipped: torch.Tensor) -> None:
+        """Rows `ids` (unique) take the `skipped` steps they sat out; the caller moves their clock."""
         catch_up_rows_(self.weight, self.momentum, ids, skipped, self.params)
         if self.spec.bias:
             catch_up_rows_(self.bias, self.bias_momentum, ids, skipped, self.params)
-        self.changed()
 
     def _tables(self, with_momentum: bool) -> list[torch.Tensor]:
         tables = [self.weight] + [self.momentum] * with_momentum
