@@ -50,8 +50,8 @@ class SelectionConfig:
                                 "gradient (margin heads need it to train under sampling); -1 = auto: "
                                 "64 for cosface/arcface, 0 (off) for softmax")
     tail_near: int = opt(-1, "with the tail estimate on: each sample's next-nearest classes past the active ones "
-                             "(hf, hnsw, ivf, exact) whose exp-logits join the inactive mass whole, the draws "
-                             "covering the rest; -1 = auto: 30 (0 with the estimate off)")
+                             "(hf, hnsw, ivf, exact, adaptive) whose exp-logits join the inactive mass whole, the "
+                             "draws covering the rest; -1 = auto: 30 (0 with the estimate off)")
     hard_factor: float = opt(2.0, "adaptive: the hardest samples get up to this many times the even share "
                                   "of neighbours (the easiest get half of it)")
 

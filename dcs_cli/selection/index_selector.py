@@ -146,11 +146,12 @@ class IndexSelector(Selector):
 
     def select(self, features: torch.Tensor, labels: torch.Tensor) -> Selection:
         check_batch(features, labels, self.num_classes)
-        if self.adaptive:
+        if self.adaptive:  # the candidates a sample's share leaves out are near classes too
             kmax = max_share(self.k, self.hard_factor)
-            cand, share = share_by_hardness(self.neighbours(features, kmax), features, labels, self.store,
+            found = self.neighbours(features, kmax + self.near)
+            cand, share = share_by_hardness(found[:, :kmax], features, labels, self.store,
                                             self._resolved_metric(), self.k, kmax)
-            near = None
+            near = found if self.near else None
         else:  # one query for the kept neighbours and the `near` ones past them
             cand, share = self.neighbours(features, self.k + self.near), None
             cand, near = cand[:, : self.k], (cand[:, self.k:] if self.near else None)

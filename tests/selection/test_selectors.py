@@ -152,3 +152,19 @@ def test_adaptive_gives_hard_samples_more_neighbours():
     s = sel.select(feats, labels)
     assert s.stats["share_max"] > sel.k > s.stats["share_min"]
     assert s.ids.numel() == 64
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_index_selector_returns_the_next_nearest_classes_as_near(adaptive):
+    """With `near` asked for (the tail estimate's tail_near), each sample's nearest classes that did not
+    become active come back in `Selection.near`, adaptive shares included (their cut candidates are near)."""
+    store = clustered_store()
+    sel = make("hf", store, adaptive=adaptive, ntrees=20)
+    sel.near = 12
+    labels = torch.arange(B) * 70
+    feats = store.weight[labels] + 0.5 * torch.randn(B, D, generator=torch.Generator().manual_seed(1))
+    s = sel.select(feats, labels)
+    assert s.near is not None and s.near.numel() > 0 and not torch.isin(s.near, s.ids).any()
+    _, nearest = exact_topk(feats, store.weight, sel.k + 12)
+    missed = nearest[~torch.isin(nearest, s.ids)]
+    assert torch.isin(missed, s.near).float().mean() >= 0.9
