@@ -183,4 +183,3 @@ def _row(name: str, mode: str, head: str, runs: list[dict], spec: TrainQualitySp
             row[f"{key}_sd"] = round(statistics.stdev(r[key] for r in runs), 2)
             row[f"{key}_runs"] = [round(r[key], 2) for r in runs]
     return row
-
