@@ -202,9 +202,7 @@ class ServedMatrix:
 
     def _catch_up_rows(self, ids: torch.Tensor, skipped: torch.Tensor) -> None:
         """Rows `ids` (unique) take the `skipped` steps they sat out; the caller moves their clock."""
-        catch_up_rows_(self.weight, self.momentum, ids, skipped, self.params)
-        if self.spec.bias:
-            catch_up_rows_(self.bias, self.bias_momentum, ids, skipped, self.params)
+        catch_up_rows_(self.weight, self.momentum, ids, skipped, self.params, self.bias, self.bias_momentum)
 
     def _tables(self, with_momentum: bool) -> list[torch.Tensor]:
         tables = [self.weight] + [self.momentum] * with_momentum

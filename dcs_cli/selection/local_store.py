@@ -96,9 +96,7 @@ class LocalStore(ClassStore):
 
     def _catch_up(self, ids: torch.Tensor, skipped: torch.Tensor) -> None:
         """Rows `ids` (unique) take the `skipped` steps they sat out; the caller resets their clock."""
-        catch_up_rows_(self.weight, self.momentum, ids, skipped, self.params)
-        if self.bias is not None:
-            catch_up_rows_(self.bias, self.bias_momentum, ids, skipped, self.params)
+        catch_up_rows_(self.weight, self.momentum, ids, skipped, self.params, self.bias, self.bias_momentum)
 
     def weights(self) -> torch.Tensor:
         """The live N×d weights on the CPU (no copy on a CPU store): callers that keep them must clone."""

@@ -42,7 +42,9 @@ def sgd_rows_(
 
     The single definition of the update rule, shared by `LocalStore` and the parameter server so the
     two cannot drift apart. A zero momentum buffer makes the first update `v = g`, exactly as
-    `torch.optim.SGD` initialises its buffer. Works for 2-D weights (rows) and 1-D biases.
+    `torch.optim.SGD` initialises its buffer. Works for 2-D weights (rows) and 1-D biases. A momentum
+    buffer kept in a narrower dtype than the weights (the sharded store's `momentum_dtype`) is updated in
+    the weights' dtype on the pushed rows and stored rounded.
 
     Same arithmetic, in the same order, as `torch.optim.SGD`: g' = g + wd·w ; v = m·v + g' ; w -= lr·v.
 
@@ -61,6 +63,10 @@ def sgd_rows_(
     """
     n = ids.numel()
     if n == 0:
+        return
+    if momentum_buf.dtype != weight.dtype:
+        _with_wide_momentum(weight, momentum_buf, ids,
+                            lambda w, v, rows: sgd_rows_(w, v, rows, grad, params, grad_rows, current, skipped))
         return
     grad = grad.to(weight.dtype)
     block = n
@@ -93,11 +99,26 @@ def sgd_rows_(
 
 
 def catch_up_rows_(weight: torch.Tensor, momentum_buf: torch.Tensor, ids: torch.Tensor, skipped: torch.Tensor,
-                   params: OptimParams) -> None:
+                   params: OptimParams, bias: torch.Tensor | None = None,
+                   bias_momentum: torch.Tensor | None = None) -> None:
     """In place: only the catch-up of `sgd_rows_` (rows `ids` advanced over their `skipped` steps, no new
-    gradient), e.g. to bring every row up to date before evaluation or a checkpoint."""
+    gradient), e.g. to bring every row up to date before evaluation or a checkpoint, or before a training
+    step reads them. `bias` and `bias_momentum` (1-D), when given, take the same steps. A momentum buffer
+    kept in a narrower dtype than the weights (the sharded store's `momentum_dtype`) is advanced in the
+    weights' dtype and stored rounded."""
     if ids.numel() == 0 or not (params.momentum or params.weight_decay):
         return
+    if momentum_buf.dtype == weight.dtype:
+        _catch_up_table_(weight, momentum_buf, ids, skipped, params)
+    else:
+        _with_wide_momentum(weight, momentum_buf, ids, lambda w, v, rows: _catch_up_table_(w, v, rows, skipped, params))
+    if bias is not None:
+        _catch_up_table_(bias, bias_momentum, ids, skipped, params)
+
+
+def _catch_up_table_(weight: torch.Tensor, momentum_buf: torch.Tensor, ids: torch.Tensor, skipped: torch.Tensor,
+                     params: OptimParams) -> None:
+    """`catch_up_rows_` on one table whose momentum has its dtype, in blocks through the scratch buffers."""
     coef = catch_up_coefficients(skipped, params, weight.dtype, weight.device)
     row_bytes = weight.element_size() * max(1, math.prod(weight.shape[1:]))
     block = max(1, min(ids.numel(), BLOCK_BYTES // row_bytes)) if weight.device.type == "cpu" else ids.numel()
@@ -205,6 +226,15 @@ def _sgd_block_(weight, momentum_buf, ids, g, params: OptimParams, w, v, gw, hav
         g = v
     w.sub_(g, alpha=params.lr)
     _scatter_rows_(weight, ids, w)
+
+
+def _with_wide_momentum(weight: torch.Tensor, momentum_buf: torch.Tensor, ids: torch.Tensor, update) -> None:
+    """`update(w, v, rows)` on copies of rows `ids` (`rows` indexes the copies), the momentum widened to the
+    weights' dtype; the rows are written back and the momentum stored rounded to its own dtype."""
+    w, v = weight.index_select(0, ids), momentum_buf.index_select(0, ids).to(weight.dtype)
+    update(w, v, torch.arange(ids.numel(), device=ids.device))
+    weight.index_copy_(0, ids, w)
+    momentum_buf.index_copy_(0, ids, v.to(momentum_buf.dtype))
 
 
 _SCRATCH = threading.local()

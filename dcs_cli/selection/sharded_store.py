@@ -155,15 +155,7 @@ class ShardedStore(ClassStore):
         if self.clock is not None:
             extra["skipped"] = self.clock.mark(local, self.steps)
         self.steps += 1
-        if self.momentum.dtype == self.weight.dtype:
-            sgd_rows_(self.weight, self.momentum, local, grad_w, self.params, **extra)
-        else:
-            # Reduced-precision momentum: run the same rule in float32 on the pushed rows, store rounded.
-            w = self.weight.index_select(0, local)
-            v = self.momentum.index_select(0, local).float()
-            sgd_rows_(w, v, torch.arange(local.numel(), device=self.device), grad_w, self.params, **extra)
-            self.weight.index_copy_(0, local, w)
-            self.momentum.index_copy_(0, local, v.to(self.momentum.dtype))
+        sgd_rows_(self.weight, self.momentum, local, grad_w, self.params, **extra)
         if self.bias is not None and grad_b is not None:
             sgd_rows_(self.bias, self.bias_momentum, local, grad_b.to(self.device), self.params, **extra)
 
@@ -177,15 +169,7 @@ class ShardedStore(ClassStore):
 
     def _catch_up(self, local: torch.Tensor, skipped: torch.Tensor) -> None:
         """Rows `local` (unique) take the `skipped` steps they sat out; the caller resets their clock."""
-        if self.momentum.dtype == self.weight.dtype:
-            catch_up_rows_(self.weight, self.momentum, local, skipped, self.params)
-        else:
-            w, v = self.weight.index_select(0, local), self.momentum.index_select(0, local).float()
-            catch_up_rows_(w, v, torch.arange(local.numel(), device=self.device), skipped, self.params)
-            self.weight.index_copy_(0, local, w)
-            self.momentum.index_copy_(0, local, v.to(self.momentum.dtype))
-        if self.bias is not None:
-            catch_up_rows_(self.bias, self.bias_momentum, local, skipped, self.params)
+        catch_up_rows_(self.weight, self.momentum, local, skipped, self.params, self.bias, self.bias_momentum)
 
     def weights(self) -> torch.Tensor:
         """This shard's live (hi-lo)×d weights on the CPU (not all N: see `gather_weights`)."""

@@ -71,17 +71,22 @@ def test_push_updates_exactly_the_pushed_rows_like_local_store():
     assert torch.equal(state["momentum"], lstate["momentum"][shard.lo:])
 
 
-def test_bf16_momentum_stays_close_to_float32():
+@pytest.mark.parametrize("catch_up", [False, True])
+def test_bf16_momentum_stays_close_to_float32(catch_up):
     n, d = 40, 8
-    exact = ShardedStore(n, d, rank=0, world=1, params=PARAMS)
-    half = ShardedStore(n, d, rank=0, world=1, params=PARAMS, momentum_dtype="bfloat16")
+    exact = ShardedStore(n, d, rank=0, world=1, params=PARAMS, catch_up=catch_up)
+    half = ShardedStore(n, d, rank=0, world=1, params=PARAMS, momentum_dtype="bfloat16", catch_up=catch_up)
     assert half.momentum.dtype == torch.bfloat16 and half.weight.dtype == torch.float32
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):
         ids = torch.randperm(n, generator=gen)[:10]
         g = torch.randn(10, d, generator=gen)
+        torch.testing.assert_close(half.current_rows(ids)[0], exact.current_rows(ids)[0], atol=2e-2, rtol=0)
         exact.push(ids, g)
         half.push(ids, g)
+    exact.settle()
+    half.settle()  # with catch-up every row has moved: the widened catch-up stores bf16 momentum too
+    assert half.momentum.dtype == torch.bfloat16
     assert not torch.equal(half.weight, exact.weight)  # it is rounded...
     torch.testing.assert_close(half.weight, exact.weight, atol=2e-2, rtol=0)  # ...and stays close (lr 0.5)
     with pytest.raises(ConfigError, match="momentum dtype"):
