@@ -11,6 +11,9 @@ the different-identity pairs being family-mates. Figures per row:
   val_top1         top-1 over all classes on the validation images (argmax over the whole classifier)
   verify_acc       10-fold verification accuracy on the held-out pairs (features extracted with flip)
   tar_at_far_1e-3  true-accept rate at a false-accept rate of 1e-3 on the same pairs
+  family_far       % of the family-mate pairs (the look-alikes) accepted as one identity, and
+  frr              % of the same-identity pairs rejected, both at the verification threshold (the folds' mean):
+                   where verify_acc's errors come from
   wall_s           training wall seconds; samples_per_s the mean training throughput
   active           classes trained per step (all of them in full mode)
 With `--runs R` each contender trains R times, with training seeds seed, seed + 1, ... (initialisation,
@@ -159,10 +162,12 @@ def run_train_quality(spec: TrainQualitySpec, json_path: str | None = None) -> d
                     wall = time.perf_counter() - start
                     extract(ExtractJob(checkpoint=list_checkpoints(where / "run")[-1], out_dir=where / "features",
                                        bins=[data["pairs_bin"]], overwrite=True))
-                    result, _ = evaluate(load_features(where / "features" / "pairs.npy"), issame, folds=10, where=name)
+                    features = load_features(where / "features" / "pairs.npy")
+                    result, _ = evaluate(features, issame, folds=10, where=name)
+                    family_far, frr = error_rates(features, issame, data["family_pairs"], result.threshold)
                     runs.append({"val_top1": 100 * (summary["val_top1"] or 0.0), "verify_acc": 100 * result.accuracy,
-                                 "tar_at_far_1e-3": 100 * result.tar_at_far["0.001"], "wall_s": wall,
-                                 "samples_per_s": summary["samples_per_s"] or 0.0})
+                                 "tar_at_far_1e-3": 100 * result.tar_at_far["0.001"], "family_far": family_far,
+                                 "frr": frr, "wall_s": wall, "samples_per_s": summary["samples_per_s"] or 0.0})
                 rows.append(_row(name, mode, head, runs, spec))
     params = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("modes", "heads")}
     return report("train-quality", params, rows, json_path)
@@ -175,7 +180,8 @@ def _row(name: str, mode: str, head: str, runs: list[dict], spec: TrainQualitySp
 
     row = {"name": name, "mode": mode, "head": head,
            "val_top1": round(mean("val_top1"), 2), "verify_acc": round(mean("verify_acc"), 2),
-           "tar_at_far_1e-3": round(mean("tar_at_far_1e-3"), 2), "wall_s": round(mean("wall_s"), 1),
+           "tar_at_far_1e-3": round(mean("tar_at_far_1e-3"), 2), "family_far": round(mean("family_far"), 2),
+           "frr": round(mean("frr"), 2), "wall_s": round(mean("wall_s"), 1),
            "samples_per_s": round(mean("samples_per_s"), 1),
            "active": spec.identities if mode == "full" else spec.sample_num}
     if len(runs) > 1:
@@ -183,3 +189,15 @@ def _row(name: str, mode: str, head: str, runs: list[dict], spec: TrainQualitySp
             row[f"{key}_sd"] = round(statistics.stdev(r[key] for r in runs), 2)
             row[f"{key}_runs"] = [round(r[key], 2) for r in runs]
     return row
+
+
+def error_rates(features, issame, family_pairs: list[int], threshold: float) -> tuple[float, float]:
+    """(% of the family-mate pairs `family_pairs` accepted, % of the same-identity pairs rejected) when a
+    pair is accepted below `threshold` (squared distance of the normalised embeddings, as `evaluate`)."""
+    import numpy as np
+
+    from dcs_cli.eval.verify import pair_distances
+
+    accept = pair_distances(features) < threshold
+    same = np.asarray(issame, dtype=bool)
+    return 100 * float(accept[family_pairs].mean()), 100 * float((~accept[same]).mean())

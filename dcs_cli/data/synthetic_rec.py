@@ -20,7 +20,8 @@ chance — while no two images are equal. `pairs.bin` holds held-out images (fre
 Look-alike families (`family_size` > 1): identities come in families that share most of one pattern and
 differ in a weaker identity-specific layer (the hard negatives a random subset of classes rarely holds).
 Held-out identities (`held_out` > 0): the pairs come from that many further identities (whole families of
-their own) that never appear in the .rec, half of the different-identity pairs being family-mates.
+their own) that never appear in the .rec, half of the different-identity pairs being family-mates; the
+summary's `family_pairs` lists their indices in pairs.bin.
 """
 
 from __future__ import annotations
@@ -122,19 +123,21 @@ def write_synthetic_rec(folder: str | os.PathLike, num_identities: int, images_p
         # Held-out identities start at the next whole family, so no family straddles train and pairs.
         first = -(-num_identities // family_size) * family_size if held_out else 0
         pool = (first, held_out) if held_out else (0, num_identities)
-        info["pairs_bin"] = str(_write_pairs(folder / "pairs.bin", painter, pool, pairs, seed, quality, family_size))
-        info["pairs"] = pairs
+        path, family_pairs = _write_pairs(folder / "pairs.bin", painter, pool, pairs, seed, quality, family_size)
+        info["pairs_bin"], info["pairs"], info["family_pairs"] = str(path), pairs, family_pairs
     return info
 
 
 def _write_pairs(path: Path, painter: _Painter, pool: tuple[int, int], pairs: int, seed: int, quality: int,
-                 family_size: int) -> Path:
+                 family_size: int) -> tuple[Path, list[int]]:
     """Pairs over identities first .. first+count-1 (`pool`); with families, every other different pair
-    is two family-mates (the look-alikes verification must tell apart)."""
+    is two family-mates (the look-alikes verification must tell apart). Returns the path and the indices
+    of the family-mate pairs."""
     first, count = pool
     rng = np.random.default_rng([seed, 2])  # a stream of its own: held-out images never repeat training ones
     images: list[bytes] = []
     issame: list[bool] = []
+    family_pairs: list[int] = []
     for k in range(pairs):
         same = k % 2 == 0
         a = int(rng.integers(count))
@@ -143,10 +146,11 @@ def _write_pairs(path: Path, painter: _Painter, pool: tuple[int, int], pairs: in
         elif family_size > 1 and k % 4 == 1 and min(family_size, count - a // family_size * family_size) > 1:
             mates = min(family_size, count - a // family_size * family_size)
             b = a // family_size * family_size + int((a % family_size + rng.integers(1, mates)) % mates)
+            family_pairs.append(k)
         else:
             b = int((a + rng.integers(1, count)) % count)
         for ident in (first + a, first + b):
             images.append(encode_jpeg(painter.jitter(painter.pattern(ident, seed, family_size), rng), quality))
         issame.append(same)
     write_bin(path, images, issame)
-    return path
+    return path, family_pairs

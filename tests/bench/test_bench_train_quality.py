@@ -2,12 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
 
-from dcs_cli.bench.train_quality import TrainQualitySpec, run_train_quality, train_config
+from dcs_cli.bench.train_quality import TrainQualitySpec, error_rates, run_train_quality, train_config
 from dcs_cli.cli.app import app
 
-ROW_KEYS = {"name", "mode", "head", "val_top1", "verify_acc", "tar_at_far_1e-3", "wall_s", "samples_per_s", "active"}
+ROW_KEYS = {"name", "mode", "head", "val_top1", "verify_acc", "tar_at_far_1e-3", "family_far", "frr", "wall_s",
+            "samples_per_s", "active"}
 
 
 def test_json_rows_carry_the_named_figures(runner, tmp_path):
@@ -22,6 +24,7 @@ def test_json_rows_carry_the_named_figures(runner, tmp_path):
     for row in report["rows"]:
         assert ROW_KEYS <= set(row)
         assert 0 <= row["val_top1"] <= 100 and 0 <= row["verify_acc"] <= 100 and row["wall_s"] > 0
+        assert 0 <= row["family_far"] <= 100 and 0 <= row["frr"] <= 100
     assert report["rows"][0]["active"] == 40 and report["rows"][1]["active"] == 32
 
 
@@ -35,6 +38,14 @@ def test_runs_report_the_mean_and_each_run(runner, tmp_path):
     assert row["val_top1"] == pytest.approx(sum(row["val_top1_runs"]) / 2, abs=0.01)
     assert row["verify_acc"] == pytest.approx(sum(row["verify_acc_runs"]) / 2, abs=0.01)
     assert row["val_top1_sd"] >= 0 and row["verify_acc_sd"] >= 0
+
+
+def test_error_rates_split_the_verification_errors():
+    # pairs 0, 2 same identity (distances 0 and 1.2), pairs 1, 3 family-mates (0.5 and 4), pair 4 other (0.1)
+    features = np.array([[1, 0], [1, 0], [1, 0], [0.75, np.sqrt(7) / 4], [1, 0], [0.4, np.sqrt(0.84)],
+                         [1, 0], [-1, 0], [1, 0], [0.95, np.sqrt(1 - 0.95**2)]])
+    family_far, frr = error_rates(features, [True, False, True, False, False], [1, 3], threshold=1.0)
+    assert family_far == 50.0 and frr == 50.0
 
 
 def test_each_run_trains_with_its_own_seed(tmp_path):

@@ -35,3 +35,24 @@ def test_identities_are_separable(tmp_path):
     assert accuracy > 0.8, accuracy
     # every image differs from every other (per-image jitter)
     assert len({bytes(b) for b in images}) == len(images)
+
+
+def _pixel_similarity(images) -> np.ndarray:
+    x = np.stack([decode_rgb(b).astype(np.float32).ravel() for b in images])
+    x -= x.mean(axis=1, keepdims=True)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return (x[0::2] * x[1::2]).sum(axis=1)
+
+
+def test_family_pairs_are_the_look_alikes(tmp_path):
+    """The summary names the family-mate pairs; they are different identities that look far more alike than
+    the other different pairs (the hard negatives verification must tell apart)."""
+    info = write_synthetic_rec(tmp_path, 10, 1, image_size=32, seed=0, pairs=200, family_size=5, held_out=40)
+    images, issame = read_bin(tmp_path / "pairs.bin")
+    family = np.zeros(len(issame), dtype=bool)
+    family[info["family_pairs"]] = True
+    assert family.sum() == 50 and not issame[family].any()
+    sim = _pixel_similarity(images)
+    other = ~issame & ~family
+    assert sim[family].mean() > sim[other].mean() + 0.08, (sim[family].mean(), sim[other].mean())
+    assert write_synthetic_rec(tmp_path / "plain", 4, 1, image_size=16, pairs=8)["family_pairs"] == []
