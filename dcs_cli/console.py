@@ -114,11 +114,13 @@ def _fmt(value) -> str:
 
 
 def print_table(title: str, rows: Sequence[dict], columns: Sequence[str] | None = None) -> None:
-    """Print result rows (dicts) as a rich table on stdout; floats get sensible precision."""
+    """Print result rows (dicts) as a rich table on stdout; floats get sensible precision. By default every
+    column of the first row but lists (per-round or per-run detail, which a table cannot show legibly: it
+    stays in the JSON)."""
     if not rows:
         out.print(f"{title}: (no rows)")
         return
-    columns = list(columns or rows[0].keys())
+    columns = list(columns or (key for key, value in rows[0].items() if not isinstance(value, list)))
     table = Table(title=title, title_justify="left")
     for i, col in enumerate(columns):
         table.add_column(col, justify="left" if i == 0 else "right")

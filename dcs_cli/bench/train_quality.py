@@ -18,8 +18,8 @@ the different-identity pairs being family-mates. Figures per row:
   active           classes trained per step (all of them in full mode)
 With `--runs R` each contender trains R times, with training seeds seed, seed + 1, ... (initialisation,
 data order, selection draws; the data stay those of `--seed`): the figures are the runs' means, with the
-runs' standard deviations (`val_top1_sd`, `verify_acc_sd`) and each run's values (`val_top1_runs`,
-`verify_acc_runs`). Single CosFace runs of this size spread by up to ±10 pt from seed to seed.
+runs' standard deviations (`val_top1_sd`, `verify_acc_sd`) and, in the JSON, each run's values
+(`val_top1_runs`, `verify_acc_runs`). Single CosFace runs of this size spread by up to ±10 pt from seed to seed.
 """
 
 from __future__ import annotations
