@@ -180,14 +180,7 @@ class ServedMatrix:
 
     def settle(self) -> None:
         """Catch every row up to the present step (before snapshots and step changes)."""
-        if self.clock is None:
-            return
-        moved = False
-        for ids, skipped in self.clock.stale(self.step):
-            self._catch_up_rows(ids, skipped)
-            moved = moved or len(ids) > 0
-        self.clock.reset(self.step)
-        if moved:
+        if self.clock is not None and self.clock.settle(self.step, self._catch_up_rows):
             self.changed()
 
     def catch_up(self, ids: torch.Tensor) -> None:

@@ -88,11 +88,8 @@ class LocalStore(ClassStore):
         """Catch every row up to the present step (before evaluation or a checkpoint); a no-op without
         catch-up. Afterwards the weights are what full SGD would hold had the rows' gradients been zero
         whenever they were not selected."""
-        if self.clock is None:
-            return
-        for ids, skipped in self.clock.stale(self.steps):
-            self._catch_up(ids, skipped)
-        self.clock.reset(self.steps)
+        if self.clock is not None:
+            self.clock.settle(self.steps, self._catch_up)
 
     def _catch_up(self, ids: torch.Tensor, skipped: torch.Tensor) -> None:
         """Rows `ids` (unique) take the `skipped` steps they sat out; the caller resets their clock."""

@@ -139,12 +139,11 @@ class RowClock:
         clock = RowClock(num_rows, device)
         skipped = clock.mark(ids, step)          # steps each row sat out; they count as updated at `step`
         ids, skipped = clock.behind(ids, step)   # rows about to be read: which sat out steps, and how many
-        for ids, skipped in clock.stale(step):   # rows behind `step` (settle), in chunks
-            ...
-        clock.reset(step)                        # every row is as of `step` (settled, loaded, written)
+        clock.settle(step, catch_up)             # every row behind `step` through catch_up(ids, skipped)
+        clock.reset(step)                        # every row is as of `step` (loaded, written)
     """
 
-    CHUNK = 1 << 20  # rows per chunk of stale(): bounds the temporaries
+    CHUNK = 1 << 20  # rows per chunk of settle(): bounds the temporaries
 
     def __init__(self, num_rows: int, device: str | torch.device = "cpu", step: int = 0):
         self.updated_at = torch.full((num_rows,), step, dtype=torch.long, device=device)
@@ -164,13 +163,19 @@ class RowClock:
         self.updated_at[ids] = step
         return ids, skipped
 
-    def stale(self, step: int):
-        n = self.updated_at.numel()
+    def settle(self, step: int, catch_up) -> bool:
+        """Every row behind `step` goes through `catch_up(ids, skipped)` (unique ids, in chunks), then every
+        row counts as of `step`; returns whether any row was behind."""
+        n, moved = self.updated_at.numel(), False
         for lo in range(0, n, self.CHUNK):
             ids = torch.arange(lo, min(n, lo + self.CHUNK), device=self.updated_at.device)
             skipped = step - self.updated_at[ids]
             behind = skipped > 0
-            yield ids[behind], skipped[behind]
+            if bool(behind.any()):
+                catch_up(ids[behind], skipped[behind])
+                moved = True
+        self.reset(step)
+        return moved
 
     def reset(self, step: int, ids: torch.Tensor | None = None) -> None:
         if ids is None:

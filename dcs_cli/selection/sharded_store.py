@@ -161,11 +161,8 @@ class ShardedStore(ClassStore):
 
     def settle(self) -> None:
         """Catch every row up to the present step (before evaluation or a checkpoint), as LocalStore.settle."""
-        if self.clock is None:
-            return
-        for local, skipped in self.clock.stale(self.steps):
-            self._catch_up(local, skipped)
-        self.clock.reset(self.steps)
+        if self.clock is not None:
+            self.clock.settle(self.steps, self._catch_up)
 
     def _catch_up(self, local: torch.Tensor, skipped: torch.Tensor) -> None:
         """Rows `local` (unique) take the `skipped` steps they sat out; the caller resets their clock."""
