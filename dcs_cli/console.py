@@ -15,6 +15,7 @@ Progress bars are off with `--quiet` or when stderr is not a terminal; tables go
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 from rich.console import Console
@@ -107,6 +108,8 @@ def error_line(message: str) -> None:
 
 def _fmt(value) -> str:
     if isinstance(value, float):
+        if math.isnan(value):  # a figure that does not apply to the row (full softmax's recall): JSON null
+            return "–"
         if value == 0 or 1e-3 <= abs(value) < 1e6:
             return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.1f}"
         return f"{value:.3e}"

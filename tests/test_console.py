@@ -1,4 +1,4 @@
-"""Result tables: lists stay in the JSON."""
+"""Result tables: lists stay in the JSON, figures that do not apply print as a dash."""
 
 from dcs_cli.console import print_table
 
@@ -10,3 +10,9 @@ def test_tables_leave_list_columns_to_the_json(capsys):
     assert "val_top1_runs" not in printed and "90.25" not in printed
     print_table("bench", [{"name": "hf", "val_top1_runs": [90.25]}], columns=["name", "val_top1_runs"])
     assert "[90.25]" in capsys.readouterr().out  # columns named explicitly are printed as asked
+
+
+def test_figures_that_do_not_apply_print_as_a_dash(capsys):
+    print_table("select-speed", [{"name": "full", "recall": float("nan"), "speedup": 1.0}])
+    printed = capsys.readouterr().out
+    assert "–" in printed and "nan" not in printed
