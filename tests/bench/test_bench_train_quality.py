@@ -41,11 +41,13 @@ def test_runs_report_the_mean_and_each_run(runner, tmp_path):
 
 
 def test_error_rates_split_the_verification_errors():
-    # pairs 0, 2 same identity (distances 0 and 1.2), pairs 1, 3 family-mates (0.5 and 4), pair 4 other (0.1)
-    features = np.array([[1, 0], [1, 0], [1, 0], [0.75, np.sqrt(7) / 4], [1, 0], [0.4, np.sqrt(0.84)],
-                         [1, 0], [-1, 0], [1, 0], [0.95, np.sqrt(1 - 0.95**2)]])
-    family_far, frr = error_rates(features, [True, False, True, False, False], [1, 3], threshold=1.0)
-    assert family_far == 50.0 and frr == 50.0
+    # squared distances: same-identity pairs 0, 2, 4 at 0, 2 (the threshold: rejected) and 4; family-mate
+    # pairs 1, 3 at 0.8 and 4; pair 5, other identities, at 0 (accepted, counted in neither rate)
+    features = np.array([[1, 0], [1, 0], [1, 0], [0.6, 0.8], [1, 0], [0, 1], [1, 0], [-1, 0], [1, 0], [-1, 0],
+                         [1, 0], [1, 0]])
+    family_far, frr = error_rates(features, [True, False, True, False, True, False], [1, 3], threshold=2.0)
+    assert family_far == 50.0 and frr == pytest.approx(200 / 3)
+    assert np.isnan(error_rates(features, [True, False, True, False, True, False], [], threshold=2.0)[0])
 
 
 def test_each_run_trains_with_its_own_seed(tmp_path):
