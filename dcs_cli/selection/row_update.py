@@ -108,17 +108,11 @@ def catch_up_rows_(weight: torch.Tensor, momentum_buf: torch.Tensor, ids: torch.
     weights' dtype and stored rounded."""
     if ids.numel() == 0 or not (params.momentum or params.weight_decay):
         return
-    if momentum_buf.dtype == weight.dtype:
-        _catch_up_table_(weight, momentum_buf, ids, skipped, params)
-    else:
-        _with_wide_momentum(weight, momentum_buf, ids, lambda w, v, rows: _catch_up_table_(w, v, rows, skipped, params))
     if bias is not None:
-        _catch_up_table_(bias, bias_momentum, ids, skipped, params)
-
-
-def _catch_up_table_(weight: torch.Tensor, momentum_buf: torch.Tensor, ids: torch.Tensor, skipped: torch.Tensor,
-                     params: OptimParams) -> None:
-    """`catch_up_rows_` on one table whose momentum has its dtype, in blocks through the scratch buffers."""
+        catch_up_rows_(bias, bias_momentum, ids, skipped, params)
+    if momentum_buf.dtype != weight.dtype:
+        _with_wide_momentum(weight, momentum_buf, ids, lambda w, v, rows: catch_up_rows_(w, v, rows, skipped, params))
+        return
     coef = catch_up_coefficients(skipped, params, weight.dtype, weight.device)
     row_bytes = weight.element_size() * max(1, math.prod(weight.shape[1:]))
     block = max(1, min(ids.numel(), BLOCK_BYTES // row_bytes)) if weight.device.type == "cpu" else ids.numel()
