@@ -52,6 +52,18 @@ class Selection:
     # int64, unique, none of them in `ids`: the samples' next-nearest classes past the active ones, when the
     # selector was asked for `near` of them per sample (the tail estimate takes them exactly, tail.py)
     near: torch.Tensor | None = None
+    # bool (S,), set when the selector left a random share of the slots to the fill: True at the retrieved
+    # ids (the hard negatives), which the backbone's loss leaves out (`for_backbone`); None = it takes all
+    retrieved: torch.Tensor | None = None
+
+    def for_backbone(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The B×S active logits and the targets' columns (-1 = none here) the backbone's loss runs over:
+        all of them, or with a random share the positives and the fill only."""
+        if self.retrieved is None:
+            return logits, targets
+        keep = ~self.retrieved.to(logits.device)
+        column = torch.cumsum(keep, 0) - 1  # each kept column's place among the kept ones
+        return logits[:, keep], torch.where(targets >= 0, column[targets.clamp(min=0)], targets)
 
 
 class Selector(ABC):
@@ -61,6 +73,9 @@ class Selector(ABC):
     # Neighbours per sample past the active ones to return as `Selection.near` (set by the tail estimate;
     # selectors that search neighbours honour it, the others return none)
     near: int = 0
+    # Share of the slots past the positives left to the uniform fill (`selection.random_share`, set by the
+    # sampled softmax); selectors that retrieve candidates honour it and mark what they retrieved
+    random_share: float = 0.0
 
     @abstractmethod
     def select(self, features: torch.Tensor, labels: torch.Tensor) -> Selection: ...

@@ -62,6 +62,12 @@ def random_fill(taken: torch.Tensor, count: int, num_classes: int, generator: to
     return out
 
 
+def resolve_random_share(random_share: float, head) -> float:
+    """`selection.random_share` with -1 (auto) resolved by the head: its `random_share` (ArcFace's 0.5; 0,
+    none, for the others)."""
+    return random_share if random_share >= 0 else float(getattr(head, "random_share", 0.0))
+
+
 def compose(
     labels: torch.Tensor,
     candidates: torch.Tensor | None,
@@ -69,8 +75,11 @@ def compose(
     num_classes: int,
     generator: torch.Generator,
     near: torch.Tensor | None = None,
+    random_share: float = 0.0,
 ) -> Selection:
     """Positives, then unique candidates (ids < 0 are padding), cut or randomly filled to `sample_num`;
+    `random_share` (> 0) of the slots past the positives are kept for the fill, the candidates it displaces
+    join `near` when that is asked for, and the selection marks the retrieved ids (`Selection.retrieved`).
     `near` (ids < 0 are padding) becomes the selection's `near`: its unique ids not selected."""
     labels = labels.to("cpu", torch.long)
     positives = torch.unique(labels)
@@ -80,10 +89,19 @@ def compose(
     if candidates is not None and candidates.numel():
         cand = candidates.to("cpu", torch.long).reshape(-1)
         cand = unique_in_order(cand[cand >= 0])
-        cand = cand[~torch.isin(cand, positives)][: sample_num - positives.numel()]
+        room = sample_num - positives.numel()
+        cand = cand[~torch.isin(cand, positives)]
+        keep = room - round(room * random_share)
+        if near is not None:  # the candidates the fill displaced are the nearest of the inactive classes
+            near = torch.cat([cand[keep:], near.to("cpu", torch.long).reshape(-1)])
+        cand = cand[:keep]
         retrieved = cand.numel()
         ids = torch.cat([positives, cand])
     fill = random_fill(ids, sample_num - ids.numel(), num_classes, generator)
+    hard = None
+    if random_share > 0:
+        hard = torch.zeros(sample_num, dtype=torch.bool)
+        hard[positives.numel():ids.numel()] = True
     ids = torch.cat([ids, fill])
     local = torch.searchsorted(positives, labels)
     stats = {"positives": int(positives.numel()), "retrieved": int(retrieved), "random_fill": int(fill.numel())}
@@ -91,4 +109,4 @@ def compose(
         near = torch.unique(near.to("cpu", torch.long).reshape(-1))
         near = near[(near >= 0) & ~torch.isin(near, ids)]
         stats["near"] = int(near.numel())
-    return Selection(ids=ids, local_labels=local, stats=stats, near=near)
+    return Selection(ids=ids, local_labels=local, stats=stats, near=near, retrieved=hard)

@@ -84,7 +84,7 @@ class ExactSelector(Selector):
         cand = self.neighbours(features, min(self.k + self.near, self.num_classes))
         near = cand[:, self.k:] if self.near else None
         return compose(labels, cand[:, : self.k].T.reshape(-1), self.sample_num, self.num_classes, self.generator,
-                       near)
+                       near, self.random_share)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

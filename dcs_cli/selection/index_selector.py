@@ -155,7 +155,8 @@ class IndexSelector(Selector):
         else:  # one query for the kept neighbours and the `near` ones past them
             cand, share = self.neighbours(features, self.k + self.near), None
             cand, near = cand[:, : self.k], (cand[:, self.k:] if self.near else None)
-        sel = compose(labels, cand.T.reshape(-1), self.sample_num, self.num_classes, self.generator, near)
+        sel = compose(labels, cand.T.reshape(-1), self.sample_num, self.num_classes, self.generator, near,
+                      self.random_share)
         self._dirty[sel.ids] = True
         sel.stats.update(self.stats())
         if share is not None:

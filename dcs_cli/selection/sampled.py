@@ -23,6 +23,7 @@ from torch import nn
 
 from dcs_cli.errors import DcsError
 from dcs_cli.selection.base import Selector
+from dcs_cli.selection.compose import resolve_random_share
 from dcs_cli.selection.full import FullSelector
 from dcs_cli.selection.store import ClassStore
 from dcs_cli.selection.tail import (
@@ -38,11 +39,14 @@ class SampledSoftmax(nn.Module):
     """`loss, stats = SampledSoftmax(selector, store, head)(features, labels)`; then backward and push().
 
     `tail_samples` (-1 = by the head, `resolve_tail_samples`): uniform draws among the inactive classes
-    that estimate their share of the softmax denominator for the rows' gradient (`tail.py`). The backbone
-    always gets the plain sampled softmax's gradient: its hard negatives are what it learns from."""
+    that estimate their share of the softmax denominator for the rows' gradient (`tail.py`). `random_share`
+    (-1 = the head's: half for ArcFace, none for the others) of the active slots past the positives go to a
+    uniform fill; the backbone's loss then runs over the positives and the fill, the retrieved hard negatives
+    training the rows only (`Selection.for_backbone`). Without either the backbone and the rows share the
+    plain sampled softmax's loss."""
 
     def __init__(self, selector: Selector, store: ClassStore, head: nn.Module, tail_samples: int = 0,
-                 seed: int = 0, tail_near: int = 0):
+                 seed: int = 0, tail_near: int = 0, random_share: float = 0.0):
         super().__init__()
         self.selector, self.store, self.head = selector, store, head
         metric = getattr(head, "metric", "dot")
@@ -51,6 +55,7 @@ class SampledSoftmax(nn.Module):
         k = resolve_tail_samples(tail_samples, metric, selects_all=isinstance(selector, FullSelector))
         self.tail = TailSampler(store.num_classes, k, seed) if k > 0 else None
         selector.near = resolve_tail_near(tail_near, k)
+        selector.random_share = resolve_random_share(random_share, head)
         self.step = 0
         self._pending: tuple | None = None
 
@@ -67,18 +72,20 @@ class SampledSoftmax(nn.Module):
         local = sel.local_labels.to(features.device)
         stats = dict(sel.stats)
         stats["active"] = int(active)
-        if self.tail is None:
+        if self.tail is None and sel.retrieved is None:
             loss = F.cross_entropy(self.head(features, w, b, local), local)
-        else:
-            with torch.no_grad():  # the near rows whole, the drawn ones scaled up (tail.py)
-                log_tail = tail_log_mass(self.head(features, w_rest, b_rest, None), near.numel(), log_weight)
-            loss = F.cross_entropy(self.head(features, w.detach(), b.detach() if b is not None else None, local),
-                                   local)
-            # the rows' gradient: the same logits with the inactive classes' estimated mass in the denominator
+        else:  # the backbone's loss and the rows' apart
+            logits = self.head(features, w.detach(), b.detach() if b is not None else None, local)
+            loss = F.cross_entropy(*sel.for_backbone(logits, local))
+            # the rows': every active class (with the tail, the inactive classes' estimated mass in the denominator)
             row_logits = self.head(features.detach(), w, b, local)
-            row_loss = F.cross_entropy(torch.cat([row_logits, log_tail.unsqueeze(1)], 1), local)
-            loss = loss + (row_loss - row_loss.detach())  # the value stays the sampled loss
-            stats["tail"] = int(near.numel() + drawn.numel())
+            if self.tail is not None:
+                with torch.no_grad():  # the near rows whole, the drawn ones scaled up (tail.py)
+                    log_tail = tail_log_mass(self.head(features, w_rest, b_rest, None), near.numel(), log_weight)
+                row_logits = torch.cat([row_logits, log_tail.unsqueeze(1)], 1)
+                stats["tail"] = int(near.numel() + drawn.numel())
+            row_loss = F.cross_entropy(row_logits, local)
+            loss = loss + (row_loss - row_loss.detach())  # the value stays the backbone's loss
         self._pending = (sel.ids, w, b)
         return loss, stats
 

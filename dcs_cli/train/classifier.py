@@ -56,6 +56,7 @@ class _RecordingHead(nn.Module):
         super().__init__()
         self.head = head
         self.metric = getattr(head, "metric", "dot")
+        self.random_share = getattr(head, "random_share", 0.0)
         self.last_logits: torch.Tensor | None = None
         self.last_labels: torch.Tensor | None = None
 
@@ -107,7 +108,7 @@ class SampledClassifier:
     """`loss, correct, stats = SampledClassifier(selector, store, head).loss(features, labels)`."""
 
     def __init__(self, selector, store: ClassStore, head: nn.Module, world: int = 1, step: int = 0,
-                 tail_samples: int = 0, seed: int = 0, tail_near: int = 0):
+                 tail_samples: int = 0, seed: int = 0, tail_near: int = 0, random_share: float = 0.0):
         from dcs_cli.selection.sampled import SampledSoftmax
 
         self.store, self.selector = store, selector
@@ -116,7 +117,8 @@ class SampledClassifier:
         # The selector continues its refresh schedule from the resumed step.
         selector.load_state_dict({"step": step})
         self.sampled = SampledSoftmax(selector, MeanGradStore(store, world) if world > 1 else store, self.head,
-                                      tail_samples=tail_samples, seed=seed, tail_near=tail_near)
+                                      tail_samples=tail_samples, seed=seed, tail_near=tail_near,
+                                      random_share=random_share)
         self.sampled.step = step
         self._lr: float | None = None
 

@@ -188,12 +188,14 @@ def build_parts(cfg, num_classes: int, input_shape: tuple, ctx: DistContext, res
             selector = build_shard_selector(selection, store, cfg.data.batch_size * world)
             sampled = ShardedClassifier(selector, store, head, step=step,
                                         tail_samples=cfg.selection.tail_samples, seed=cfg.selection.seed,
-                                        tail_near=cfg.selection.tail_near)
+                                        tail_near=cfg.selection.tail_near,
+                                        random_share=cfg.selection.random_share)
         else:
             selector = build_selector(cfg.selection, num_classes, cfg.data.batch_size)
             sampled = SampledClassifier(selector, store, head, world=ctx.world_size, step=step,
                                         tail_samples=cfg.selection.tail_samples, seed=cfg.selection.seed,
-                                        tail_near=cfg.selection.tail_near)
+                                        tail_near=cfg.selection.tail_near,
+                                        random_share=cfg.selection.random_share)
         if resume is not None and hasattr(selector, "refreshes"):
             selector.refreshes = int((resume.get("selector") or {}).get("_refreshes", 0))
     optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)

@@ -24,7 +24,8 @@ averages the backbone gradients over ranks (as Partial FC does): the backbone th
 gradient a single process over the global batch would. Row gradients already are that process's
 gradients, so they are pushed as they are. No class parameter crosses the network; per step the wire
 carries B×d features (and their gradient), B labels and 3·B+1 floats of reductions (a MAX of B, a SUM of
-2·B+1; with tail samples a second MAX of 2·B and SUM of 2·B+1).
+2·B+1; with tail samples or a random share, where the backbone's loss and the rows' are apart, a second
+MAX of B, or 2·B with the tail, and SUM of 2·B+1).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcs_cli.errors import ConfigError, DcsError
+from dcs_cli.selection.compose import resolve_random_share
 from dcs_cli.selection.full import FullSelector
 from dcs_cli.selection.sharded_store import ShardedStore
 from dcs_cli.selection.tail import (
@@ -166,7 +168,7 @@ class ShardedSoftmax(nn.Module):
     `selector` works over the shard in local ids (attached here to `store.local_view()`)."""
 
     def __init__(self, selector, store: ShardedStore, head: nn.Module, ddp_average: bool = True,
-                 tail_samples: int = 0, seed: int = 0, tail_near: int = 0):
+                 tail_samples: int = 0, seed: int = 0, tail_near: int = 0, random_share: float = 0.0):
         super().__init__()
         if getattr(selector, "adaptive", False):
             raise ConfigError("selection.adaptive is not supported with the sharded class store yet; "
@@ -184,6 +186,7 @@ class ShardedSoftmax(nn.Module):
         share = -(-k * store.shard_size // store.num_classes)
         self.tail = TailSampler(store.shard_size, share, seed + store.rank) if k > 0 else None
         selector.near = resolve_tail_near(tail_near, k)  # per sample, like SampledSoftmax
+        selector.random_share = resolve_random_share(random_share, head)
         self._pending: tuple | None = None
         self.last: dict = {}
 
@@ -209,16 +212,18 @@ class ShardedSoftmax(nn.Module):
             if b is not None else (None, None)
         feats = feats.float()
         extra = float(active_here)
-        if self.tail is None:
+        if self.tail is None and sel.retrieved is None:
             logits = margin_logits(self.head, feats, w, b, target_col)
             loss, right, active = ShardedCrossEntropy.apply(logits, target_col, extra, None)
-        else:  # the backbone's loss over the active classes; the rows' with the tails in the denominator
+        else:  # as SampledSoftmax: the backbone's loss and the rows' (with this shard's tail) apart
             logits = margin_logits(self.head, feats, w.detach(), b.detach() if b is not None else None, target_col)
-            loss, right, active = ShardedCrossEntropy.apply(logits, target_col, extra, None)
-            with torch.no_grad():  # this shard's near rows whole, its drawn ones scaled up (tail.py)
-                log_tail = tail_log_mass(self.head(feats, w_rest, b_rest, None), near.numel(), log_weight)
+            loss = ShardedCrossEntropy.apply(*sel.for_backbone(logits, target_col), 0.0, None)[0]
+            log_tail = None
+            if self.tail is not None:
+                with torch.no_grad():  # this shard's near rows whole, its drawn ones scaled up (tail.py)
+                    log_tail = tail_log_mass(self.head(feats, w_rest, b_rest, None), near.numel(), log_weight)
             row_logits = margin_logits(self.head, feats.detach(), w, b, target_col)
-            row_loss = ShardedCrossEntropy.apply(row_logits, target_col, 0.0, log_tail)[0]
+            row_loss, right, active = ShardedCrossEntropy.apply(row_logits, target_col, extra, log_tail)
             loss = loss + (row_loss - row_loss.detach())
         self._pending = (sel.ids, w, b)
         rank = _world()[0]
@@ -264,13 +269,14 @@ class ShardedClassifier:
     `top1` are collectives (every rank calls them)."""
 
     def __init__(self, selector, store: ShardedStore, head: nn.Module, step: int = 0, ddp_average: bool = True,
-                 tail_samples: int = 0, seed: int = 0, tail_near: int = 0):
+                 tail_samples: int = 0, seed: int = 0, tail_near: int = 0, random_share: float = 0.0):
         self.store, self.selector = store, selector
         self.head = head
         self.angular = getattr(head, "metric", "dot") == "angular"
         selector.load_state_dict({"step": step})
         self.sharded = ShardedSoftmax(selector, store, head, ddp_average=ddp_average,
-                                     tail_samples=tail_samples, seed=seed, tail_near=tail_near)
+                                     tail_samples=tail_samples, seed=seed, tail_near=tail_near,
+                                     random_share=random_share)
         self.sharded.step = step
         self._lr: float | None = None
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcs_cli.models.heads import CosFaceHead, SoftmaxHead
+from dcs_cli.models.heads import ArcFaceHead, CosFaceHead, SoftmaxHead
 from dcs_cli.selection.base import Selection, Selector
+from dcs_cli.selection.compose import resolve_random_share
 from dcs_cli.selection.local_store import LocalStore
 from dcs_cli.selection.sampled import SampledSoftmax
 from dcs_cli.selection.tail import TailSampler, resolve_tail_near, resolve_tail_samples
@@ -155,3 +156,60 @@ def test_near_classes_make_the_rows_gradient_closer_to_full_softmax():
 
     with_near, draws_only = error(10), error(0)
     assert with_near < 0.5 * draws_only, (with_near, draws_only)
+
+
+def test_random_share_auto_is_the_heads():
+    arcface, cosface = ArcFaceHead(scale=32.0, margin=0.5), CosFaceHead(scale=32.0, margin=0.35)
+    assert resolve_random_share(-1, arcface) == 0.5 and resolve_random_share(0.0, arcface) == 0.0
+    assert resolve_random_share(-1, cosface) == 0.0 and resolve_random_share(-1, SoftmaxHead()) == 0.0
+    assert resolve_random_share(0.25, SoftmaxHead()) == 0.25
+
+
+def test_compose_leaves_the_random_share_to_the_fill_and_marks_the_retrieved():
+    from dcs_cli.selection.compose import compose
+
+    cand = torch.tensor([10, 11, 12, 13, 14, 15, 16, 17])
+    sel = compose(torch.tensor([1, 2]), cand, 8, 100, torch.Generator().manual_seed(0),
+                  near=torch.tensor([[30, -1]]), random_share=0.5)
+    assert sel.ids[:5].tolist() == [1, 2, 10, 11, 12] and sel.stats["random_fill"] == 3
+    assert sel.near.tolist() == sorted({13, 14, 15, 16, 17, 30} - set(sel.ids.tolist()))  # displaced: near
+    assert sel.retrieved.tolist() == [False, False, True, True, True, False, False, False]
+    logits, targets = torch.arange(16.0).view(2, 8), torch.tensor([1, 6])
+    kept, columns = sel.for_backbone(logits, targets)
+    assert kept[0].tolist() == [0.0, 1.0, 5.0, 6.0, 7.0] and columns.tolist() == [1, 3]  # positives, then fill
+    plain = compose(torch.tensor([1, 2]), cand, 8, 100, torch.Generator().manual_seed(0))
+    assert plain.ids.tolist() == [1, 2, 10, 11, 12, 13, 14, 15] and plain.retrieved is None
+    assert plain.for_backbone(logits, targets)[0] is logits
+
+
+@pytest.mark.parametrize("head,tail", [(SoftmaxHead(), 0), (ArcFaceHead(scale=16.0, margin=0.5), 30)])
+def test_backbone_learns_from_the_fill_and_rows_from_every_active_class(head, tail):
+    """With a random share the features' gradient is the sampled softmax's over the positives and the fill
+    only; the rows' is over every active class (hard negatives included: they still get pushed), with the
+    inactive mass in the denominator when the tail estimate is on (30 draws cover all 30 - 16 inactive)."""
+    from dcs_cli.selection.exact import ExactSelector
+
+    n, d = 30, 6
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.randn(5, d, generator=gen), torch.tensor([1, 4, 4, 11, 20])
+    store = LocalStore(n, d, seed=3, init_std=0.5)
+    weight = store.weight.clone()
+    sampled = SampledSoftmax(ExactSelector(n, sample_num=16, batch_size=5), store, head, tail_samples=tail,
+                             random_share=0.5)
+    feats = x.clone().requires_grad_(True)
+    loss, stats = sampled(feats, y)
+    loss.backward()
+    ids, rows = sampled._pending[0], sampled._pending[1]
+    assert stats["positives"] == 4 and stats["retrieved"] == 6 and stats["random_fill"] == 6
+    keep = torch.cat([ids[:4], ids[10:]])  # positives and fill
+    local = torch.tensor([0, 1, 1, 2, 3])
+    ref_x = x.clone().requires_grad_(True)
+    ref = F.cross_entropy(head(ref_x, weight[keep], None, local), local)
+    ref.backward()
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-6)
+    torch.testing.assert_close(feats.grad, ref_x.grad, atol=1e-6, rtol=1e-5)
+    ref_rows = weight.clone().requires_grad_(True)
+    row_ids = torch.arange(n) if tail else ids  # the whole tail drawn: the rows' gradient is full softmax's
+    F.cross_entropy(head(x, ref_rows[row_ids], None, y if tail else local), y if tail else local).backward()
+    torch.testing.assert_close(rows.grad, ref_rows.grad[ids], atol=1e-6, rtol=1e-5)
+    assert rows.grad[4:10].abs().sum() > 0  # the retrieved rows were trained

@@ -122,12 +122,15 @@ def sharded_steps(rank: int, world: int, spec: dict) -> dict:
                               metric="auto")
     selector = build_shard_selector(cfg, store, sum(spec["sizes"]))
     clf = ShardedClassifier(selector, store, make_head(spec["head"]), tail_samples=spec.get("tail_samples", 0),
-                            tail_near=spec.get("tail_near", 0))
+                            tail_near=spec.get("tail_near", 0), random_share=spec.get("random_share", 0.0))
+    chosen = []  # each step's Selection, for its retrieved ids
+    select = selector.select
+    selector.select = lambda features, labels: chosen.append(select(features, labels)) or chosen[-1]
     backbone = torch.nn.parallel.DistributedDataParallel(make_backbone(spec))
     lo = sum(spec["sizes"][:rank])
     hi = lo + spec["sizes"][rank]
-    out = {"loss": [], "feature_grad": [], "backbone_grad": [], "active": [], "correct": [], "lo": store.lo,
-           "hi": store.hi}
+    out = {"loss": [], "feature_grad": [], "backbone_grad": [], "active": [], "retrieved": [], "correct": [],
+           "lo": store.lo, "hi": store.hi}
     for step in range(spec["steps"]):
         x, y = make_data(spec, step)
         backbone.zero_grad()
@@ -142,6 +145,9 @@ def sharded_steps(rank: int, world: int, spec: dict) -> dict:
         out["feature_grad"].append(features.grad.clone())
         out["backbone_grad"].append([p.grad.clone() for p in backbone.parameters()])
         out["active"].append(active)
+        sel = chosen[-1]
+        hard = sel.retrieved if sel.retrieved is not None else torch.zeros(sel.ids.numel(), dtype=torch.bool)
+        out["retrieved"].append(hard)
         out["active_total"] = stats["active"]
     out["weight"], out["momentum"] = store.weight.clone(), store.momentum.clone()
     out["bias"] = store.bias.clone() if store.bias is not None else None

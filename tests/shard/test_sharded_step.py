@@ -26,16 +26,19 @@ TOL = dict(atol=1e-5, rtol=1e-5)
 
 
 class ReplaySelector(Selector):
-    """Returns the given active sets in turn (the single-process side of a sampled comparison)."""
+    """Returns the given active sets in turn, with their retrieved ids marked when given (the single-process
+    side of a sampled comparison)."""
 
-    def __init__(self, sets: list[torch.Tensor]):
+    def __init__(self, sets: list[torch.Tensor], retrieved: list[torch.Tensor] | None = None):
         self.sets = list(sets)
+        self.retrieved = list(retrieved) if retrieved is not None else [None] * len(sets)
 
     def select(self, features, labels):
         ids = self.sets.pop(0)
         pos = {int(c): i for i, c in enumerate(ids)}
         return Selection(ids=ids, local_labels=torch.tensor([pos[int(y)] for y in labels]),
-                         stats={"positives": int(torch.unique(labels).numel()), "retrieved": 0, "random_fill": 0})
+                         stats={"positives": int(torch.unique(labels).numel()), "retrieved": 0, "random_fill": 0},
+                         retrieved=self.retrieved.pop(0))
 
 
 def single_process(spec: dict, selector) -> dict:
@@ -101,26 +104,32 @@ def test_sharded_full_step_equals_one_process(tmp_path, head):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("head,tail,near", [("softmax", 0, 0), ("cosface", 200, 0), ("cosface", 1, 200)])
-def test_sharded_exact_step_equals_one_process(tmp_path, head, tail, near):
+@pytest.mark.parametrize("head,tail,near,share", [("softmax", 0, 0, 0.0), ("cosface", 200, 0, 0.0),
+                                                  ("cosface", 1, 200, 0.0), ("arcface", 200, 0, 0.5)])
+def test_sharded_exact_step_equals_one_process(tmp_path, head, tail, near, share):
     # tail 200 >= the inactive classes: every shard (and the one process) takes all of its inactive rows,
     # so the rows' denominators are exact and must agree across the shards' reductions; with near 200 each
-    # shard takes them all as its samples' near classes instead (no draw), against the same exact reference
+    # shard takes them all as its samples' near classes instead (no draw), against the same exact reference;
+    # with a random share each shard's backbone loss leaves its retrieved rows out: the one process replays them
     spec = {"classes": 200, "dim": 8, "d_in": 6, "sizes": [4, 4], "steps": 2, "mode": "exact", "head": head,
-            "sample_num": 80, "tail_samples": tail, "tail_near": near,
+            "sample_num": 80, "tail_samples": tail, "tail_near": near, "random_share": share,
             "ref_tail_samples": 200 if tail else 0}  # the one process takes every inactive row exactly
     ranks = run_ranks(sharded_steps, 2, tmp_path, spec)
     sets = [torch.cat([r["active"][step] for r in ranks]) for step in range(spec["steps"])]
+    hard = [torch.cat([r["retrieved"][step] for r in ranks]) for step in range(spec["steps"])]
     for active in sets:
         assert active.numel() == 80 and torch.unique(active).numel() == 80
-    ref = single_process(spec, ReplaySelector(sets))
+    if share:  # each shard keeps at most half of its 40 slots for what it retrieved
+        assert all(0 < int(h.sum()) <= 2 * 20 for h in hard)
+    ref = single_process(spec, ReplaySelector(sets, hard if share else None))
     compare(ranks, ref, spec)
     for step, active in enumerate(sets):
         chosen = set(active.tolist())
         # positives, and every sample's exact top-k over ALL classes (k = each shard's own k): the union
         # of per-shard top-k lists must contain the global one
         assert set(ref["labels"][step].tolist()) <= chosen
-        assert set(ref["topk"][step].reshape(-1).tolist()) <= chosen, step
+        if not share:
+            assert set(ref["topk"][step].reshape(-1).tolist()) <= chosen, step
         for r in ranks:  # each shard chose only its own rows
             own = r["active"][step]
             assert bool(((own >= r["lo"]) & (own < r["hi"])).all())
