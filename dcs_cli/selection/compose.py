@@ -78,8 +78,8 @@ def compose(
     random_share: float = 0.0,
 ) -> Selection:
     """Positives, then unique candidates (ids < 0 are padding), cut or randomly filled to `sample_num`;
-    `random_share` (> 0) of the slots past the positives are kept for the fill, the candidates it displaces
-    join `near` when that is asked for, and the selection marks the retrieved ids (`Selection.retrieved`).
+    `random_share` (> 0) of the slots past the positives are kept for the fill, and the selection marks the
+    retrieved ids (`Selection.retrieved`).
     `near` (ids < 0 are padding) becomes the selection's `near`: its unique ids not selected."""
     labels = labels.to("cpu", torch.long)
     positives = torch.unique(labels)
@@ -90,11 +90,7 @@ def compose(
         cand = candidates.to("cpu", torch.long).reshape(-1)
         cand = unique_in_order(cand[cand >= 0])
         room = sample_num - positives.numel()
-        cand = cand[~torch.isin(cand, positives)]
-        keep = room - round(room * random_share)
-        if near is not None:  # the candidates the fill displaced are the nearest of the inactive classes
-            near = torch.cat([cand[keep:], near.to("cpu", torch.long).reshape(-1)])
-        cand = cand[:keep]
+        cand = cand[~torch.isin(cand, positives)][: room - round(room * random_share)]
         retrieved = cand.numel()
         ids = torch.cat([positives, cand])
     fill = random_fill(ids, sample_num - ids.numel(), num_classes, generator)
