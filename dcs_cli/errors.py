@@ -42,6 +42,10 @@ class OutputExistsError(DcsError):
     """A finished output would be overwritten without `--overwrite`."""
 
 
+class OutputError(DcsError):
+    """An output that cannot be written where asked: a folder or a file in its way, no permission, a full disk."""
+
+
 class ServerError(DcsError):
     """The parameter server refused a request or could not be reached."""
 

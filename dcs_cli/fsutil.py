@@ -15,7 +15,9 @@
     >>> tmp.cleanup()
 
 An interrupted run therefore never leaves a half-written file under its final name, and a finished
-output folder (one holding its marker) is replaced only with `--overwrite`.
+output folder (one holding its marker) is replaced only with `--overwrite`. A target that cannot be
+written (a folder in its place, a file where one of its folders would go) is an `OutputError`; commands
+check their output files with `check_output_file` before the work, so a long run does not end in one.
 """
 
 from __future__ import annotations
@@ -28,21 +30,47 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from dcs_cli.errors import OutputExistsError
+from dcs_cli.errors import OutputError, OutputExistsError
+
+
+def check_output_file(target: str | os.PathLike) -> Path:
+    """`target` as a Path, or an OutputError if a file could not be written there: a folder in its place, a
+    file where one of its folders would go, or no write permission in the nearest existing folder."""
+    target = Path(target)
+    if target.is_dir():
+        raise OutputError(f"{target} is a folder; give the name of a file to write")
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"{target}: {folder} is a file, not a folder; choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{target}: no permission to write in {folder}; choose another path")
+    return target
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the folder {folder} ({exc.strerror}); choose another path") from exc
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `target`; on success fsync + rename it onto `target`."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = check_output_file(target)
+    _make_folder(target.parent)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         yield tmp
         if tmp.exists():
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
+            try:
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise OutputError(f"{target}: cannot write it ({exc.strerror}); choose another path") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -50,7 +78,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:
     with atomic_path(target) as tmp:
-        tmp.write_text(text)
+        try:
+            tmp.write_text(text)
+        except OSError as exc:
+            raise OutputError(f"{target}: cannot write it ({exc.strerror}); choose another path") from exc
 
 
 def _json_safe(obj):
@@ -82,5 +113,5 @@ def guard_output_folder(folder: str | os.PathLike, overwrite: bool, marker: str)
                 f"{folder} already holds a finished output ({marker}); pass --overwrite to replace it"
             )
         shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_folder(folder)
     return folder

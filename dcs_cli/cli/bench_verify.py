@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+
+from dcs_cli.cli.options import JsonOpt
 
 
 def register(bench_app: typer.Typer) -> None:
@@ -18,7 +20,7 @@ def register(bench_app: typer.Typer) -> None:
         dim: Annotated[int, typer.Option(help="Feature dimension.")] = 256,
         seed: Annotated[int, typer.Option(help="Seed of the random features.")] = 0,
         repeat: Annotated[int, typer.Option(help="Timed repetitions of the vectorised contenders (best counts).")] = 5,
-        json: Annotated[Optional[str], typer.Option("--json", help="Also write the results as JSON here.")] = None,
+        json: JsonOpt = None,
     ) -> None:
         """dcs verify's vectorised protocol vs a per-threshold loop: seconds and proof of identical figures."""
         from dcs_cli.bench.verify import run_bench

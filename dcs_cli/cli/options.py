@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from dcs_cli.fsutil import check_output_file
+
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="YAML config file (see configs/).", show_default=False)
 ]
@@ -16,6 +18,18 @@ SetOpt = Annotated[
                  show_default=False),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace a finished output folder.")]
+
+
+def output_file(path: Optional[Path]) -> Optional[Path]:
+    """Option callback for a file a command writes at the end: a path that could not be written is a
+    one-line error before the work starts, not after it."""
+    if path is not None:
+        check_output_file(path)
+    return path
+
+
 JsonOpt = Annotated[
-    Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.", show_default=False)
+    Optional[Path],
+    typer.Option("--json", help="Also write the results as JSON to this file.", show_default=False,
+                 callback=output_file),
 ]

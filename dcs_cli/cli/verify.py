@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dcs_cli.cli.options import JsonOpt
+from dcs_cli.cli.options import JsonOpt, output_file
 
 
 def register(app: typer.Typer) -> None:
@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
                                                         show_default=False)] = None,
         folds: Annotated[int, typer.Option(help="Cross-validation folds (file order, no shuffle).")] = 10,
         plot: Annotated[Optional[Path], typer.Option(help="Write the ROC curve(s) to this PNG.",
-                                                     show_default=False)] = None,
+                                                     show_default=False, callback=output_file)] = None,
         json: JsonOpt = None,
     ) -> None:
         """Verification protocol of InsightFace: accuracy ± std, VAL@FAR=1e-3, AUC, EER, TAR@FAR."""
