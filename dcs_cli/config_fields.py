@@ -38,3 +38,10 @@ def require(ok: bool, key: str, message: str) -> None:
     """Raise ConfigError("key message") unless `ok`."""
     if not ok:
         raise ConfigError(f"{key} {message}")
+
+
+SEED_LIMIT = 2**32  # seeds lie in [0, 2^32): what numpy's and torch's generators all take
+
+
+def require_seed(seed: int, key: str) -> None:
+    require(0 <= seed < SEED_LIMIT, key, f"must be in [0, {SEED_LIMIT - 1}]")

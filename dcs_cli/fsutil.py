@@ -15,7 +15,8 @@
     >>> tmp.cleanup()
 
 An interrupted run therefore never leaves a half-written file under its final name, and a finished
-output folder (one holding its marker) is replaced only with `--overwrite`. A target that cannot be
+output folder (one holding its marker) is replaced only with `--overwrite`, and only if dcs made it
+(`OWNER`) and none of the command's inputs lies inside it: a user's folder is never cleared. A target that cannot be
 written (a folder in its place, a file where one of its folders would go) is an `OutputError`; commands
 check their output files with `check_output_file` before the work, so a long run does not end in one.
 """
@@ -27,10 +28,10 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from dcs_cli.errors import OutputError, OutputExistsError
+from dcs_cli.errors import OutputError, OutputExistsError, UsageError
 
 
 def check_output_file(target: str | os.PathLike) -> Path:
@@ -47,6 +48,19 @@ def check_output_file(target: str | os.PathLike) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{target}: no permission to write in {folder}; choose another path")
     return target
+
+
+def check_outputs_apart(outputs: dict[str, str | os.PathLike | None], inputs: Sequence[str | os.PathLike]) -> None:
+    """UsageError if an output file (by option name; None = not asked for) is one of the inputs, or two
+    outputs are the same file."""
+    taken = {Path(path).resolve(): f"an input ({path})" for path in inputs}
+    for option, out in outputs.items():
+        if out is None:
+            continue
+        key = Path(out).resolve()
+        if key in taken:
+            raise UsageError(f"{option} {out} would overwrite {taken[key]}; write it to a file of its own")
+        taken[key] = f"the {option} file"
 
 
 def _make_folder(folder: Path) -> None:
@@ -99,19 +113,41 @@ def write_json_atomic(target: str | os.PathLike, obj) -> None:
     write_text_atomic(target, json.dumps(_json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
-def guard_output_folder(folder: str | os.PathLike, overwrite: bool, marker: str) -> Path:
+OWNER = ".dcs-output"  # in every output folder dcs created (or found empty): the only folders it ever clears
+
+
+def guard_output_folder(folder: str | os.PathLike, overwrite: bool, marker: str,
+                        inputs: Sequence[str | os.PathLike | None] = ()) -> Path:
     """Refuse to reuse a finished output folder (one holding `marker`) unless `overwrite`.
 
-    With `overwrite`, the old folder's contents are removed first so no stale file survives.
+    With `overwrite`, the old folder's contents are removed first so no stale file survives, but only from a
+    folder dcs made (`OWNER`) and holding none of the command's `inputs`; a folder of the user's that
+    happens to hold a file named `marker` is refused instead. A new or empty folder becomes dcs's.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise OutputExistsError(f"{folder} exists and is not a folder; choose another --out-folder")
+        raise OutputExistsError(f"{folder} exists and is not a folder; choose another output folder")
     if (folder / marker).exists():
         if not overwrite:
             raise OutputExistsError(
                 f"{folder} already holds a finished output ({marker}); pass --overwrite to replace it"
             )
-        shutil.rmtree(folder)
+        clear_output_folder(folder, inputs)
+    fresh = not folder.exists() or not any(folder.iterdir())
     _make_folder(folder)
+    if fresh:
+        (folder / OWNER).write_text("written by dcs; --overwrite may clear this folder\n")
     return folder
+
+
+def clear_output_folder(folder: Path, inputs: Sequence[str | os.PathLike | None] = ()) -> None:
+    """Remove `folder` for a fresh start: only one dcs made, and none that holds an input of the command."""
+    if not (folder / OWNER).exists():
+        raise OutputExistsError(f"{folder} holds files dcs did not write (it has no {OWNER}); empty it yourself "
+                                "or choose another output folder")
+    root = folder.resolve()
+    for path in inputs:
+        if path is not None and Path(path).resolve().is_relative_to(root):
+            raise OutputExistsError(f"{path}, an input of this command, lies inside {folder}, which --overwrite "
+                                    "would clear; choose another output folder")
+    shutil.rmtree(folder)

@@ -1,12 +1,15 @@
-"""Outputs that cannot be written are one-line errors, and before the work when a command can tell."""
+"""Outputs: one-line errors before the work for files that cannot be written; a user's folder or a command's
+inputs are never cleared by --overwrite; an output never overwrites an input."""
 
 import os
 
 import pytest
 
 from dcs_cli.cli.app import app
-from dcs_cli.errors import OutputError
+from dcs_cli.errors import OutputError, OutputExistsError
 from dcs_cli.fsutil import check_output_file, guard_output_folder, write_json_atomic
+
+from .conftest import REPO
 
 
 def test_a_writable_path_passes_and_missing_folders_are_made(tmp_path):
@@ -53,3 +56,57 @@ def test_verify_plot_is_checked_too(runner, tmp_path):
     result = runner.invoke(app, ["verify", "--features", "f.npy", "--bin", "p.bin",
                                  "--plot", str(tmp_path / "plain" / "roc.png")])
     assert result.exit_code == 1 and "plain is a file, not a folder" in result.output
+
+
+def test_overwrite_clears_only_a_folder_dcs_made(tmp_path):
+    mine = guard_output_folder(tmp_path / "out", overwrite=False, marker="done")
+    (mine / "done").write_text("x")
+    guard_output_folder(mine, overwrite=True, marker="done")
+    assert sorted(p.name for p in mine.iterdir()) == [".dcs-output"]  # cleared, and still dcs's
+
+    users = tmp_path / "project"
+    users.mkdir()
+    (users / "done").write_text("the user's")
+    (users / "notes.md").write_text("keep me")
+    with pytest.raises(OutputExistsError, match=r"holds files dcs did not write.*empty it yourself"):
+        guard_output_folder(users, overwrite=True, marker="done")
+    assert sorted(p.name for p in users.iterdir()) == ["done", "notes.md"]
+
+
+def test_overwrite_never_clears_a_folder_holding_an_input(tmp_path):
+    out = guard_output_folder(tmp_path / "out", overwrite=False, marker="done")
+    (out / "done").write_text("x")
+    (out / "list.txt").write_text("0/1.jpg 0")
+    with pytest.raises(OutputExistsError, match=r"list.txt, an input of this command, lies inside"):
+        guard_output_folder(out, overwrite=True, marker="done", inputs=[out / "list.txt"])
+    assert (out / "list.txt").exists()
+
+
+def test_train_keeps_a_users_folder_holding_a_config(runner, tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.yaml").write_text((REPO / "configs" / "synthetic.yaml").read_text())
+    (project / "notes.md").write_text("keep me")
+    result = runner.invoke(app, ["train", "--config", str(project / "config.yaml"), "--out", str(project)])
+    assert result.exit_code == 1 and "holds files dcs did not write" in result.output
+    assert sorted(p.name for p in project.iterdir()) == ["config.yaml", "notes.md"]
+
+
+def test_convert_overwrite_into_its_own_input_folder_keeps_the_input(runner, tmp_path, mxnet_fixtures):
+    folder = tmp_path / "inplace"
+    folder.mkdir()
+    for name in ("train.rec", "train.idx"):
+        (folder / name).write_bytes((mxnet_fixtures / name).read_bytes())
+    args = ["convert", "--in-folder", str(folder), "--out-folder", str(folder)]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 1 and "holds files dcs did not write" in result.output
+    assert (folder / "train.rec").exists() and (folder / "train.idx").exists()
+
+
+def test_verify_outputs_never_overwrite_inputs_or_each_other(runner, tmp_path):
+    base = ["verify", "--features", str(tmp_path / "f.npy"), "--bin", str(tmp_path / "p.bin")]
+    result = runner.invoke(app, [*base, "--json", str(tmp_path / "p.bin")])
+    assert result.exit_code == 2 and "would overwrite an input" in result.output
+    result = runner.invoke(app, [*base, "--json", str(tmp_path / "o"), "--plot", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--json" in result.output and "the --plot file" in result.output

@@ -2,7 +2,8 @@
 
 Commands live one per module in this package and expose `register(app)` (the `dcs bench` scenarios one per
 `bench_*.py`, registered by `bench.py`); a command parses its options, loads the config and makes one call
-into library code. A `DcsError` becomes one red line and its exit code; `--verbose` shows the traceback too.
+into library code. A `DcsError` becomes one red line and its exit code; `--verbose` shows the traceback too;
+a command-line mistake (unknown option, missing or ill-typed value) is one line too, exit code 2.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from typer.core import TyperGroup
 from dcs_cli import __version__
 from dcs_cli.console import console, error_line, is_verbose, set_quiet, set_verbose
 from dcs_cli.errors import DcsError
+
+try:  # typer >= 0.2x carries its own copy of click
+    from typer._click.exceptions import UsageError as CommandLineError
+except ImportError:  # older typer runs on click itself
+    from click.exceptions import UsageError as CommandLineError
 
 # One line per command module; a module registers only commands that work.
 COMMANDS = [
@@ -41,6 +47,10 @@ class DcsGroup(TyperGroup):
             if is_verbose():
                 console.print(traceback.format_exc(), markup=False)
             error_line(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except CommandLineError as exc:  # an unknown option, a missing or ill-typed value: one line too
+            where = exc.ctx.command_path if exc.ctx is not None else "dcs"
+            error_line(f"{exc.format_message().rstrip('.')}; see {where} --help")
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             error_line("interrupted")

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from dcs_cli.cli.options import JsonOpt, SetOpt
+from dcs_cli.cli.options import JsonOpt, SetOpt, seed_value
 
 
 def register(app: typer.Typer) -> None:
@@ -22,7 +22,8 @@ def register(app: typer.Typer) -> None:
         epochs: Annotated[int, typer.Option(help="Training epochs; 0 = the size's default.")] = 0,
         mode: Annotated[list[str], typer.Option(help="Modes to run (repeatable); default: all.")] = None,
         head: Annotated[list[str], typer.Option(help="Heads to run (repeatable); default: softmax, cosface.")] = None,
-        seed: Annotated[int, typer.Option(help="Seed of the data, the initialisation and the data order.")] = 0,
+        seed: Annotated[int, typer.Option(help="Seed of the data, the initialisation and the data order.",
+                                                     callback=seed_value)] = 0,
         runs: Annotated[int, typer.Option(help="Trainings per contender (training seeds seed, seed+1, ...); "
                                                "rows report the mean and the spread.")] = 1,
         overrides: SetOpt = None,

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from dcs_cli.cli.options import JsonOpt
+from dcs_cli.cli.options import JsonOpt, seed_value
 
 
 def register(bench_app: typer.Typer) -> None:
@@ -18,7 +18,7 @@ def register(bench_app: typer.Typer) -> None:
         pairs: Annotated[int, typer.Option(help="Number of pairs (2 feature rows each).")] = 6000,
         folds: Annotated[int, typer.Option(help="Cross-validation folds.")] = 10,
         dim: Annotated[int, typer.Option(help="Feature dimension.")] = 256,
-        seed: Annotated[int, typer.Option(help="Seed of the random features.")] = 0,
+        seed: Annotated[int, typer.Option(help="Seed of the random features.", callback=seed_value)] = 0,
         repeat: Annotated[int, typer.Option(help="Timed repetitions of the vectorised contenders (best counts).")] = 5,
         json: JsonOpt = None,
     ) -> None:

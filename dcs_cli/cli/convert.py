@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dcs_cli.cli.options import OverwriteOpt
+from dcs_cli.cli.options import OverwriteOpt, seed_value
 from dcs_cli.console import print_table
 from dcs_cli.errors import UsageError
 
@@ -47,7 +47,7 @@ def convert(
     val_ratio: Annotated[Optional[float], typer.Option(
         "--val-ratio", help="Share of each identity's images for val_list.txt (default 0.05).",
         show_default=False)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the train/val split.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the train/val split.", callback=seed_value)] = 0,
     workers: Annotated[int, typer.Option(
         "--workers", "-j", help="Writer threads; 0 = 2 per core (max 16); more on NFS/Lustre.")] = 0,
     to_rec: Annotated[bool, typer.Option("--to-rec", help="Pack images + a list file into train.rec/.idx.")] = False,

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from dcs_cli.config_fields import SEED_LIMIT
+from dcs_cli.errors import UsageError
 from dcs_cli.fsutil import check_output_file
 
 ConfigOpt = Annotated[
@@ -18,6 +20,13 @@ SetOpt = Annotated[
                  show_default=False),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace a finished output folder.")]
+
+
+def seed_value(seed: int) -> int:
+    """Option callback for `--seed`: the range every generator takes (`config_fields.SEED_LIMIT`)."""
+    if not 0 <= seed < SEED_LIMIT:
+        raise UsageError(f"--seed must be in [0, {SEED_LIMIT - 1}], got {seed}")
+    return seed
 
 
 def output_file(path: Optional[Path]) -> Optional[Path]:

@@ -36,6 +36,7 @@ def register(app: typer.Typer) -> None:
         """Verification protocol of InsightFace: accuracy ± std, VAL@FAR=1e-3, AUC, EER, TAR@FAR."""
         from dcs_cli.errors import UsageError
         from dcs_cli.eval.targets import match_targets, verify_targets
+        from dcs_cli.fsutil import check_outputs_apart
 
         single, many = (features, bin), (features_dir, bin_dir)
         if any(v is not None for v in single) and any(v is not None for v in many):
@@ -46,4 +47,6 @@ def register(app: typer.Typer) -> None:
             targets = match_targets(features_dir, bin_dir)
         else:
             raise UsageError("pass --features F.npy with --bin F.bin, or --features-dir D with --bin-dir B")
+        check_outputs_apart({"--plot": plot, "--json": json},
+                            [path for _, feats, pairs in targets for path in (feats, pairs)])
         verify_targets(targets, folds=folds, plot=plot, json_path=json)

@@ -37,7 +37,7 @@ def bin_to_images(bin_path: str | os.PathLike, out_folder: str | os.PathLike, ov
     start = time.perf_counter()
     bin_path = Path(bin_path)
     images, issame = read_bin(bin_path)
-    out = prepare_output(out_folder, overwrite, ["images", "pairs.txt"])
+    out = prepare_output(out_folder, overwrite, ["images", "pairs.txt"], inputs=[bin_path])
     (out / "images").mkdir()
     rels = []
     with progress_bar("writing pair images", total=len(images), unit="images") as advance:

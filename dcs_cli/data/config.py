@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from dcs_cli.config_fields import opt, require
+from dcs_cli.config_fields import opt, require, require_seed
 
 
 @dataclass
@@ -26,6 +26,7 @@ class SyntheticConfig:
             require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
         require(self.val_per_class >= 0, f"{key}.val_per_class", "must be >= 0")
         require(self.noise >= 0 and self.cluster_spread >= 0, f"{key}.noise", "and cluster_spread must be >= 0")
+        require_seed(self.seed, f"{key}.seed")
 
 
 @dataclass

@@ -134,7 +134,8 @@ def rec_to_images(in_folder: str | os.PathLike, out_folder: str | os.PathLike, v
     if not 0.0 <= val_ratio < 1.0:
         raise UsageError(f"--val-ratio must be in [0, 1), got {val_ratio}")
     table = read_table(in_folder)
-    out = prepare_output(out_folder, overwrite, ["images", "train_list.txt", "val_list.txt"])
+    out = prepare_output(out_folder, overwrite, ["images", "train_list.txt", "val_list.txt"],
+                         inputs=[in_folder])
     workers = default_workers(workers)
     rels = write_images(table, out / "images", workers)
     is_val = split_per_identity(table.labels, val_ratio, seed)

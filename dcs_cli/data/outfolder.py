@@ -6,8 +6,8 @@
     >>> out = prepare_output(folder, overwrite=False, produces=["train_list.txt"])
     >>> _ = (out / "train_list.txt").write_text("0/1.jpg 0")    # ... write the outputs ...
     >>> finish_output(out, {"kind": "example"})    # meta.json written last (atomically), partial marker removed
-    >>> sorted(p.name for p in out.iterdir())
-    ['meta.json', 'train_list.txt']
+    >>> sorted(p.name for p in out.iterdir())    # .dcs-output: a folder dcs made (`guard_output_folder`)
+    ['.dcs-output', 'meta.json', 'train_list.txt']
     >>> prepare_output(folder, overwrite=False, produces=["train_list.txt"])
     Traceback (most recent call last):
     ...
@@ -35,8 +35,10 @@ MARKER = "meta.json"
 PARTIAL = ".dcs-convert-partial"
 
 
-def prepare_output(folder: str | os.PathLike, overwrite: bool, produces: Sequence[str]) -> Path:
-    out = guard_output_folder(folder, overwrite, MARKER)
+def prepare_output(folder: str | os.PathLike, overwrite: bool, produces: Sequence[str],
+                   inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """The output folder, checked (`guard_output_folder`: `inputs` are never cleared) and marked partial."""
+    out = guard_output_folder(folder, overwrite, MARKER, inputs)
     partial = out / PARTIAL
     leftovers = [name for name in produces if (out / name).exists()]
     if leftovers and not (partial.exists() or overwrite):

@@ -341,7 +341,7 @@ class RecordReader:
 def _parse_idx(path: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
     keys: list[int] = []
     offsets: list[int] = []
-    with open(path) as fh:
+    with open(path, "rb") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -351,7 +351,7 @@ def _parse_idx(path: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
                     raise ValueError
                 keys.append(int(fields[0]))
                 offsets.append(int(fields[1]))
-            except ValueError:
+            except ValueError:  # int() of bytes that are not ASCII digits too
                 return np.zeros(0, np.int64), np.zeros(0, np.int64), f"line {lineno} is not `key<TAB>offset`"
     k = np.asarray(keys, dtype=np.int64)
     o = np.asarray(offsets, dtype=np.int64)

@@ -68,7 +68,7 @@ def list_to_rec(list_path: str | os.PathLike, root: str | os.PathLike, out_folde
         raise DataError(f"{list_path}: label {gap} has no images, but the InsightFace layout needs labels "
                         f"0..{len(counts) - 1} without gaps; renumber the labels")
     order = np.argsort(labels, kind="stable")
-    out = prepare_output(out_folder, overwrite, ["train.rec", "train.idx"])
+    out = prepare_output(out_folder, overwrite, ["train.rec", "train.idx"], inputs=[list_path, root])
     n, classes = len(entries), len(counts)
     first_identity_key = n + 1
     paths = [root / entries[i][0] for i in order]

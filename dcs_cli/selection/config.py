@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from dcs_cli.config_fields import opt, require
+from dcs_cli.config_fields import opt, require, require_seed
 from dcs_cli.selection import MODES, modes_help
 
 
@@ -62,6 +62,7 @@ class SelectionConfig:
 
     def validate(self, key: str) -> None:
         require(self.sample_num > 0, f"{key}.sample_num", "must be > 0")
+        require_seed(self.seed, f"{key}.seed")
         require(self.interval > 0, f"{key}.interval", "must be > 0")
         require(self.ntrees > 0, f"{key}.ntrees", "must be > 0")
         require(self.hnsw_m > 0, f"{key}.hnsw_m", "must be > 0")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from dcs_cli.config_fields import opt, require
+from dcs_cli.config_fields import opt, require, require_seed
 
 
 @dataclass
@@ -45,6 +45,7 @@ class OptimConfig:
         require(self.epochs > 0, f"{key}.epochs", "must be > 0")
         require(self.lr_gamma > 0, f"{key}.lr_gamma", "must be > 0")
         require(self.warmup_epochs >= 0, f"{key}.warmup_epochs", "must be >= 0")
+        require_seed(self.seed, f"{key}.seed")
 
 
 @dataclass

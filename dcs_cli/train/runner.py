@@ -105,14 +105,16 @@ def _check_resume(cfg, state: dict) -> None:
                           f"{cfg.optim.epochs}; raise optim.epochs to train further")
 
 
-def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse a folder holding a run that saved something; clear one whose run never saved a checkpoint."""
+def _prepare_run_dir(run_dir: Path, overwrite: bool, data) -> None:
+    """Refuse a folder holding a run that saved something; clear one whose run never saved a checkpoint
+    (only a folder dcs made, holding none of the data: `guard_output_folder`)."""
     finished = (run_dir / "summary.json").exists()
     if (finished or list_checkpoints(run_dir)) and not overwrite:
         raise OutputExistsError(f"{run_dir} holds a {'finished' if finished else 'started'} run; continue it with "
                                 f"dcs train --resume {run_dir}, or pass --overwrite to start afresh")
     # A folder with our config.yaml but no checkpoint is a run that stopped before saving: start afresh.
-    guard_output_folder(run_dir, overwrite=True, marker=MARKER)
+    inputs = [path for path in (data.train_list, data.train_root, data.val_list, data.rec) if path]
+    guard_output_folder(run_dir, overwrite=True, marker=MARKER, inputs=inputs)
 
 
 def resolve_config(config_path, overrides: list[str], resume: str | None, settings: dict | None = None):
@@ -164,7 +166,7 @@ def run_train(cfg, resume: str | dict | None = None, overwrite: bool = False,
     if main:
         resuming_here = state is not None and Path(state["_path"]).resolve().parent.parent == run_dir.resolve()
         if not resuming_here:
-            _prepare_run_dir(run_dir, overwrite or cfg.output.overwrite)
+            _prepare_run_dir(run_dir, overwrite or cfg.output.overwrite, cfg.data)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, run_dir)
     job = TrainJob(config=to_dict(cfg), run_dir=str(run_dir), resume=state["_path"] if state else None,
