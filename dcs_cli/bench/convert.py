@@ -105,6 +105,8 @@ def run_convert_bench(images: int, workers: int, baseline_images: int, json_path
     identities = max(1, images // _PER_IDENTITY)
     images = identities * _PER_IDENTITY
     if workdir is not None:
+        if workdir.exists() and not workdir.is_dir():
+            raise UsageError(f"--workdir {workdir} is a file; give a folder for the temporary data")
         workdir.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, list[float]] = {DCS: [], BASELINE: [], FLOOR: []}
     with tempfile.TemporaryDirectory(prefix="dcs-bench-convert-", dir=workdir) as tmp:

@@ -329,6 +329,11 @@ class RecordReader:
             return f"key {keys[i]} at offset {offsets[i]} is not the start of a record"
         if len(np.unique(offsets)) != len(offsets):
             return "two keys share an offset"
+        last = int(np.argmax(offsets))  # a cut-off .idx lists good offsets but not every record
+        _, end = self._read_record(int(offsets[last]), int(keys[last]))
+        if end < self.size:
+            return (f"its last record (key {keys[last]}) ends at byte {end} of {self.size}: the records past it "
+                    "are not listed")
         return None
 
     def _rebuild(self, why: str) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,12 @@ MAX_MESSAGE_BYTES = 1 << 30  # ZeroMQ drops larger messages itself; no frame is 
 _ADDRESS = re.compile(r"tcp://(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.*-]+):(\d{1,5}|\*)|ipc://.+|inproc://.+")
 
 
+def _is_address(text: str) -> bool:
+    """A ZeroMQ address dcs can use: tcp://host:port (port 0-65535 or *), ipc://path or inproc://name."""
+    match = _ADDRESS.fullmatch(text)
+    return match is not None and (match.group(2) in (None, "*") or int(match.group(2)) <= 65535)
+
+
 @dataclass
 class ParamServerConfig:
     """Where the class store lives when it is not in process."""
@@ -55,9 +61,9 @@ class ParamServerConfig:
     )
 
     def validate(self, key: str) -> None:
-        require(not self.address or _ADDRESS.fullmatch(self.address) is not None, f"{key}.address",
+        require(not self.address or _is_address(self.address), f"{key}.address",
                 f"= {self.address!r} is not a ZeroMQ address; use tcp://host:port (e.g. tcp://127.0.0.1:5570)")
-        require(_ADDRESS.fullmatch(self.bind) is not None, f"{key}.bind",
+        require(_is_address(self.bind), f"{key}.bind",
                 f"= {self.bind!r} is not a ZeroMQ address; use tcp://host:port, tcp://127.0.0.1:* or ipc://path")
         require(self.snapshot_every >= 0, f"{key}.snapshot_every", "must be >= 0")
         require(self.heartbeat_timeout > 0, f"{key}.heartbeat_timeout", "must be > 0")

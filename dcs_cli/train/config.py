@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,8 +38,8 @@ class OptimConfig:
         return self.sampled_lr if mode != "full" and self.sampled_lr > 0 else self.lr
 
     def validate(self, key: str) -> None:
-        require(self.lr > 0, f"{key}.lr", "must be > 0")
-        require(self.sampled_lr >= 0, f"{key}.sampled_lr", "must be >= 0 (0 = use lr)")
+        require(0 < self.lr < math.inf, f"{key}.lr", "must be > 0 and finite")
+        require(0 <= self.sampled_lr < math.inf, f"{key}.sampled_lr", "must be >= 0 and finite (0 = use lr)")
         require(all(s > 0 for s in self.lr_steps), f"{key}.lr_steps", "must be epochs > 0")
         require(0 <= self.momentum < 1, f"{key}.momentum", "must be in [0, 1)")
         require(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from dcs_cli.console import warn
 from dcs_cli.errors import ConfigError, DataError
 from dcs_cli.selection.base import check_sample_num
 
@@ -86,6 +87,9 @@ def _image_datasets(cfg) -> tuple[Dataset, Dataset | None, int]:
         val = ListDataset(d.val_list, root, d.image_size)
     if len(train) == 0:
         raise DataError(f"{train_where}: the training data is empty")
+    if val is not None and len(val) == 0:  # e.g. `dcs convert --val-ratio 0`: validation has nothing to score
+        warn(f"data.val_list: {d.val_list} lists no images; training without validation")
+        val = None
     inferred = max(int(getattr(train, "num_classes", 0) or 0), int(getattr(val, "num_classes", 0) or 0))
     num_classes = d.num_classes or inferred
     _check_labels(train, num_classes, train_where)

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from dcs_cli import errors
-from dcs_cli.console import info
+from dcs_cli.console import info, is_verbose
 from dcs_cli.errors import DcsError, DistError, UsageError
 
 
@@ -42,6 +42,14 @@ class LaunchSpec:
     master_addr: str = "127.0.0.1"
     master_port: int = 0  # 0 = a free port (single node only)
     rdzv_timeout: int = 300
+
+    def check(self) -> None:
+        """A UsageError or DistError now for a layout that cannot start (callers check before writing)."""
+        if self.master_port == 0 and self.nnodes > 1:
+            raise UsageError("--master-port 0 (a free port) works on one node only; pass the same port to every node")
+        if self.master_port and self.node_rank == 0 and _port_in_use(self.master_addr, self.master_port):
+            raise DistError(f"port {self.master_port} on {self.master_addr} is in use (another run?); "
+                            f"pass --master-port 0 to pick a free one")
 
 
 @dataclass
@@ -217,20 +225,15 @@ def launch(fn: Callable, args: tuple, spec: LaunchSpec) -> dict[int, object]:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    if spec.master_port == 0:
-        if spec.nnodes > 1:
-            raise UsageError("--master-port 0 (a free port) works on one node only; pass the same port to every node")
-        port = free_port(spec.master_addr if spec.master_addr != "localhost" else "127.0.0.1")
-    else:
-        port = spec.master_port
-        if spec.node_rank == 0 and _port_in_use(spec.master_addr, port):
-            raise DistError(f"port {port} on {spec.master_addr} is in use (another run?); "
-                            f"pass --master-port 0 to pick a free one")
+    spec.check()
+    port = spec.master_port or free_port(spec.master_addr if spec.master_addr != "localhost" else "127.0.0.1")
     if spec.nnodes > 1:
         info(f"node {spec.node_rank}: waiting up to {spec.rdzv_timeout}s for {spec.nnodes} nodes at "
              f"{spec.master_addr}:{port}")
-    for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    # The agent logs a failed worker's traceback; the worker's own error reaches the user as one line below
+    # (`--verbose` keeps the agent's log).
+    for name in ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing"):
+        logging.getLogger(name).setLevel(logging.ERROR if is_verbose() else logging.CRITICAL)
     # Workers inherit the environment; one OpenMP thread each keeps N workers from oversubscribing the cores.
     with _env_default("OMP_NUM_THREADS", "1"), tempfile.TemporaryDirectory(prefix="dcs-launch-") as error_dir:
         config = LaunchConfig(

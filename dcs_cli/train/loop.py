@@ -13,6 +13,7 @@ selections an uninterrupted run would.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 
 from dcs_cli import console
 from dcs_cli.config import config_from_dict
+from dcs_cli.errors import DataError
 from dcs_cli.train.checkpoint import load_checkpoint, save_checkpoint
 from dcs_cli.train.data import TrainData, build_data, seed_everything, steps_per_epoch, train_loader, val_loader
 from dcs_cli.train.dist import barrier, init_distributed
@@ -97,6 +99,7 @@ def train_worker(job: TrainJob, data: TrainData | None = None, resume: dict | No
                         row = meter.flush(step=step, epoch=epoch + 1, lr=lr)
                         log.write(row)
                         _log_line(ctx, row, i + 1, spe)
+                        _check_finite(row, cfg)
                     if job.stop_after_steps is not None and step >= job.stop_after_steps:
                         result.update(step=step, epoch=epoch, stopped=True)
                         return result
@@ -117,6 +120,14 @@ def train_worker(job: TrainJob, data: TrainData | None = None, resume: dict | No
         parts.close()
         torch.set_num_threads(threads_before)
     return result
+
+
+def _check_finite(row: dict, cfg) -> None:
+    """A diverged run stops at its next log line, before saving a checkpoint of NaN weights (the sampled
+    modes stop even earlier, on the batch's features: `selection.compose.check_batch`)."""
+    if not math.isfinite(row["loss"]):
+        raise DataError(f"training diverged at step {row['step']} (epoch {row['epoch']}): the loss is "
+                        f"{row['loss']}; lower optim.lr (now {cfg.optim.lr}) or check the input data")
 
 
 def _threads(cfg, ctx) -> int:

@@ -54,6 +54,7 @@ class Parts:
     model: nn.Module  # what forward runs: FullModel (maybe DDP) or the backbone (maybe DDP)
     backbone: nn.Module  # the bare backbone (checkpoints, evaluation)
     optimizer: torch.optim.Optimizer
+    num_classes: int
     full: FullClassifier | None = None
     sampled: SampledClassifier | ShardedClassifier | None = None
     amp: torch.dtype | None = None
@@ -108,7 +109,7 @@ class Parts:
         state = {
             "backbone": self.backbone.state_dict(),
             "classifier": self.full.state_dict() if self.full is not None else None,
-            "config": to_dict(self.cfg), "epoch": epoch, "step": step,
+            "config": to_dict(self.cfg), "epoch": epoch, "step": step, "num_classes": self.num_classes,
             "optimizer": self.optimizer.state_dict(),
             "store": None, "selector": None,
         }
@@ -201,5 +202,5 @@ def build_parts(cfg, num_classes: int, input_shape: tuple, ctx: DistContext, res
     optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
     if resume is not None:
         optimizer.load_state_dict(fit_optimizer_state(resume["optimizer"], len(params), momenta))
-    return Parts(cfg=cfg, ctx=ctx, model=model, backbone=backbone, optimizer=optimizer, full=full,
-                 sampled=sampled, amp=amp, server=server)
+    return Parts(cfg=cfg, ctx=ctx, model=model, backbone=backbone, optimizer=optimizer, num_classes=num_classes,
+                 full=full, sampled=sampled, amp=amp, server=server)

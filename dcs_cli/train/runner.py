@@ -20,6 +20,7 @@ from dcs_cli import console
 from dcs_cli.config import save_resolved, to_dict
 from dcs_cli.errors import ConfigError, DataError, Interrupted, OutputExistsError, ServerError
 from dcs_cli.fsutil import guard_output_folder, write_json_atomic
+from dcs_cli.models.backbones import check_backbone_input
 from dcs_cli.train.checkpoint import list_checkpoints, load_checkpoint
 from dcs_cli.train.class_store import class_store_kind
 from dcs_cli.train.data import build_data, steps_per_epoch
@@ -53,6 +54,7 @@ def probe_paramserver(cfg, num_classes: int) -> None:
 def check_run(cfg, world: int):
     """All checks that need no worker: data, sizes, backend, paramserver. Returns the opened data."""
     data = build_data(cfg)
+    check_backbone_input(cfg.model, data.input_shape)
     if steps_per_epoch(len(data.train), cfg.data.batch_size, world) < 1:
         raise DataError(f"data.batch_size = {cfg.data.batch_size} is larger than each of the {world} worker(s)' "
                         f"share of the {len(data.train)} training samples; lower it")
@@ -79,8 +81,13 @@ def check_run(cfg, world: int):
     return data
 
 
-def _check_resume(cfg, state: dict) -> None:
+def _check_resume(cfg, state: dict, num_classes: int) -> None:
+    """Refuse, before the run folder is touched, a resume that the checkpoint cannot continue."""
     saved = state.get("config", {})
+    trained = _saved_num_classes(state)
+    if trained is not None and trained != num_classes:
+        raise ConfigError(f"--resume: the checkpoint {state['_path']} has {trained:,} classes, the data now "
+                          f"{num_classes:,}; resume with the data (and data.num_classes) it was trained on")
     for section, key in (("model", "backbone"), ("model", "feature_dim"), ("head", "bias"), ("head", "type")):
         before = saved.get(section, {}).get(key)
         now = getattr(getattr(cfg, section), key)
@@ -103,6 +110,17 @@ def _check_resume(cfg, state: dict) -> None:
     if int(state["epoch"]) >= cfg.optim.epochs:
         raise ConfigError(f"--resume: the checkpoint finished epoch {state['epoch']} of optim.epochs = "
                           f"{cfg.optim.epochs}; raise optim.epochs to train further")
+
+
+def _saved_num_classes(state: dict) -> int | None:
+    """The checkpoint's class count: recorded since it was, else read off an in-process classifier's rows."""
+    if state.get("num_classes") is not None:
+        return int(state["num_classes"])
+    for part in (state.get("classifier"), state.get("store")):
+        weight = part.get("weight") if isinstance(part, dict) else None
+        if weight is not None and hasattr(weight, "shape"):
+            return int(weight.shape[0])
+    return None
 
 
 def _prepare_run_dir(run_dir: Path, overwrite: bool, data) -> None:
@@ -161,7 +179,12 @@ def run_train(cfg, resume: str | dict | None = None, overwrite: bool = False,
     state = None
     if resume:
         state = resume if isinstance(resume, dict) else load_checkpoint(resume)
-        _check_resume(cfg, state)
+        _check_resume(cfg, state, data.num_classes)
+    d = cfg.dist
+    spec = LaunchSpec(nproc=d.nproc, nnodes=d.nnodes, node_rank=d.node_rank, master_addr=d.master_addr,
+                      master_port=d.master_port, rdzv_timeout=d.rdzv_timeout)
+    if not external and world > 1:
+        spec.check()
     run_dir = Path(cfg.output.dir)
     if main:
         resuming_here = state is not None and Path(state["_path"]).resolve().parent.parent == run_dir.resolve()
@@ -179,9 +202,6 @@ def run_train(cfg, resume: str | dict | None = None, overwrite: bool = False,
         if external or world == 1:
             result = train_worker(job, data, state)
         else:
-            d = cfg.dist
-            spec = LaunchSpec(nproc=d.nproc, nnodes=d.nnodes, node_rank=d.node_rank, master_addr=d.master_addr,
-                              master_port=d.master_port, rdzv_timeout=d.rdzv_timeout)
             result = launch(train_worker, (job,), spec).get(0) or {}
     except KeyboardInterrupt:
         saved = list_checkpoints(run_dir)

@@ -101,3 +101,35 @@ def test_paramserver_address_is_checked(runner, tmp_path):
                                  "--set", "paramserver.address=foo:bar"])
     assert result.exit_code == 2
     assert "paramserver.address = 'foo:bar' is not a ZeroMQ address" in result.output
+
+
+def test_a_diverged_run_stops_with_one_line_and_no_checkpoint(runner, tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--config", CONFIG, "--mode", "full", "--out", str(out),
+                                 "--set", "optim.epochs=1", "--set", "optim.lr=1e30", *TINY])
+    assert result.exit_code == 1, result.output
+    assert "error: training diverged at step 5 (epoch 1): the loss is nan; lower optim.lr" in result.output
+    assert not (out / "checkpoints").exists() and not (out / "summary.json").exists()
+
+
+def test_a_resume_on_other_data_is_refused_before_the_run_folder_changes(runner, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--config", CONFIG, "--mode", "hf", "--out", str(out), "--set", "optim.epochs=1", *TINY]
+    assert runner.invoke(app, args).exit_code == 0
+    before = (out / "config.yaml").read_text()
+    result = runner.invoke(app, ["train", "--resume", str(out), "--set", "optim.epochs=2",
+                                 "--set", "data.synthetic.num_classes=120"])
+    assert result.exit_code == 2, result.output
+    assert "has 100 classes, the data now 120" in result.output
+    assert (out / "config.yaml").read_text() == before
+
+
+def test_older_checkpoints_tell_their_class_count_by_their_rows():
+    import torch
+
+    from dcs_cli.train.runner import _saved_num_classes
+
+    assert _saved_num_classes({"num_classes": 9, "store": {"weight": torch.zeros(7, 2)}}) == 9
+    assert _saved_num_classes({"classifier": None, "store": {"weight": torch.zeros(7, 2)}}) == 7  # sampled
+    assert _saved_num_classes({"classifier": {"weight": torch.zeros(5, 2)}, "store": None}) == 5  # full
+    assert _saved_num_classes({"classifier": None, "store": {"snapshot": "x"}}) is None  # remote: checked on load

@@ -36,3 +36,24 @@ def test_dataloader_with_workers_reopens_mmap(tmp_path):
     loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context="spawn")
     labels = torch.cat([y for _, y in loader])
     assert labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_an_empty_val_list_means_no_validation(tmp_path, monkeypatch):
+    """`dcs convert --val-ratio 0` writes an empty val_list.txt: training skips validation (and says so)
+    instead of scoring 0 % on nothing."""
+    from dcs_cli.config import load_config
+    from dcs_cli.train import data as train_data
+
+    said = []
+    monkeypatch.setattr(train_data, "warn", said.append)
+
+    write_synthetic_rec(tmp_path / "rec", 3, 4, image_size=24, seed=0)
+    rec_to_images(tmp_path / "rec", tmp_path / "out", val_ratio=0.0)
+    assert (tmp_path / "out" / "val_list.txt").read_text() == ""
+    cfg = load_config(None, ["data.source=list", f"data.train_list={tmp_path / 'out' / 'train_list.txt'}",
+                             f"data.train_root={tmp_path / 'out' / 'images'}",
+                             f"data.val_list={tmp_path / 'out' / 'val_list.txt'}", "data.image_size=24",
+                             "data.batch_size=4", "data.workers=0", "selection.mode=full"])
+    data = train_data.build_data(cfg)
+    assert data.num_classes == 3 and data.val is None
+    assert len(said) == 1 and said[0].endswith("val_list.txt lists no images; training without validation")

@@ -80,6 +80,24 @@ def test_inconsistent_idx_is_rebuilt_not_trusted(tmp_path, capsys):
     assert "inconsistent" in capsys.readouterr().err
 
 
+def test_cut_off_idx_is_rebuilt_not_trusted(tmp_path, capsys):
+    """An .idx whose lines are all good but stop early would silently drop the records past its last one."""
+    write_records(tmp_path / "t.rec", [b"first", b"second", b"third"])
+    lines = (tmp_path / "t.idx").read_text().splitlines(keepends=True)
+    (tmp_path / "t.idx").write_text("".join(lines[:2]))
+    reader = RecordReader(tmp_path / "t.rec")
+    assert reader.rebuilt_index and len(reader) == 3 and reader.read(2) == b"third"
+    assert "the records past it are not listed" in capsys.readouterr().err
+
+
+def test_idx_that_is_not_text_is_rebuilt(tmp_path, capsys):
+    write_records(tmp_path / "t.rec", [b"first", b"second"])
+    (tmp_path / "t.idx").write_bytes(b"\xff\xfe\x00garbage\n")
+    reader = RecordReader(tmp_path / "t.rec")
+    assert reader.rebuilt_index and reader.read(1) == b"second"
+    assert "line 1 is not `key<TAB>offset`" in capsys.readouterr().err
+
+
 def test_idx_offset_past_end_is_an_error(tmp_path):
     write_records(tmp_path / "t.rec", [b"first", b"second"])
     (tmp_path / "t.idx").write_text("0\t0\n1\t16\n2\t999\n")
@@ -101,9 +119,8 @@ def test_truncated_record(tmp_path):
     write_records(tmp_path / "t.rec", [b"first", b"second record"])
     raw = (tmp_path / "t.rec").read_bytes()
     (tmp_path / "t.rec").write_bytes(raw[:-6])
-    reader = RecordReader(tmp_path / "t.rec")
     with pytest.raises(DataError, match=r"record key 1 at offset 16: truncated record"):
-        reader.read(1)
+        RecordReader(tmp_path / "t.rec")  # found on opening: the .idx's last record is read to its end
 
 
 def test_writer_leaves_nothing_on_error(tmp_path):

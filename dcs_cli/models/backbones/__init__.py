@@ -72,8 +72,8 @@ def backbone_input_kind(name: str) -> str:
     return _INPUT_KIND[name]
 
 
-def build_backbone(cfg: ModelConfig, input_shape: tuple) -> nn.Module:
-    """Instantiate `cfg.backbone` for inputs of `input_shape`; the module maps (B, *input_shape) → (B, feature_dim)."""
+def check_backbone_input(cfg: ModelConfig, input_shape: tuple) -> tuple:
+    """`input_shape` as ints, or a ConfigError if `cfg.backbone` cannot take inputs of that shape."""
     kind = backbone_input_kind(cfg.backbone)
     shape = tuple(int(s) for s in input_shape)
     if kind == "image" and (len(shape) != 3 or min(shape) <= 0):
@@ -81,7 +81,13 @@ def build_backbone(cfg: ModelConfig, input_shape: tuple) -> nn.Module:
     if kind == "vector" and (len(shape) != 1 or shape[0] <= 0):
         raise ConfigError(f"model.backbone = {cfg.backbone!r} takes feature vectors shaped (dim,); "
                           f"got input shape {shape}")
+    return shape
+
+
+def build_backbone(cfg: ModelConfig, input_shape: tuple) -> nn.Module:
+    """Instantiate `cfg.backbone` for inputs of `input_shape`; the module maps (B, *input_shape) → (B, feature_dim)."""
+    shape = check_backbone_input(cfg, input_shape)  # registers every backbone first (`_load_all`)
     return _REGISTRY[cfg.backbone](cfg, shape)
 
 
-__all__ = ["available_backbones", "backbone_input_kind", "build_backbone", "register_backbone"]
+__all__ = ["available_backbones", "backbone_input_kind", "build_backbone", "check_backbone_input", "register_backbone"]
