@@ -20,9 +20,11 @@ from dcs_cli.console import console, error_line, is_verbose, set_quiet, set_verb
 from dcs_cli.errors import DcsError
 
 try:  # typer >= 0.2x carries its own copy of click
-    from typer._click.exceptions import UsageError as CommandLineError
+    from typer._click import exceptions as _cli_errors
 except ImportError:  # older typer runs on click itself
-    from click.exceptions import UsageError as CommandLineError
+    from click import exceptions as _cli_errors
+CommandLineError = _cli_errors.UsageError
+NoArgsIsHelp = getattr(_cli_errors, "NoArgsIsHelpError", ())  # `dcs bench` alone: the help, not an error
 
 # One line per command module; a module registers only commands that work.
 COMMANDS = [
@@ -49,6 +51,10 @@ class DcsGroup(TyperGroup):
             error_line(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except CommandLineError as exc:  # an unknown option, a missing or ill-typed value: one line too
+            if isinstance(exc, NoArgsIsHelp):
+                if exc.format_message().strip():  # (typer's rich help prints itself and leaves it empty)
+                    exc.show()
+                raise typer.Exit(exc.exit_code) from None
             where = exc.ctx.command_path if exc.ctx is not None else "dcs"
             error_line(f"{exc.format_message().rstrip('.')}; see {where} --help")
             raise typer.Exit(exc.exit_code) from None

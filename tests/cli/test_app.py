@@ -34,3 +34,16 @@ def test_cli_starts_without_torch():
     code = "import sys, dcs_cli.cli.app; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_command_line_mistakes_are_one_line(runner):
+    result = runner.invoke(app, ["convert", "--bogus"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: No such option: --bogus; see dcs convert --help"]
+    result = runner.invoke(app, ["check-dist", "--nproc", "0"])
+    assert result.exit_code == 2 and result.output.startswith("error: Invalid value for '--nproc'")
+
+
+def test_a_group_alone_shows_its_help_not_an_error(runner):
+    result = runner.invoke(app, ["bench"])
+    assert "train-quality" in result.output and "error:" not in result.output
