@@ -81,8 +81,10 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise DataError(f"checkpoint {path} not found; pass an existing .pt file to --resume")
     state = load_torch_file(path, "checkpoint")
-    missing = [k for k in ("backbone", "config", "epoch", "step", "optimizer") if k not in (state or {})]
-    if not isinstance(state, dict) or missing:
-        raise DataError(f"{path}: not a dcs train checkpoint (missing {', '.join(missing) or 'dict'})")
+    if not isinstance(state, dict):
+        raise DataError(f"{path}: not a dcs train checkpoint (it holds a {type(state).__name__}, not a dict)")
+    missing = [k for k in ("backbone", "config", "epoch", "step", "optimizer") if k not in state]
+    if missing:
+        raise DataError(f"{path}: not a dcs train checkpoint (missing {', '.join(missing)})")
     state["_path"] = str(path)
     return state

@@ -88,7 +88,8 @@ def _check_resume(cfg, state: dict, num_classes: int) -> None:
     if trained is not None and trained != num_classes:
         raise ConfigError(f"--resume: the checkpoint {state['_path']} has {trained:,} classes, the data now "
                           f"{num_classes:,}; resume with the data (and data.num_classes) it was trained on")
-    for section, key in (("model", "backbone"), ("model", "feature_dim"), ("head", "bias"), ("head", "type")):
+    for section, key in (("model", "backbone"), ("model", "feature_dim"), ("model", "width"), ("model", "mlp_hidden"),
+                         ("head", "bias"), ("head", "type")):
         before = saved.get(section, {}).get(key)
         now = getattr(getattr(cfg, section), key)
         if before is not None and before != now:
@@ -149,9 +150,20 @@ def resolve_config(config_path, overrides: list[str], resume: str | None, settin
     state = load_checkpoint(resume) if resume else None
     settings = {key: value for key, value in (settings or {}).items() if value is not None}
     if state is not None and "output.dir" not in settings and not _sets_output_dir(overrides):
-        settings["output.dir"] = str(Path(state["_path"]).resolve().parent.parent)
+        run_dir = _run_folder_of(state["_path"])
+        if run_dir is None:
+            raise ConfigError(f"--resume {resume}: the checkpoint is not in a run folder (RUN/checkpoints/); "
+                              "pass --out FOLDER for the continued run")
+        settings["output.dir"] = str(run_dir)
     cfg = load_config(config_path, list(overrides), base=state["config"] if state else None, values=settings)
     return cfg, state
+
+
+def _run_folder_of(checkpoint: str) -> Path | None:
+    """The run folder a checkpoint was saved in (RUN/checkpoints/epoch_NNN.pt, RUN holding config.yaml), or
+    None for a checkpoint elsewhere (copied, renamed): its continued run needs --out."""
+    folder = Path(checkpoint).resolve().parent
+    return folder.parent if folder.name == "checkpoints" and (folder.parent / MARKER).is_file() else None
 
 
 def _sets_output_dir(overrides: list[str]) -> bool:
@@ -187,7 +199,7 @@ def run_train(cfg, resume: str | dict | None = None, overwrite: bool = False,
         spec.check()
     run_dir = Path(cfg.output.dir)
     if main:
-        resuming_here = state is not None and Path(state["_path"]).resolve().parent.parent == run_dir.resolve()
+        resuming_here = state is not None and _run_folder_of(state["_path"]) == run_dir.resolve()
         if not resuming_here:
             _prepare_run_dir(run_dir, overwrite or cfg.output.overwrite, cfg.data)
         run_dir.mkdir(parents=True, exist_ok=True)

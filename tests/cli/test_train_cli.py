@@ -133,3 +133,27 @@ def test_older_checkpoints_tell_their_class_count_by_their_rows():
     assert _saved_num_classes({"classifier": None, "store": {"weight": torch.zeros(7, 2)}}) == 7  # sampled
     assert _saved_num_classes({"classifier": {"weight": torch.zeros(5, 2)}, "store": None}) == 5  # full
     assert _saved_num_classes({"classifier": None, "store": {"snapshot": "x"}}) is None  # remote: checked on load
+
+
+def test_a_checkpoint_outside_its_run_folder_needs_out(runner, tmp_path):
+    """Resuming continues in the checkpoint's run folder, never in whatever folder sits two levels up."""
+    import shutil
+
+    import torch
+
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["train", "--config", CONFIG, "--mode", "random", "--out", str(out),
+                               "--set", "optim.epochs=1", *TINY]).exit_code == 0
+    (tmp_path / "mine" / "sub").mkdir(parents=True)
+    (tmp_path / "mine" / "notes.md").write_text("keep me")
+    copied = tmp_path / "mine" / "sub" / "ck.pt"
+    shutil.copy(out / "checkpoints" / "epoch_001.pt", copied)
+    result = runner.invoke(app, ["train", "--resume", str(copied), "--set", "optim.epochs=2"])
+    assert result.exit_code == 2 and "not in a run folder (RUN/checkpoints/); pass --out" in result.output
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.md", "sub"]
+    wider = runner.invoke(app, ["train", "--resume", str(out), "--set", "optim.epochs=2", "--set",
+                                "model.mlp_hidden=64"])
+    assert wider.exit_code == 2 and "model.mlp_hidden = 64 but the checkpoint" in wider.output
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "tensor.pt")])
+    assert result.exit_code == 1 and "not a dcs train checkpoint (it holds a Tensor, not a dict)" in result.output
