@@ -17,13 +17,31 @@ import zmq
 
 from dcs_cli.console import info, warn
 from dcs_cli.cpus import available_cpus, place
-from dcs_cli.errors import ConfigError, ServerError
-from dcs_cli.fsutil import write_text_atomic
+from dcs_cli.errors import ConfigError, OutputExistsError, ServerError
+from dcs_cli.fsutil import check_output_file, write_text_atomic
 from dcs_cli.paramserver.auth import is_loopback, read_token
 from dcs_cli.paramserver.server import ParamServer
-from dcs_cli.paramserver.snapshot import read_snapshot
+from dcs_cli.paramserver.snapshot import SNAPSHOT_NAME, read_snapshot
 from dcs_cli.paramserver.workers import RowWorkers
 from dcs_cli.selection.store import OptimParams
+
+
+def _check_outputs(ps, resume: str | None, ready_file: str | None) -> None:
+    """Before anything starts: the snapshot, the ready file and an ipc socket can be written, and none of them
+    replaces a file of the user's or an earlier run's snapshot (continue that one with --resume)."""
+    if ps.snapshot_dir:
+        if Path(ps.snapshot_dir).exists() and not Path(ps.snapshot_dir).is_dir():
+            raise ConfigError(f"--snapshot-dir {ps.snapshot_dir} is a file; pass a folder for the snapshots")
+        snapshot = check_output_file(Path(ps.snapshot_dir) / SNAPSHOT_NAME)
+        if snapshot.exists() and (resume is None or Path(resume).resolve() != snapshot.resolve()):
+            raise OutputExistsError(f"{snapshot} holds an earlier server's matrices; continue them with --resume "
+                                    f"{snapshot}, or choose another --snapshot-dir")
+    if ready_file:
+        check_output_file(ready_file)
+    if ps.bind.startswith("ipc://"):
+        path = Path(ps.bind[len("ipc://"):])
+        if path.exists() and not path.is_socket():
+            raise ConfigError(f"--bind {ps.bind}: {path} is a file, not a socket; choose another ipc:// path")
 
 
 def serve(cfg, resume: str | None = None, ready_file: str | None = None) -> int:
@@ -35,6 +53,7 @@ def serve(cfg, resume: str | None = None, ready_file: str | None = None) -> int:
             f"paramserver.bind {ps.bind} is not a loopback address; refusing to serve it without "
             "authentication: pass --token-file with a shared secret (or bind tcp://127.0.0.1)"
         )
+    _check_outputs(ps, resume, ready_file)
     # before torch (the snapshot load) and ZeroMQ start threads: they inherit the placement
     threads = place(ps.cpus, ps.torch_threads, "paramserver.cpus", "paramserver.torch_threads")
     if threads > 0:
@@ -46,8 +65,6 @@ def serve(cfg, resume: str | None = None, ready_file: str | None = None) -> int:
             + ", ".join(f"'{m.spec.name}' step {m.step}" for m in matrices)
         )
     if ps.snapshot_dir:
-        if Path(ps.snapshot_dir).exists() and not Path(ps.snapshot_dir).is_dir():
-            raise ConfigError(f"--snapshot-dir {ps.snapshot_dir} is a file; pass a folder for the snapshots")
         Path(ps.snapshot_dir).mkdir(parents=True, exist_ok=True)
     else:
         warn("no --snapshot-dir: the matrices live only in memory and are lost when the server stops")

@@ -63,3 +63,19 @@ def test_missing_token_file_and_bad_resume_are_clear_errors(runner, tmp_path):
     bad.write_bytes(b"garbage")
     result = runner.invoke(app, ["paramserver", "--bind", "tcp://127.0.0.1:*", "--resume", str(bad)])
     assert result.exit_code == 1 and "not a readable safetensors file" in result.output
+
+
+def test_outputs_that_would_replace_a_file_are_refused_before_serving(runner, tmp_path):
+    (tmp_path / "notes").write_text("keep me")
+    result = runner.invoke(app, ["paramserver", "--bind", f"ipc://{tmp_path / 'notes'}"])
+    assert result.exit_code == 2 and "is a file, not a socket" in result.output
+    assert (tmp_path / "notes").read_text() == "keep me"
+    result = runner.invoke(app, ["paramserver", "--bind", "tcp://127.0.0.1:*",
+                                 "--snapshot-dir", str(tmp_path / "notes" / "snaps")])
+    assert result.exit_code == 1 and "notes is a file, not a folder" in result.output
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    (snaps / "paramserver.safetensors").write_bytes(b"an earlier run")
+    result = runner.invoke(app, ["paramserver", "--bind", "tcp://127.0.0.1:*", "--snapshot-dir", str(snaps)])
+    assert result.exit_code == 1 and "holds an earlier server's matrices; continue them with --resume" in result.output
+    assert (snaps / "paramserver.safetensors").read_bytes() == b"an earlier run"
