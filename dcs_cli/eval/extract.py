@@ -30,6 +30,7 @@ shell, with the checkpoint of a run:
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from dcs_cli.config import Config, load_config, to_dict
 from dcs_cli.console import info, progress_bar, warn
 from dcs_cli.errors import ConfigError, DataError, OutputExistsError, UsageError
 from dcs_cli.eval.weights import load_backbone_weights, read_checkpoint
-from dcs_cli.fsutil import atomic_path, write_json_atomic
+from dcs_cli.fsutil import atomic_path, check_output_file, write_json_atomic
 from dcs_cli.models.backbones import backbone_input_kind, build_backbone
 
 
@@ -82,10 +83,10 @@ def _targets(job: ExtractJob) -> list[tuple[str, Path, Path | None]]:
     targets += [(Path(lst).stem, Path(lst), Path(root)) for lst, root in job.lists]
     if not targets:
         raise UsageError("nothing to extract: pass --bin FILE (repeatable) or --list FILE --root DIR")
-    names = [t[0] for t in targets]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    files = [f for name, _, root in targets for f in _outputs(name, root)]
+    dupes = sorted({f for f in files if files.count(f) > 1})
     if dupes:
-        raise UsageError(f"two inputs would both write {dupes[0]}.npy; give the inputs distinct file names")
+        raise UsageError(f"two inputs would both write {dupes[0]}; give the inputs distinct file names")
     for _, source, root in targets:
         if not source.is_file():
             raise DataError(f"{source}: no such file")
@@ -132,6 +133,28 @@ def build_model(job: ExtractJob) -> tuple[nn.Module, Config, dict]:
     return model.eval(), cfg, load_report
 
 
+def _outputs(name: str, root: Path | None) -> list[str]:
+    """The files one input writes: its features, and a list's labels."""
+    return [f"{name}.npy"] if root is None else [f"{name}.npy", f"{name}.labels.npy"]
+
+
+def _earlier_targets(record: Path, header: dict, overwrite: bool) -> dict:
+    """The targets an earlier extraction with the same checkpoint and settings recorded in `record` (kept
+    beside the new ones); another checkpoint's, or a file dcs did not write, needs --overwrite."""
+    if overwrite or not record.exists():
+        return {}
+    try:
+        earlier = json.loads(record.read_text())
+    except (OSError, ValueError):
+        earlier = None
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("targets"), dict):
+        raise OutputExistsError(f"{record} exists and is not one dcs extract wrote; pass --overwrite to replace it")
+    if any(earlier.get(key) != header[key] for key in ("checkpoint", "flip", "strict", "image_size")):
+        raise OutputExistsError(f"{record} records features of another checkpoint or settings; pass --overwrite "
+                                "to replace them or choose another --out-dir")
+    return earlier["targets"]
+
+
 def extract(job: ExtractJob) -> dict:
     """Run `job`: one `<name>.npy` per input plus `extract.json`; returns the summary written there."""
     from dcs_cli.data.datasets import BinDataset, ListDataset
@@ -142,10 +165,12 @@ def extract(job: ExtractJob) -> dict:
     out_dir = Path(job.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"--out-dir {out_dir} exists and is not a folder")
-    if not job.overwrite:
-        taken = [out_dir / f"{name}.npy" for name, _, _ in targets if (out_dir / f"{name}.npy").exists()]
-        if taken:
-            raise OutputExistsError(f"{taken[0]} exists; pass --overwrite to replace it or choose another --out-dir")
+    files = [out_dir / f for name, _, root in targets for f in _outputs(name, root)]
+    for path in [*files, out_dir / "extract.json"]:
+        check_output_file(path)
+    taken = [path for path in files if path.exists()]
+    if taken and not job.overwrite:
+        raise OutputExistsError(f"{taken[0]} exists; pass --overwrite to replace it or choose another --out-dir")
     model, cfg, load_report = build_model(job)
     device, gpus = pick_device()
     model = model.to(device)
@@ -154,14 +179,13 @@ def extract(job: ExtractJob) -> dict:
     info(f"backbone {cfg.model.backbone} ({cfg.model.feature_dim}-d, {cfg.data.image_size}px) on "
          f"{f'{gpus} GPU(s)' if gpus else 'cpu'}; flip={'on' if job.flip else 'off'}")
     summary = {"checkpoint": str(job.checkpoint), "flip": job.flip, "strict": job.strict,
-               "image_size": cfg.data.image_size, "model": to_dict(cfg.model), "weights": load_report,
-               "targets": {}}
-    for name, source, root in targets:
+               "image_size": cfg.data.image_size, "model": to_dict(cfg.model), "weights": load_report}
+    summary["targets"] = _earlier_targets(out_dir / "extract.json", summary, job.overwrite)
+    # every input is read before the first output is written: a bad second --bin leaves nothing behind
+    datasets = [BinDataset(source, cfg.data.image_size) if root is None else
+                ListDataset(source, root, cfg.data.image_size) for _, source, root in targets]
+    for (name, source, root), dataset in zip(targets, datasets, strict=True):
         start = time.perf_counter()
-        if root is None:
-            dataset = BinDataset(source, cfg.data.image_size)
-        else:
-            dataset = ListDataset(source, root, cfg.data.image_size)
         feats = embed_dataset(model, dataset, job.batch_size, job.flip, device, cfg.data.workers, desc=name)
         if not np.isfinite(feats).all():
             warn(f"{name}: some features are NaN or inf (a diverged checkpoint?); dcs verify will refuse them")

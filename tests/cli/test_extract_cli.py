@@ -84,3 +84,32 @@ def test_usage_errors(runner, tmp_path, pairs_bin):
     missing = runner.invoke(app, ["extract", "--checkpoint", str(tmp_path / "nope.pt"), "--bin", str(pairs_bin),
                                   "--out-dir", str(tmp_path / "f")])
     assert missing.exit_code == 1 and "not found" in missing.output
+
+
+def test_outputs_of_earlier_runs_and_of_the_user_are_kept(runner, tmp_path, pairs_bin):
+    import json
+    import shutil
+
+    ckpt = save_checkpoint(tmp_path / "ckpt.pt")
+    out = tmp_path / "feats"
+    base = ["extract", "--checkpoint", str(ckpt), "--out-dir", str(out)]
+    shutil.copy(pairs_bin, tmp_path / "lfw.bin")
+    shutil.copy(pairs_bin, tmp_path / "cfp.bin")
+    assert runner.invoke(app, [*base, "--bin", str(tmp_path / "lfw.bin")]).exit_code == 0
+    # a second set into the same folder keeps the first one's record
+    assert runner.invoke(app, [*base, "--bin", str(tmp_path / "cfp.bin")]).exit_code == 0
+    assert sorted(json.loads((out / "extract.json").read_text())["targets"]) == ["cfp", "lfw"]
+    # a bad input anywhere stops the run before the first output is written
+    (tmp_path / "bad.bin").write_bytes(b"not a bin")
+    result = runner.invoke(app, [*base, "--bin", str(pairs_bin), "--bin", str(tmp_path / "bad.bin")])
+    assert result.exit_code == 1 and not (out / "pairs.npy").exists()
+    # a list's labels file is an output too: a user's file of that name is kept, a clash between inputs refused
+    (out / "mine.labels.npy").write_text("the user's")
+    (tmp_path / "mine.txt").write_text("a/0.jpg 0\n")
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    result = runner.invoke(app, [*base, "--list", str(tmp_path / "mine.txt"), "--root", str(tmp_path / "imgs")])
+    assert result.exit_code == 1 and "mine.labels.npy exists; pass --overwrite" in result.output
+    shutil.copy(pairs_bin, tmp_path / "mine.labels.bin")
+    result = runner.invoke(app, [*base, "--bin", str(tmp_path / "mine.labels.bin"), "--list",
+                                 str(tmp_path / "mine.txt"), "--root", str(tmp_path / "imgs")])
+    assert result.exit_code == 2 and "two inputs would both write mine.labels.npy" in result.output
