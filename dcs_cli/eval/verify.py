@@ -67,6 +67,11 @@ def check_features(features: np.ndarray, issame: np.ndarray, where: str = "featu
     if features.ndim != 2:
         raise DataError(f"{where}: expected a 2-D array (2·pairs × dim), got shape {features.shape}; "
                         "pass the .npy written by `dcs extract`")
+    if not (np.issubdtype(features.dtype, np.floating) or np.issubdtype(features.dtype, np.integer)):
+        raise DataError(f"{where}: features of dtype {features.dtype} are not real numbers; pass the float32 "
+                        ".npy written by `dcs extract`")
+    if features.shape[1] == 0:
+        raise DataError(f"{where}: the features have 0 columns; pass the .npy written by `dcs extract`")
     if features.shape[0] != 2 * issame.size:
         raise DataError(f"{where}: {features.shape[0]} feature rows but the .bin has {issame.size} pairs "
                         f"(needs {2 * issame.size} rows); features and .bin do not belong together")

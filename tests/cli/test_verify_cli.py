@@ -63,6 +63,8 @@ def _one_error_line(result) -> str:
     (np.zeros((10, 4), dtype=np.float32), "feature rows"),
     (np.zeros(24, dtype=np.float32), "2-D array"),
     (np.full((24, 4), np.inf, dtype=np.float32), "NaN or inf"),
+    (np.zeros((24, 4)).astype(str), "are not real numbers"),
+    (np.zeros((24, 0), dtype=np.float32), "0 columns"),
 ])
 def test_mismatched_features_are_one_line_errors(runner, tmp_path, pairs_bin, array, needle):
     np.save(tmp_path / "f.npy", array)
