@@ -28,6 +28,7 @@ from pathlib import Path
 from dcs_cli.bench.common import peak_rss_mb, report
 from dcs_cli.console import info
 from dcs_cli.errors import UsageError
+from dcs_cli.memory import mem_available
 
 CONTENDERS = ("full", "random", "hf")
 CLASSES = (125_000, 1_000_000, 4_000_000, 10_000_000)
@@ -37,17 +38,6 @@ POOL = 4  # distinct pre-generated batches, cycled
 BASE_BYTES = 450 << 20  # interpreter + torch + annoy per process
 FIT = 0.9  # share of MemAvailable a configuration may plan to use
 TIMEOUT_S = 3600
-
-
-def mem_available() -> int:
-    """Bytes the kernel could give without swapping (MemAvailable), or 0 when unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def estimate_bytes(mode: str, classes: int, procs: int, p: dict) -> int:

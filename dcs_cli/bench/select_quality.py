@@ -170,20 +170,20 @@ def params_from_options(*, classes: int, dim: int, budget: float, batch: int, st
                         margin: float) -> dict:
     """The scenario's parameters from `dcs bench select-quality`'s options (sample_num = budget × classes);
     a value it cannot run with is a `UsageError` naming its option."""
+    if not 0 < budget <= 1:  # first: NaN and inf fail every comparison, and round() would raise on them
+        raise UsageError(f"--budget must be in (0, 1], got {budget}")
     sample_num = max(1, int(round(budget * classes)))
     for name, value in (("--classes", classes), ("--dim", dim), ("--batch", batch), ("--steps", steps),
                         ("--interval", interval), ("--ntrees", ntrees), ("--train-per-class", train_per_class),
                         ("--hnsw-ef-construction", hnsw_ef_construction)):
         if value <= 0:
             raise UsageError(f"{name} must be > 0, got {value}")
-    if lr <= 0 or row_lr <= 0:
-        raise UsageError(f"--lr and --row-lr must be > 0, got {lr} and {row_lr}")
+    if not (0 < lr < math.inf and 0 < row_lr < math.inf):
+        raise UsageError(f"--lr and --row-lr must be > 0 and finite, got {lr} and {row_lr}")
     if not 0 <= store_momentum < 1:
         raise UsageError(f"--store-momentum must be in [0, 1), got {store_momentum}")
     if head not in ("softmax", "cosface", "arcface"):
         raise UsageError(f"--head must be softmax, cosface or arcface, got {head!r}")
-    if not 0 < budget <= 1:
-        raise UsageError(f"--budget must be in (0, 1], got {budget}")
     if sample_num < batch:
         raise UsageError(f"--budget gives sample_num={sample_num} < --batch {batch}: a batch's distinct "
                          "labels may not fit; raise --budget or lower --batch")

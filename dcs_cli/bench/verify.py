@@ -131,10 +131,18 @@ def random_pairs(pairs: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.nd
     return features, issame
 
 
+MAX_FEATURE_BYTES = 8 << 30  # the random features' float32 matrix: a typo in --pairs or --dim stops here
+
+
 def run_bench(pairs: int = 6000, folds: int = 10, dim: int = 256, seed: int = 0, repeat: int = 5,
               json_path=None) -> dict:
     if pairs < folds or folds < 2:
         raise UsageError(f"--pairs {pairs} / --folds {folds}: need folds >= 2 and pairs >= folds")
+    if dim < 1 or repeat < 1:
+        raise UsageError(f"--dim {dim} / --repeat {repeat}: both must be >= 1")
+    if 2 * pairs * dim * 4 > MAX_FEATURE_BYTES:
+        raise UsageError(f"--pairs {pairs} × --dim {dim} needs {2 * pairs * dim * 4 / 2**30:.0f} GiB of features "
+                         f"(at most {MAX_FEATURE_BYTES >> 30} GiB here); lower them")
     features, issame = random_pairs(pairs, dim, seed)
     fast_s, fast = _best_of(repeat, lambda: verify_vectorised(features, issame, folds))
     full_s, (result, _) = _best_of(repeat, lambda: evaluate(features, issame, folds))

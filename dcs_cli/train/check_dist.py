@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from dcs_cli.errors import UsageError
+from dcs_cli.memory import mem_available
 from dcs_cli.train.dist import LaunchSpec, init_distributed, launch, resolve_backend
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30}
@@ -102,6 +103,11 @@ def check_dist(spec: LaunchSpec, backend: str = "auto", sizes: list[int] | None 
         raise UsageError("--iters must be > 0")
     backend = resolve_backend(backend)  # fail here, before any worker starts
     sizes = sizes or parse_sizes("1K,1M,25M")
+    # on the CPU each worker holds the message about five times over (int64 pattern, buffers, expected)
+    need, avail = 5 * max(sizes) * spec.nproc, mem_available()
+    if backend == "gloo" and avail and need > 0.9 * avail:
+        raise UsageError(f"--sizes: a {max(sizes) / 2**30:,.1f} GiB message needs about {need / 2**30:,.1f} GiB "
+                         f"over {spec.nproc} worker(s), {avail / 2**30:,.1f} GiB is free; lower --sizes")
     results = launch(_worker, (sizes, iters, backend, corrupt_rank), spec)
     rows = results.get(0)
     return list(rows) if rows else []

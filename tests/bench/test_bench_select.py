@@ -59,6 +59,11 @@ def test_bad_options():
     assert result.exit_code != 0 and "exceeds" in result.output
     result = runner.invoke(app, ["bench", "select-quality", "--only-bogus"])
     assert result.exit_code != 0
+    for option, value, needle in (("--budget", "nan", "--budget must be in (0, 1], got nan"),
+                                  ("--budget", "inf", "--budget must be in (0, 1], got inf"),
+                                  ("--row-lr", "inf", "must be > 0 and finite")):
+        result = runner.invoke(app, ["bench", "select-quality", option, value])
+        assert result.exit_code == 2 and needle in result.output
 
 
 def _regime(**kw):

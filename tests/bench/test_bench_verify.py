@@ -12,3 +12,10 @@ def test_bench_verify_smoke(runner, tmp_path):
     assert report["scenario"] == "verify" and report["params"]["pairs"] == 120
     assert [row["identical_to_loop"] for row in report["rows"]] == [True, True, True]
     assert len({row["accuracy"] for row in report["rows"]}) == 1
+
+
+def test_bench_verify_sizes_are_checked_before_allocating(runner):
+    result = runner.invoke(app, ["bench", "verify", "--dim", "-1"])
+    assert result.exit_code == 2 and "both must be >= 1" in result.output
+    result = runner.invoke(app, ["bench", "verify", "--pairs", "100000000000"])
+    assert result.exit_code == 2 and "GiB of features" in result.output

@@ -53,3 +53,12 @@ def test_node_rank_outside_nnodes_is_a_usage_error(runner):
     result = runner.invoke(app, ["check-dist", "--nproc", "1", "--nnodes", "2", "--node-rank", "5"])
     assert result.exit_code == 2
     assert "--node-rank 5 must be in [0, --nnodes 2)" in result.output
+
+
+def test_sizes_beyond_the_free_memory_are_refused_before_workers_start(runner, monkeypatch):
+    from dcs_cli.train import check_dist
+
+    monkeypatch.setattr(check_dist, "mem_available", lambda: 1 << 30)
+    monkeypatch.setattr(check_dist, "launch", lambda *a: pytest.fail("workers started"))
+    result = runner.invoke(app, ["check-dist", "--nproc", "2", "--backend", "gloo", "--sizes", "1G"])
+    assert result.exit_code == 2 and "GiB is free; lower --sizes" in result.output
