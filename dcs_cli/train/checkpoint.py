@@ -55,8 +55,12 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     folder = checkpoint_dir(run_dir)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.search(p.name))]
-    return [p for _, p in sorted(found)]
+    return sorted((p for p in folder.iterdir() if _NAME.search(p.name)), key=checkpoint_epoch)
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """The epoch in a checkpoint's name (epoch_NNN.pt)."""
+    return int(_NAME.search(path.name).group(1))
 
 
 def save_checkpoint(run_dir: str | Path, epoch: int, state: dict, keep: int = 0) -> Path:

@@ -21,7 +21,7 @@ from dcs_cli.config import save_resolved, to_dict
 from dcs_cli.errors import ConfigError, DataError, Interrupted, OutputExistsError, ServerError
 from dcs_cli.fsutil import guard_output_folder, write_json_atomic
 from dcs_cli.models.backbones import check_backbone_input
-from dcs_cli.train.checkpoint import list_checkpoints, load_checkpoint
+from dcs_cli.train.checkpoint import checkpoint_epoch, list_checkpoints, load_checkpoint
 from dcs_cli.train.class_store import class_store_kind
 from dcs_cli.train.data import build_data, steps_per_epoch
 from dcs_cli.train.dist import LaunchSpec, env_world_size, launch, resolve_backend
@@ -202,6 +202,11 @@ def run_train(cfg, resume: str | dict | None = None, overwrite: bool = False,
         resuming_here = state is not None and _run_folder_of(state["_path"]) == run_dir.resolve()
         if not resuming_here:
             _prepare_run_dir(run_dir, overwrite or cfg.output.overwrite, cfg.data)
+        else:
+            later = [p.name for p in list_checkpoints(run_dir) if checkpoint_epoch(p) > int(state["epoch"])]
+            if later:
+                console.warn(f"resuming {run_dir} from epoch {state['epoch']}: its later checkpoints "
+                             f"({', '.join(later)}) and their metrics will be replaced by this run's")
         run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, run_dir)
     job = TrainJob(config=to_dict(cfg), run_dir=str(run_dir), resume=state["_path"] if state else None,

@@ -46,6 +46,7 @@ def checkpoint_run(tmp_path, synthetic_config):
     run = tmp_path / "run"
     config = to_dict(load_config(synthetic_config, ["output.dir=elsewhere"]))
     save_checkpoint(run, 1, {"backbone": {}, "config": config, "epoch": 1, "step": 10, "optimizer": {}})
+    (run / "config.yaml").write_text("# a run folder holds its config.yaml\n")
     return run
 
 
