@@ -139,20 +139,23 @@ def _outputs(name: str, root: Path | None) -> list[str]:
 
 
 def _earlier_targets(record: Path, header: dict, overwrite: bool) -> dict:
-    """The targets an earlier extraction with the same checkpoint and settings recorded in `record` (kept
-    beside the new ones); another checkpoint's, or a file dcs did not write, needs --overwrite."""
-    if overwrite or not record.exists():
+    """The targets an earlier extraction with the same checkpoint and settings recorded in `record`, kept
+    beside the new ones; a record of another checkpoint's, or a file dcs did not write, needs --overwrite."""
+    if not record.exists():
         return {}
     try:
         earlier = json.loads(record.read_text())
     except (OSError, ValueError):
         earlier = None
-    if not isinstance(earlier, dict) or not isinstance(earlier.get("targets"), dict):
+    ours = isinstance(earlier, dict) and isinstance(earlier.get("targets"), dict)
+    if ours and all(earlier.get(key) == header[key] for key in ("checkpoint", "flip", "strict", "image_size")):
+        return earlier["targets"]
+    if overwrite:
+        return {}
+    if not ours:
         raise OutputExistsError(f"{record} exists and is not one dcs extract wrote; pass --overwrite to replace it")
-    if any(earlier.get(key) != header[key] for key in ("checkpoint", "flip", "strict", "image_size")):
-        raise OutputExistsError(f"{record} records features of another checkpoint or settings; pass --overwrite "
-                                "to replace them or choose another --out-dir")
-    return earlier["targets"]
+    raise OutputExistsError(f"{record} records features of another checkpoint or settings; pass --overwrite "
+                            "to replace them or choose another --out-dir")
 
 
 def extract(job: ExtractJob) -> dict:
