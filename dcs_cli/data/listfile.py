@@ -31,17 +31,18 @@ def read_list(path: str | os.PathLike) -> list[tuple[str, int]]:
     try:
         with open(path, encoding="utf-8-sig") as fh:  # -sig: a byte-order mark (Windows editors) is not a path
             for lineno, line in enumerate(fh, 1):
-                entries.extend(_parse_line(path, lineno, line))
+                if (entry := _parse_line(path, lineno, line)) is not None:
+                    entries.append(entry)
     except UnicodeDecodeError:
         raise DataError(f"{path}:{lineno + 1}: not UTF-8 text; a list file holds `path label` lines") from None
     return entries
 
 
-def _parse_line(path: Path, lineno: int, line: str) -> list[tuple[str, int]]:
-    """The line's (path, label), none for a blank line; a DataError naming the file and line otherwise."""
+def _parse_line(path: Path, lineno: int, line: str) -> tuple[str, int] | None:
+    """The line's (path, label), None for a blank line; a DataError naming the file and line otherwise."""
     line = line.rstrip("\r\n")
     if not line.strip():
-        return []
+        return None
     parts = line.rsplit(None, 1)
     if len(parts) != 2:
         raise DataError(f"{path}:{lineno}: expected `path label`, found {line!r}")
@@ -52,7 +53,7 @@ def _parse_line(path: Path, lineno: int, line: str) -> list[tuple[str, int]]:
         raise DataError(f"{path}:{lineno}: label {label_text!r} is not an integer") from None
     if label < 0:
         raise DataError(f"{path}:{lineno}: label {label} is negative")
-    return [(rel, label)]
+    return rel, label
 
 
 def format_list(entries: Iterable[tuple[str, int]]) -> str:

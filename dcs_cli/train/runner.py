@@ -12,6 +12,7 @@ launcher; under an external `torchrun` every process runs the loop itself.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -88,8 +89,9 @@ def _check_resume(cfg, state: dict, num_classes: int) -> None:
     if trained is not None and trained != num_classes:
         raise ConfigError(f"--resume: the checkpoint {state['_path']} has {trained:,} classes, the data now "
                           f"{num_classes:,}; resume with the data (and data.num_classes) it was trained on")
-    for section, key in (("model", "backbone"), ("model", "feature_dim"), ("model", "width"), ("model", "mlp_hidden"),
-                         ("head", "bias"), ("head", "type")):
+    # every model key shapes the weights except the dropout rate; so do the head's type and bias
+    shaping = [("model", f.name) for f in dataclasses.fields(cfg.model) if f.name != "dropout"]
+    for section, key in [*shaping, ("head", "bias"), ("head", "type")]:
         before = saved.get(section, {}).get(key)
         now = getattr(getattr(cfg, section), key)
         if before is not None and before != now:
