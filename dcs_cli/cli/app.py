@@ -39,8 +39,25 @@ COMMANDS = [
 ]
 
 
+def _usage_exit(exc) -> None:
+    """A command-line mistake as one line (exit code 2); a group called alone shows its help instead."""
+    if isinstance(exc, NoArgsIsHelp):
+        if exc.format_message().strip():  # (typer's rich help prints itself and leaves it empty)
+            exc.show()
+        raise typer.Exit(exc.exit_code) from None
+    where = exc.ctx.command_path if exc.ctx is not None else "dcs"
+    error_line(f"{exc.format_message().rstrip('.')}; see {where} --help")
+    raise typer.Exit(exc.exit_code) from None
+
+
 class DcsGroup(TyperGroup):
     """Maps user errors to one-line messages and exit codes instead of tracebacks."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except CommandLineError as exc:  # the group's own options (`dcs --bogus`), before any command runs
+            _usage_exit(exc)
 
     def invoke(self, ctx):
         try:
@@ -50,14 +67,8 @@ class DcsGroup(TyperGroup):
                 console.print(traceback.format_exc(), markup=False)
             error_line(str(exc))
             raise typer.Exit(exc.exit_code) from None
-        except CommandLineError as exc:  # an unknown option, a missing or ill-typed value: one line too
-            if isinstance(exc, NoArgsIsHelp):
-                if exc.format_message().strip():  # (typer's rich help prints itself and leaves it empty)
-                    exc.show()
-                raise typer.Exit(exc.exit_code) from None
-            where = exc.ctx.command_path if exc.ctx is not None else "dcs"
-            error_line(f"{exc.format_message().rstrip('.')}; see {where} --help")
-            raise typer.Exit(exc.exit_code) from None
+        except CommandLineError as exc:  # a subcommand's unknown option, missing or ill-typed value
+            _usage_exit(exc)
         except KeyboardInterrupt:
             error_line("interrupted")
             raise typer.Exit(130) from None

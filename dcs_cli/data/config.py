@@ -35,7 +35,8 @@ class DataConfig:
 
     source: Literal["list", "rec", "synthetic"] = opt("list", "kind of training data")
     train_list: str = opt("", "list file (`path label` lines) of training images (source=list)")
-    train_root: str = opt("", "folder the list's paths are relative to (source=list)")
+    train_root: str = opt("", "folder the list's paths are relative to (source=list; empty: the "
+                                 "list's folder, or the images/ beside it that `dcs convert` writes)")
     val_list: str = opt("", "list file of validation images; empty = no validation")
     rec: str = opt("", "folder holding train.rec/train.idx, or the .rec path (source=rec)")
     num_classes: int = opt(0, "number of classes; 0 = infer from the data")

@@ -6,6 +6,8 @@
     >>> write_list(path, [("0/1.jpg", 0), ("1/my photo.jpg", 1)])   # atomic: temp name, then rename
     >>> read_list(path)
     [('0/1.jpg', 0), ('1/my photo.jpg', 1)]
+    >>> default_root(path) == path.parent   # no images/ beside the list: its own folder
+    True
     >>> tmp.cleanup()
 
 The label is the last whitespace-separated field, so paths may contain spaces (not newlines).
@@ -54,6 +56,29 @@ def _parse_line(path: Path, lineno: int, line: str) -> tuple[str, int] | None:
     if label < 0:
         raise DataError(f"{path}:{lineno}: label {label} is negative")
     return rel, label
+
+
+def default_root(path: str | os.PathLike) -> Path:
+    """The folder a list's paths are relative to when none is given: the list's own folder, or the `images/`
+    beside it where `dcs convert` writes them — whichever holds the first entry's image (the list's folder
+    when neither does, so the missing-image error names the path a user would expect)."""
+    path = Path(path)
+    candidates = [path.parent, path.parent / "images"]
+    first = _first_entry(path)
+    if first is not None:
+        for root in candidates:
+            if (root / first).is_file():
+                return root
+    return candidates[0]
+
+
+def _first_entry(path: Path) -> str | None:
+    """The first entry's image path, read without parsing the whole list (None for an empty list)."""
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if (entry := _parse_line(path, lineno, line)) is not None:
+                return entry[0]
+    return None
 
 
 def format_list(entries: Iterable[tuple[str, int]]) -> str:

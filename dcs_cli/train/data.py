@@ -60,6 +60,7 @@ def _check_labels(ds: Dataset, num_classes: int, where: str) -> None:
 
 def _image_datasets(cfg) -> tuple[Dataset, Dataset | None, int]:
     from dcs_cli.data.datasets import ListDataset, RecDataset
+    from dcs_cli.data.listfile import default_root
 
     d = cfg.data
     if d.source == "list":
@@ -67,7 +68,7 @@ def _image_datasets(cfg) -> tuple[Dataset, Dataset | None, int]:
             raise ConfigError("data.train_list is empty; set it to the train_list.txt written by `dcs convert`")
         if not Path(d.train_list).is_file():
             raise DataError(f"data.train_list: {d.train_list} not found; run `dcs convert` or fix the path")
-        root = d.train_root or str(Path(d.train_list).parent)
+        root = d.train_root or default_root(d.train_list)
         if not Path(root).is_dir():
             raise DataError(f"data.train_root: {root} is not a folder")
         train = ListDataset(d.train_list, root, d.image_size, random_flip=True)
@@ -83,7 +84,7 @@ def _image_datasets(cfg) -> tuple[Dataset, Dataset | None, int]:
     if d.val_list:
         if not Path(d.val_list).is_file():
             raise DataError(f"data.val_list: {d.val_list} not found; fix the path or set it to '' (no validation)")
-        root = d.train_root or str(Path(d.val_list).parent)
+        root = d.train_root or default_root(d.val_list)
         val = ListDataset(d.val_list, root, d.image_size)
     if len(train) == 0:
         raise DataError(f"{train_where}: the training data is empty")

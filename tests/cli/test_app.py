@@ -40,6 +40,10 @@ def test_command_line_mistakes_are_one_line(runner):
     result = runner.invoke(app, ["convert", "--bogus"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == ["error: No such option: --bogus; see dcs convert --help"]
+    result = runner.invoke(app, ["--bogus"])  # a global option: parsed before any command
+    assert result.exit_code == 2
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("error: No such option: --bogus") and line.endswith("; see dcs --help")
     result = runner.invoke(app, ["check-dist", "--nproc", "0"])
     assert result.exit_code == 2 and result.output.startswith("error: Invalid value for '--nproc'")
 

@@ -57,3 +57,18 @@ def test_an_empty_val_list_means_no_validation(tmp_path, monkeypatch):
     data = train_data.build_data(cfg)
     assert data.num_classes == 3 and data.val is None
     assert len(said) == 1 and said[0].endswith("val_list.txt lists no images; training without validation")
+
+
+def test_lists_from_dcs_convert_train_without_a_root(tmp_path):
+    """data.train_root left empty: the images/ that `dcs convert` writes beside its lists is found."""
+    from dcs_cli.config import load_config
+    from dcs_cli.train import data as train_data
+
+    write_synthetic_rec(tmp_path / "rec", 3, 4, image_size=24, seed=0)
+    rec_to_images(tmp_path / "rec", tmp_path / "out", val_ratio=0.25)
+    cfg = load_config(None, ["data.source=list", f"data.train_list={tmp_path / 'out' / 'train_list.txt'}",
+                             f"data.val_list={tmp_path / 'out' / 'val_list.txt'}", "data.image_size=24",
+                             "data.batch_size=4", "data.workers=0", "selection.mode=full"])
+    data = train_data.build_data(cfg)
+    assert data.train.root == data.val.root == tmp_path / "out" / "images"
+    assert data.num_classes == 3 and len(data.train) + len(data.val) == 12
