@@ -16,7 +16,8 @@
 
 A finished folder is never overwritten without `--overwrite`. Leftovers of an interrupted dcs run (the
 partial marker is still there) are cleared before a new run; anything else already under an output's
-name is the user's and needs `--overwrite`.
+name is replaced only with `--overwrite`, and only in a folder dcs made (`OWNER`): in a folder of the
+user's it is refused, never deleted.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 from dcs_cli import __version__
 from dcs_cli.console import info
 from dcs_cli.errors import OutputExistsError
-from dcs_cli.fsutil import guard_output_folder, write_json_atomic
+from dcs_cli.fsutil import OWNER, guard_output_folder, write_json_atomic
 
 MARKER = "meta.json"
 PARTIAL = ".dcs-convert-partial"
@@ -41,11 +42,23 @@ def prepare_output(folder: str | os.PathLike, overwrite: bool, produces: Sequenc
     out = guard_output_folder(folder, overwrite, MARKER, inputs)
     partial = out / PARTIAL
     leftovers = [name for name in produces if (out / name).exists()]
-    if leftovers and not (partial.exists() or overwrite):
-        raise OutputExistsError(f"{out} already holds {leftovers[0]} that dcs convert did not write; "
-                                "pass --overwrite to replace it or choose another --out-folder")
+    unfinished = partial.exists()  # dcs was writing these names when it stopped
+    if leftovers and not unfinished:
+        if not (out / OWNER).exists():
+            raise OutputExistsError(f"{out} already holds {leftovers[0]} that dcs did not write, in a folder dcs "
+                                    f"did not make (no {OWNER}), which --overwrite never clears; move it away "
+                                    "yourself or choose another --out-folder")
+        if not overwrite:
+            raise OutputExistsError(f"{out} already holds {leftovers[0]} that dcs convert did not write; "
+                                    "pass --overwrite to replace it or choose another --out-folder")
+    for name in leftovers:
+        for path in inputs:
+            if Path(path).resolve().is_relative_to((out / name).resolve()):
+                raise OutputExistsError(f"{path}, an input of this command, lies inside {out / name}, which "
+                                        "this command writes; choose another --out-folder")
     if leftovers:
-        info(f"removing {', '.join(leftovers)} left in {out} by an unfinished run")
+        info(f"removing {', '.join(leftovers)} " + (f"left in {out} by an unfinished run" if unfinished
+                                                     else f"from {out} (--overwrite)"))
     for name in leftovers:
         path = out / name
         if path.is_dir() and not path.is_symlink():

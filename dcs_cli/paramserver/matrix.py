@@ -187,15 +187,15 @@ class ServedMatrix:
         """Rows `ids` take the steps they sat out (GET_ROWS with FLAG_CURRENT: a training step's rows)."""
         if self.clock is None:
             return
-        ids, skipped = self.clock.behind(ids, self.step)
+        ids, coef = self.clock.behind(ids, self.step)
         if ids.numel() == 0:
             return
-        self._catch_up_rows(ids, skipped)
+        self._catch_up_rows(ids, coef)
         self.changed()
 
-    def _catch_up_rows(self, ids: torch.Tensor, skipped: torch.Tensor) -> None:
-        """Rows `ids` (unique) take the `skipped` steps they sat out; the caller moves their clock."""
-        catch_up_rows_(self.weight, self.momentum, ids, skipped, self.params, self.bias, self.bias_momentum)
+    def _catch_up_rows(self, ids: torch.Tensor, coef: torch.Tensor) -> None:
+        """Rows `ids` (unique) take the steps they sat out (`coef` from the clock); the caller moves their clock."""
+        catch_up_rows_(self.weight, self.momentum, ids, coef, self.params, self.bias, self.bias_momentum)
 
     def _tables(self, with_momentum: bool) -> list[torch.Tensor]:
         tables = [self.weight] + [self.momentum] * with_momentum
@@ -219,21 +219,21 @@ class ServedMatrix:
 
     def _update(self, ids: torch.Tensor, grad: torch.Tensor, grad_rows=None, current=None, grad_b=None) -> None:
         """`sgd_rows_` on the weights (and bias), split over `workers` by row (the rows are distinct)."""
-        skipped = self.clock.mark(ids, self.step) if self.clock is not None else None
+        coef = self.clock.mark(ids, self.step, self.params) if self.clock is not None else None
 
         def part(lo: int, hi: int) -> None:
-            skip = None if skipped is None else skipped[lo:hi]
+            skip = None if coef is None else coef[lo:hi]
             if grad_rows is None:
                 cur = None if current is None else current[lo:hi]
                 sgd_rows_(self.weight, self.momentum, ids[lo:hi], grad[lo:hi], self.params, current=cur,
-                          skipped=skip)
+                          catch_up=skip)
             else:
                 sgd_rows_(self.weight, self.momentum, ids[lo:hi], grad, self.params, grad_rows=grad_rows[lo:hi],
-                          current=current, skipped=skip)
+                          current=current, catch_up=skip)
 
         self.workers.run(len(ids), part)
         if self.spec.bias and grad_b is not None:
-            sgd_rows_(self.bias, self.bias_momentum, ids, grad_b, self.params, grad_rows=grad_rows, skipped=skipped)
+            sgd_rows_(self.bias, self.bias_momentum, ids, grad_b, self.params, grad_rows=grad_rows, catch_up=coef)
 
     def remember_sent(self, client: int, ids: np.ndarray, weight_rows: np.ndarray) -> None:
         """Keep the rows just sent to a registered `client` for its coming PUSH (see `SentRows`)."""

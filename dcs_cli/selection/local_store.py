@@ -54,7 +54,7 @@ class LocalStore(ClassStore):
                          else torch.zeros_like(self.weight))
         self.bias = torch.zeros(self.num_classes, device=self.device) if bias else None
         self.bias_momentum = torch.zeros(self.num_classes, device=self.device) if bias else None
-        # Steps pushed so far and, with catch-up, when each row was last updated (see sgd_rows_'s `skipped`).
+        # Steps pushed so far and, with catch-up, when each row was last updated (see RowClock).
         self.steps = 0
         self.clock = RowClock(self.num_classes, self.device) if catch_up else None
 
@@ -78,11 +78,11 @@ class LocalStore(ClassStore):
         if grad_w.shape != (ids.numel(), self.dim):
             raise DataError(f"class store push: gradient shape {tuple(grad_w.shape)} does not match "
                             f"{ids.numel()} rows of dim {self.dim}")
-        skipped = self.clock.mark(ids, self.steps) if self.clock is not None else None
+        coef = self.clock.mark(ids, self.steps, self.params) if self.clock is not None else None
         self.steps += 1
-        sgd_rows_(self.weight, self.momentum, ids, grad_w.to(self.device), self.params, skipped=skipped)
+        sgd_rows_(self.weight, self.momentum, ids, grad_w.to(self.device), self.params, catch_up=coef)
         if self.bias is not None and grad_b is not None:
-            sgd_rows_(self.bias, self.bias_momentum, ids, grad_b.to(self.device), self.params, skipped=skipped)
+            sgd_rows_(self.bias, self.bias_momentum, ids, grad_b.to(self.device), self.params, catch_up=coef)
 
     def settle(self) -> None:
         """Catch every row up to the present step (before evaluation or a checkpoint); a no-op without
@@ -91,9 +91,9 @@ class LocalStore(ClassStore):
         if self.clock is not None:
             self.clock.settle(self.steps, self._catch_up)
 
-    def _catch_up(self, ids: torch.Tensor, skipped: torch.Tensor) -> None:
-        """Rows `ids` (unique) take the `skipped` steps they sat out; the caller resets their clock."""
-        catch_up_rows_(self.weight, self.momentum, ids, skipped, self.params, self.bias, self.bias_momentum)
+    def _catch_up(self, ids: torch.Tensor, coef: torch.Tensor) -> None:
+        """Rows `ids` (unique) take the steps they sat out (`coef` from the clock); the caller resets their clock."""
+        catch_up_rows_(self.weight, self.momentum, ids, coef, self.params, self.bias, self.bias_momentum)
 
     def weights(self) -> torch.Tensor:
         """The live N×d weights on the CPU (no copy on a CPU store): callers that keep them must clone."""

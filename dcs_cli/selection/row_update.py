@@ -9,8 +9,9 @@
 
 One definition for `LocalStore`, `ShardedStore` and the paramserver's matrices: PyTorch SGD (dampening 0,
 no nesterov) on the rows pushed, in blocks through per-thread scratch buffers. `RowClock` remembers each
-row's last step; `catch_up_rows_` / `sgd_rows_(skipped=...)` first apply the zero-gradient steps a row sat
-out (`catch_up_coefficients`: a 2×2 matrix power per row), so a store's rows follow dense SGD exactly.
+row's last step and the optimiser settings of every step since; `catch_up_rows_` / `sgd_rows_(catch_up=...)`
+first apply the zero-gradient steps a row sat out (a 2×2 matrix per row: the product of those steps' own
+`step_matrix`, LR schedule included), so a store's rows follow dense SGD exactly.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def sgd_rows_(
     params: OptimParams,
     grad_rows: torch.Tensor | None = None,
     current: torch.Tensor | None = None,
-    skipped: torch.Tensor | None = None,
+    catch_up: torch.Tensor | None = None,
 ) -> None:
     """In place: one PyTorch-SGD step (dampening 0, no nesterov) on rows `ids` (unique) of `weight`.
 
@@ -48,10 +49,11 @@ def sgd_rows_(
 
     Same arithmetic, in the same order, as `torch.optim.SGD`: g' = g + wd·w ; v = m·v + g' ; w -= lr·v.
 
-    `skipped` (int64, aligned with `ids`) counts the steps each row sat out since its last update. Those
-    steps are caught up first, exactly as `torch.optim.SGD` would have run them on a zero gradient (the
-    momentum keeps moving the row and decays, weight decay shrinks it; see `catch_up_coefficients`), so a
-    sampled run's rows follow full SGD's rule instead of freezing their velocity between selections.
+    `catch_up` ((S, 4) coefficients aligned with `ids`, from `RowClock.mark`) holds the steps each row sat
+    out since its last update. Those steps are applied first, exactly as `torch.optim.SGD` would have run
+    them on a zero gradient (the momentum keeps moving the row and decays, weight decay shrinks it, each at
+    the LR of its own step), so a sampled run's rows follow full SGD's rule instead of freezing their
+    velocity between selections.
     Speed (a step is bound by random row access into a table far larger than the caches): on the CPU the
     rows go through in blocks of about `BLOCK_BYTES` per buffer, so the gathered rows stay in the core's
     caches across the elementwise passes and only the gathers and scatters touch main memory
@@ -66,7 +68,7 @@ def sgd_rows_(
         return
     if momentum_buf.dtype != weight.dtype:
         _with_wide_momentum(weight, momentum_buf, ids,
-                            lambda w, v, rows: sgd_rows_(w, v, rows, grad, params, grad_rows, current, skipped))
+                            lambda w, v, rows: sgd_rows_(w, v, rows, grad, params, grad_rows, current, catch_up))
         return
     grad = grad.to(weight.dtype)
     block = n
@@ -74,10 +76,8 @@ def sgd_rows_(
         row_bytes = weight.element_size() * max(1, math.prod(weight.shape[1:]))
         block = max(1, min(n, BLOCK_BYTES // row_bytes))
     w_buf, v_buf, g_buf, t_buf = _scratch(weight, block)
-    coef = None
-    if skipped is not None and (params.momentum or params.weight_decay) and bool((skipped > 0).any()):
-        # (rows a training step read through `current_rows` have caught up already: nothing to do here)
-        coef = catch_up_coefficients(skipped, params, weight.dtype, weight.device)
+    # (rows a training step read through `current_rows` have caught up already: the clock gave None)
+    coef = None if catch_up is None else catch_up.to(weight.device, weight.dtype)
     for lo in range(0, n, block):
         hi = min(n, lo + block)
         g_blk = g_buf[:hi - lo]
@@ -98,22 +98,23 @@ def sgd_rows_(
         _sgd_block_(weight, momentum_buf, ids[lo:hi], g, params, w_blk, v_blk, g_blk, have_v=coef is not None)
 
 
-def catch_up_rows_(weight: torch.Tensor, momentum_buf: torch.Tensor, ids: torch.Tensor, skipped: torch.Tensor,
+def catch_up_rows_(weight: torch.Tensor, momentum_buf: torch.Tensor, ids: torch.Tensor, catch_up: torch.Tensor,
                    params: OptimParams, bias: torch.Tensor | None = None,
                    bias_momentum: torch.Tensor | None = None) -> None:
-    """In place: only the catch-up of `sgd_rows_` (rows `ids` advanced over their `skipped` steps, no new
-    gradient), e.g. to bring every row up to date before evaluation or a checkpoint, or before a training
-    step reads them. `bias` and `bias_momentum` (1-D), when given, take the same steps. A momentum buffer
-    kept in a narrower dtype than the weights (the sharded store's `momentum_dtype`) is advanced in the
-    weights' dtype and stored rounded."""
-    if ids.numel() == 0 or not (params.momentum or params.weight_decay):
+    """In place: only the catch-up of `sgd_rows_` (rows `ids` advanced over the steps they sat out, their
+    `catch_up` coefficients from `RowClock`; no new gradient), e.g. to bring every row up to date before
+    evaluation or a checkpoint, or before a training step reads them. `bias` and `bias_momentum` (1-D), when
+    given, take the same steps. A momentum buffer kept in a narrower dtype than the weights (the sharded
+    store's `momentum_dtype`) is advanced in the weights' dtype and stored rounded."""
+    if ids.numel() == 0:
         return
     if bias is not None:
-        catch_up_rows_(bias, bias_momentum, ids, skipped, params)
+        catch_up_rows_(bias, bias_momentum, ids, catch_up, params)
     if momentum_buf.dtype != weight.dtype:
-        _with_wide_momentum(weight, momentum_buf, ids, lambda w, v, rows: catch_up_rows_(w, v, rows, skipped, params))
+        _with_wide_momentum(weight, momentum_buf, ids,
+                            lambda w, v, rows: catch_up_rows_(w, v, rows, catch_up, params))
         return
-    coef = catch_up_coefficients(skipped, params, weight.dtype, weight.device)
+    coef = catch_up.to(weight.device, weight.dtype)
     row_bytes = weight.element_size() * max(1, math.prod(weight.shape[1:]))
     block = max(1, min(ids.numel(), BLOCK_BYTES // row_bytes)) if weight.device.type == "cpu" else ids.numel()
     w_buf, v_buf, _, t_buf = _scratch(weight, block)
@@ -128,45 +129,74 @@ def catch_up_rows_(weight: torch.Tensor, momentum_buf: torch.Tensor, ids: torch.
 
 
 class RowClock:
-    """Which step each row was last updated at, for the catch-up of `sgd_rows_` (one per table of rows).
+    """Which step each row was last updated at, and what every step since did to a row it skipped, for the
+    catch-up of `sgd_rows_` (one per table of rows).
 
         clock = RowClock(num_rows, device)
-        skipped = clock.mark(ids, step)          # steps each row sat out; they count as updated at `step`
-        ids, skipped = clock.behind(ids, step)   # rows about to be read: which sat out steps, and how many
-        clock.settle(step, catch_up)             # every row behind `step` through catch_up(ids, skipped)
+        coef = clock.mark(ids, step, params)     # step `step` runs with `params`; the pushed rows' catch-up
+                                                 # coefficients (None when none of them sat out a step)
+        ids, coef = clock.behind(ids, step)      # rows about to be read: which sat out steps, their coefficients
+        clock.settle(step, catch_up)             # every row behind `step` through catch_up(ids, coef)
         clock.reset(step)                        # every row is as of `step` (loaded, written)
+
+    Steps are marked in order, one `mark` per step (with no rows when a step updates none of this table). A
+    skipped step is one zero-gradient SGD step with that step's own settings (a warm-up or cosine schedule
+    changes the LR every step), so the clock keeps, for every step s from the oldest a row still waits at,
+    the product of the `step_matrix` of steps s .. present − 1: a row's catch-up is one lookup whatever its
+    gap. The table is cut back to the oldest waiting row on `settle`, `reset` and every PRUNE_EVERY steps.
     """
 
     CHUNK = 1 << 20  # rows per chunk of settle(): bounds the temporaries
+    PRUNE_EVERY = 4096  # steps between looks for the oldest waiting row (one pass over the clock)
 
     def __init__(self, num_rows: int, device: str | torch.device = "cpu", step: int = 0):
         self.updated_at = torch.full((num_rows,), step, dtype=torch.long, device=device)
+        self._restart(step)
 
-    def mark(self, ids: torch.Tensor, step: int) -> torch.Tensor:
-        skipped = step - self.updated_at[ids]
+    def _restart(self, step: int) -> None:
+        self._first = step  # the start step of _products[0]
+        self._products = torch.eye(2, dtype=torch.float64).unsqueeze(0)  # [i]: steps first + i .. present − 1
+        self._since_prune = 0
+
+    @property
+    def present(self) -> int:
+        """The first step not marked yet."""
+        return self._first + self._products.shape[0] - 1
+
+    def mark(self, ids: torch.Tensor, step: int, params: OptimParams) -> torch.Tensor | None:
+        """Rows `ids` (unique) are updated at `step`, which runs with `params`: the (S, 4) coefficients of
+        the steps each sat out before it (identity for the others), or None when none sat out a step."""
+        starts = self.updated_at[ids]
         self.updated_at[ids] = step + 1
-        return skipped
+        coef = self._coefficients(starts, step)
+        self._record(step, params)
+        return None if coef is None or bool(_is_identity(coef).all()) else coef
 
     def behind(self, ids: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The unique rows of `ids` behind `step` and the steps each sat out; they count as caught up to
-        `step` from now on (the caller catches them up)."""
-        ids = torch.unique(ids)
-        skipped = step - self.updated_at[ids]
-        late = skipped > 0
-        ids, skipped = ids[late], skipped[late]
+        """The unique rows of `ids` behind `step` and their (S, 4) catch-up coefficients; they count as caught
+        up to `step` from now on (the caller catches them up)."""
+        return self._behind(torch.unique(ids), step)
+
+    def _behind(self, ids: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = self.updated_at[ids]
+        late = starts < step
+        ids, starts = ids[late], starts[late]
         self.updated_at[ids] = step
-        return ids, skipped
+        coef = self._coefficients(starts, step)
+        if coef is None:
+            return ids[:0], torch.empty(0, 4, dtype=torch.float64)
+        moved = ~_is_identity(coef)  # (steps without momentum or decay leave a row where it was)
+        return ids[moved.to(ids.device)], coef[moved]
 
     def settle(self, step: int, catch_up) -> bool:
-        """Every row behind `step` goes through `catch_up(ids, skipped)` (unique ids, in chunks), then every
+        """Every row behind `step` goes through `catch_up(ids, coef)` (unique ids, in chunks), then every
         row counts as of `step`; returns whether any row was behind."""
         n, moved = self.updated_at.numel(), False
         for lo in range(0, n, self.CHUNK):
             ids = torch.arange(lo, min(n, lo + self.CHUNK), device=self.updated_at.device)
-            skipped = step - self.updated_at[ids]
-            behind = skipped > 0
-            if bool(behind.any()):
-                catch_up(ids[behind], skipped[behind])
+            late, coef = self._behind(ids, step)
+            if late.numel():
+                catch_up(late, coef)
                 moved = True
         self.reset(step)
         return moved
@@ -174,30 +204,46 @@ class RowClock:
     def reset(self, step: int, ids: torch.Tensor | None = None) -> None:
         if ids is None:
             self.updated_at.fill_(step)
+            self._restart(step)
         else:
             self.updated_at[ids] = step
 
+    def _coefficients(self, starts: torch.Tensor, step: int) -> torch.Tensor | None:
+        """(S, 4) float64: the product of the step matrices of steps starts[i] .. step − 1, None if no row
+        sat out a step."""
+        if step != self.present:
+            raise RuntimeError(f"row clock: asked at step {step}, but steps are marked up to {self.present}; "
+                               "mark every step once, in order (or reset the clock)")
+        starts = starts.cpu()
+        if not bool((starts < step).any()):
+            return None
+        return self._products[starts - self._first].reshape(-1, 4)
+
+    def _record(self, step: int, params: OptimParams) -> None:
+        """Step `step` ran with `params`: every product takes its matrix, and step + 1 starts an empty one."""
+        self._products = torch.cat([step_matrix(params) @ self._products,
+                                    torch.eye(2, dtype=torch.float64).unsqueeze(0)])
+        self._since_prune += 1
+        if self._since_prune >= self.PRUNE_EVERY:  # drop the products no waiting row starts at
+            self._since_prune = 0
+            oldest = min(int(self.updated_at.min()), step + 1) if self.updated_at.numel() else step + 1
+            self._products = self._products[oldest - self._first:].clone()
+            self._first = oldest
+
+
+def step_matrix(params: OptimParams) -> torch.Tensor:
+    """What one zero-gradient SGD step does to a row's (weight, velocity), element by element: w' = a·w + b·v,
+    v' = c·w + e·v with [[a, b], [c, e]] = [[1 − lr·wd, −lr·m], [wd, m]] (v ← m·v + wd·w ; w ← w − lr·v)."""
+    lr, m, wd = params.lr, params.momentum, params.weight_decay
+    return torch.tensor([[1.0 - lr * wd, -lr * m], [wd, m]], dtype=torch.float64)
+
+
+def _is_identity(coef: torch.Tensor) -> torch.Tensor:
+    """Per row of (S, 4) coefficients: whether they leave (weight, velocity) as they are."""
+    return (coef == torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=coef.dtype)).all(1)
+
 
 BLOCK_BYTES = 512 << 10  # per scratch buffer; 128 KiB-1 MiB all measured within 15% of each other
-
-
-def catch_up_coefficients(skipped: torch.Tensor, params: OptimParams, dtype: torch.dtype,
-                          device: torch.device) -> torch.Tensor:
-    """(S, 4) coefficients a, b, c, e of A^k per row, k = `skipped`: after k zero-gradient SGD steps
-    w' = a·w + b·v and v' = c·w + e·v, where one step is v ← m·v + wd·w ; w ← w − lr·v, i.e.
-    A = [[1 − lr·wd, −lr·m], [wd, m]]. Computed by repeated squaring in float64 (k can be large)."""
-    lr, m, wd = params.lr, params.momentum, params.weight_decay
-    k = skipped.to("cpu", torch.long).clamp(min=0)
-    out = torch.zeros(k.numel(), 2, 2, dtype=torch.float64)
-    out[:, 0, 0] = out[:, 1, 1] = 1.0
-    base = torch.tensor([[1.0 - lr * wd, -lr * m], [wd, m]], dtype=torch.float64)
-    while bool((k > 0).any()):
-        odd = (k & 1).bool()
-        if bool(odd.any()):
-            out[odd] = out[odd] @ base
-        base = base @ base
-        k = k >> 1
-    return out.reshape(-1, 4).to(device, dtype)
 
 
 def _catch_up_block_(momentum_buf, ids, w, v, scratch, coef, params: OptimParams) -> None:

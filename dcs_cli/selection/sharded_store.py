@@ -36,7 +36,7 @@ from dcs_cli.selection.row_update import RowClock, catch_up_rows_, sgd_rows_
 from dcs_cli.selection.store import ClassStore, OptimParams, on_cpu
 
 MOMENTUM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-# The catch-up of rows that sat out steps (sgd_rows_'s `skipped`), when this checkout's store has it:
+# The catch-up of rows that sat out steps (RowClock), when this checkout's store has it:
 # the sharded store follows whatever rule LocalStore follows, so both start and step alike.
 
 
@@ -153,7 +153,7 @@ class ShardedStore(ClassStore):
         grad_w = grad_w.to(self.device)
         extra = {}
         if self.clock is not None:
-            extra["skipped"] = self.clock.mark(local, self.steps)
+            extra["catch_up"] = self.clock.mark(local, self.steps, self.params)
         self.steps += 1
         sgd_rows_(self.weight, self.momentum, local, grad_w, self.params, **extra)
         if self.bias is not None and grad_b is not None:
@@ -164,9 +164,9 @@ class ShardedStore(ClassStore):
         if self.clock is not None:
             self.clock.settle(self.steps, self._catch_up)
 
-    def _catch_up(self, local: torch.Tensor, skipped: torch.Tensor) -> None:
-        """Rows `local` (unique) take the `skipped` steps they sat out; the caller resets their clock."""
-        catch_up_rows_(self.weight, self.momentum, local, skipped, self.params, self.bias, self.bias_momentum)
+    def _catch_up(self, local: torch.Tensor, coef: torch.Tensor) -> None:
+        """Rows `local` (unique) take the steps they sat out (`coef` from the clock); the caller resets their clock."""
+        catch_up_rows_(self.weight, self.momentum, local, coef, self.params, self.bias, self.bias_momentum)
 
     def weights(self) -> torch.Tensor:
         """This shard's live (hi-lo)×d weights on the CPU (not all N: see `gather_weights`)."""
@@ -264,8 +264,14 @@ class ShardView(ClassStore):
     def rows(self, ids):
         return self.store.local_rows(ids)
 
+    def current_rows(self, ids):
+        return self.store.current_local_rows(ids)
+
     def push(self, ids, grad_w, grad_b=None):
         self.store.local_push(ids, grad_w, grad_b)
+
+    def settle(self) -> None:  # this shard's rows only: an index refresh sees them as of the step
+        self.store.settle()
 
     def weights(self):
         return self.store.weights()

@@ -14,9 +14,9 @@ The training code only sees this interface, so an in-process store (`local_store
 in `row_update.py`, is PyTorch SGD (dampening 0, no nesterov) applied to the pushed rows only:
     g = grad + weight_decay * w ;  v = momentum * v + g  (v = g on a row's first update) ;  w -= lr * v
 Rows that are not pushed keep their weight and momentum unchanged until they are next pushed; a store with
-catch-up (`RowClock`) then first applies the zero-gradient steps they sat out, so its rows follow dense SGD
-exactly, and `settle()` brings every row up to date (before evaluation, checkpoints and index refreshes);
-without catch-up they stay frozen ("lazy" momentum and weight decay).
+catch-up (`RowClock`) then first applies the zero-gradient steps they sat out, each with its own LR, so its
+rows follow dense SGD exactly, and `settle()` brings every row up to date (before evaluation, checkpoints
+and index refreshes); without catch-up they stay frozen ("lazy" momentum and weight decay).
 """
 
 from __future__ import annotations

@@ -76,6 +76,27 @@ def test_foreign_files_need_overwrite(tmp_path):
         rec_to_images(tmp_path / "rec", tmp_path / "out")
 
 
+def test_overwrite_never_deletes_a_users_files(tmp_path):
+    """--overwrite replaces earlier outputs only in a folder dcs made: a user's images/ and lists in a folder
+    of their own are refused, not deleted."""
+    write_synthetic_rec(tmp_path / "rec", 2, 2, image_size=16, seed=0)
+    out = tmp_path / "mine"
+    (out / "images" / "7").mkdir(parents=True)
+    (out / "images" / "7" / "precious.jpg").write_bytes(b"mine")
+    (out / "train_list.txt").write_text("7/precious.jpg 0\n")
+    with pytest.raises(OutputExistsError, match=r"holds images that dcs did not write, in a folder dcs did not make"):
+        rec_to_images(tmp_path / "rec", out, overwrite=True)
+    assert (out / "images" / "7" / "precious.jpg").read_bytes() == b"mine"
+    assert (out / "train_list.txt").read_text() == "7/precious.jpg 0\n"
+    made = tmp_path / "made"
+    rec_to_images(tmp_path / "rec", made)  # a folder dcs made: --overwrite replaces its outputs
+    (made / "meta.json").unlink()  # (as if a user removed the marker: the outputs are still dcs's)
+    with pytest.raises(OutputExistsError, match="pass --overwrite"):
+        rec_to_images(tmp_path / "rec", made)
+    rec_to_images(tmp_path / "rec", made, overwrite=True)
+    assert (made / "meta.json").exists()
+
+
 def test_non_image_payload_names_the_record(tmp_path):
     from dcs_cli.data.recordio import RecordWriter, pack_image_record
 

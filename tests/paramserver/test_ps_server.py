@@ -87,7 +87,10 @@ def test_current_rows_have_caught_up_what_they_sat_out(server):
     gen = torch.Generator().manual_seed(3)
     with RemoteStore(server.address, "current", n, d, seed=2, params=params, catch_up=True) as remote:
         local = LocalStore(n, d, seed=2, params=params, catch_up=True)
-        for _ in range(6):
+        for t in range(6):
+            lr = 0.02 * (t + 1)  # a warm-up: each skipped step is caught up at its own LR, on both sides
+            remote.set_lr(lr)
+            local.set_lr(lr)
             ids = torch.randperm(n, generator=gen)[:10]
             g = torch.randn(10, d, generator=gen)
             remote.push(ids, g)

@@ -6,19 +6,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dcs_cli.selection.local_store import LocalStore
-from dcs_cli.selection.row_update import catch_up_coefficients
+from dcs_cli.selection.row_update import RowClock, step_matrix
 from dcs_cli.selection.sharded_store import ShardedStore
 from dcs_cli.selection.store import OptimParams
 
 
-def _run(n: int, d: int, steps: int, params: OptimParams, seed: int, catch_up: bool = True):
+def _run(n: int, d: int, steps: int, params: OptimParams, seed: int, catch_up: bool = True, lrs=None,
+         kind: str = "local"):
+    """Train a store and dense torch SGD alike for `steps` steps (LR `lrs[t]` at step t when given)."""
     gen = torch.Generator().manual_seed(seed)
-    store = LocalStore(n, d, bias=True, params=params, seed=seed, catch_up=catch_up)
+    store = (LocalStore(n, d, bias=True, params=params, seed=seed, catch_up=catch_up) if kind == "local" else
+             ShardedStore(n, d, rank=0, world=1, bias=True, params=params, seed=seed, catch_up=catch_up))
     weight = torch.nn.Parameter(store.weight.clone())
     bias = torch.nn.Parameter(store.bias.clone())
     dense = torch.optim.SGD([weight, bias], lr=params.lr, momentum=params.momentum,
                             weight_decay=params.weight_decay)
-    for _ in range(steps):
+    for t in range(steps):
+        if lrs is not None:
+            store.set_lr(lrs[t])
+            for group in dense.param_groups:
+                group["lr"] = lrs[t]
         count = int(torch.randint(1, n + 1, (), generator=gen))
         ids = torch.randperm(n, generator=gen)[:count]
         grad_w, grad_b = torch.randn(count, d, generator=gen), torch.randn(count, generator=gen)
@@ -49,14 +56,53 @@ def test_frozen_rows_differ_from_dense_sgd():
     assert (store.weight - weight).abs().max() > 1e-3
 
 
-def test_coefficients_of_long_gaps_match_repeated_steps():
-    params = OptimParams(lr=0.05, momentum=0.9, weight_decay=5e-4)
-    k = torch.tensor([0, 1, 7, 300])
-    coef = catch_up_coefficients(k, params, torch.float64, torch.device("cpu")).view(-1, 2, 2)
-    step = torch.tensor([[1 - params.lr * params.weight_decay, -params.lr * params.momentum],
-                         [params.weight_decay, params.momentum]], dtype=torch.float64)
-    for i, gap in enumerate(k.tolist()):
-        torch.testing.assert_close(coef[i], torch.linalg.matrix_power(step, gap))
+@pytest.mark.parametrize("kind", ["local", "sharded"])
+def test_catch_up_follows_a_changing_lr(kind):
+    """Under a warm-up then cosine LR (a new LR every step) each skipped step is caught up at its own LR:
+    the store still equals dense SGD. (Catching every gap up at the present LR moved a row pushed once early
+    in the warm-up 6x too far.)"""
+    import math
+
+    steps = 60
+    lrs = [0.1 * (t + 1) / 20 if t < 20 else 0.05 * (1 + math.cos(math.pi * (t - 20) / 40)) for t in range(steps)]
+    params = OptimParams(lr=lrs[0], momentum=0.9, weight_decay=5e-4)
+    store, weight, bias, velocity = _run(30, 4, steps, params, seed=5, lrs=lrs, kind=kind)
+    torch.testing.assert_close(store.weight, weight, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(store.bias, bias, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(store.momentum, velocity, atol=2e-5, rtol=1e-4)
+
+
+def test_clock_coefficients_are_the_products_of_each_steps_matrix(monkeypatch):
+    """A row's catch-up over steps a .. b − 1 is A_{b−1} ··· A_a with each step's own settings, through any
+    gap, also after the clock has dropped the products no waiting row needs."""
+    monkeypatch.setattr(RowClock, "PRUNE_EVERY", 7)
+    settings_at = [OptimParams(lr=0.01 * (1 + t % 5), momentum=0.9, weight_decay=5e-4 * (t % 2)) for t in range(40)]
+    clock = RowClock(4)
+    last = [0, 0, 0, 0]
+    for t, params in enumerate(settings_at):
+        ids = torch.tensor([0] + ([1] if t % 4 == 0 else []) + ([2] if t in (25, 39) else []))
+        coef = clock.mark(ids, t, params)
+        for i, row in enumerate(ids.tolist()):
+            expected = torch.eye(2, dtype=torch.float64)
+            for s in range(last[row], t):
+                expected = step_matrix(settings_at[s]) @ expected
+            got = torch.eye(2, dtype=torch.float64) if coef is None else coef[i].view(2, 2)
+            torch.testing.assert_close(got, expected)
+            last[row] = t + 1
+    ids, coef = clock.behind(torch.tensor([3, 3, 1, 0]), len(settings_at))  # 3 never pushed: all 40 steps
+    assert ids.tolist() == [1, 3]  # row 0 was pushed at the last step: not behind
+    for i, start in enumerate([37, 0]):
+        expected = torch.eye(2, dtype=torch.float64)
+        for params in settings_at[start:]:
+            expected = step_matrix(params) @ expected
+        torch.testing.assert_close(coef[i].view(2, 2), expected)
+
+
+def test_clock_refuses_steps_out_of_order():
+    clock = RowClock(3)
+    clock.mark(torch.tensor([0]), 0, OptimParams())
+    with pytest.raises(RuntimeError, match="mark every step once, in order"):
+        clock.mark(torch.tensor([1]), 5, OptimParams())
 
 
 def test_state_dict_round_trip_keeps_the_step_count():
