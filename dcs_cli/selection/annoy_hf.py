@@ -53,9 +53,9 @@ class AnnoySelector(IndexSelector):
         self._pool: ThreadPoolExecutor | None = None
         self._pool_jobs = 0
 
-    def _build(self, snapshot: np.ndarray):
+    def _build(self, snapshot: np.ndarray, seed: int):
         index = AnnoyIndex(snapshot.shape[1], ANNOY_METRIC[self._resolved_metric()])
-        index.set_seed(self.seed)
+        index.set_seed(seed % 2**31)
         for i, row in enumerate(snapshot):
             index.add_item(i, row)
         jobs = self.jobs if self.jobs > 0 else (os.cpu_count() or 1)

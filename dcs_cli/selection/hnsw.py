@@ -54,10 +54,10 @@ class HnswSelector(IndexSelector):
     def _threads(self) -> int:
         return self.jobs if self.jobs > 0 else (os.cpu_count() or 1)
 
-    def _build(self, snapshot: np.ndarray):
+    def _build(self, snapshot: np.ndarray, seed: int):
         index = hnswlib.Index(space=HNSW_SPACE[self._resolved_metric()], dim=snapshot.shape[1])
         index.init_index(max_elements=snapshot.shape[0], M=self.m, ef_construction=self.ef_construction,
-                         random_seed=self.seed)
+                         random_seed=seed % 2**31)
         index.add_items(snapshot, np.arange(snapshot.shape[0]), num_threads=self._threads())
         return index
 

@@ -95,8 +95,8 @@ class IndexSelector(Selector):
 
     # ----------------------------------------------------------------------------- backend hooks
     @abstractmethod
-    def _build(self, snapshot: np.ndarray):
-        """A new index over all rows of `snapshot` (N×d float32)."""
+    def _build(self, snapshot: np.ndarray, seed: int):
+        """A new index over all rows of `snapshot` (N×d float32); `seed` is this build's (`build_seed`)."""
 
     def _update(self, index, ids: np.ndarray, rows: np.ndarray):
         """Incremental backends: replace rows `ids` of `index` in place; returns the index."""
@@ -111,6 +111,11 @@ class IndexSelector(Selector):
         if self.metric == "auto":
             self.metric = metric
 
+    def build_seed(self, refreshes: int | None = None) -> int:
+        """The seed of the index built after `refreshes` refreshes (default: so far): a run resumed with its
+        refresh count (the checkpoint's) builds its first index as the uninterrupted run built that one."""
+        return self.seed + (self.refreshes if refreshes is None else refreshes)
+
     def _resolved_metric(self) -> str:
         return "dot" if self.metric == "auto" else self.metric
 
@@ -123,11 +128,12 @@ class IndexSelector(Selector):
         if self.index is None:
             start = time.perf_counter()
             weights = store.weights().detach()
-            self.proj = Projection.fit(weights, self.index_dim, self._resolved_metric(), self.seed)
+            seed = self.build_seed()
+            self.proj = Projection.fit(weights, self.index_dim, self._resolved_metric(), seed)
             self._snap = self.proj.apply(weights)
             self._snap_norm2 = sum_squares(self._snap) or 1.0
             self._dirty = torch.zeros(self.num_classes, dtype=torch.bool)
-            self.index = self._build(self._snap)
+            self.index = self._build(self._snap, seed)
             self.build_seconds = time.perf_counter() - start
             self.index_step = self._snap_step = self.step
 
@@ -204,12 +210,12 @@ class IndexSelector(Selector):
                 return self._update(index, ids.numpy(), rows), proj, snap
         else:
             weights = self.store.weights().detach()  # a live view on a CPU store: read in the thread
-            metric, seed = self._resolved_metric(), self.seed + self.refreshes + 1
+            metric, seed = self._resolved_metric(), self.build_seed(self.refreshes + 1)
 
             def job():
                 proj = Projection.fit(weights, self.index_dim, metric, seed)
                 snap = proj.apply(weights)
-                return self._build(snap), proj, snap
+                return self._build(snap, seed), proj, snap
         self._dirty.zero_()
         self._snap_step = self.step
         stall = time.perf_counter() - start

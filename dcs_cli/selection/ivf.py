@@ -221,12 +221,12 @@ class IvfSelector(IndexSelector):
         self._updates = 0  # incremental refreshes since the last full build
         self.rebuild_seconds: list[float] = []  # wall time of each full build (the first included)
 
-    def _build(self, snapshot: np.ndarray) -> InvertedLists:
+    def _build(self, snapshot: np.ndarray, seed: int) -> InvertedLists:
         start = time.perf_counter()
         previous = self.index.centroids if isinstance(self.index, InvertedLists) else None
         # a warm start needs fewer rounds: one keeps the centroids following the rows
         iters = self.iters if previous is None else min(self.iters, 1)
-        lists = build_lists(torch.from_numpy(snapshot), self.lists, iters, self.seed + self.refreshes, previous)
+        lists = build_lists(torch.from_numpy(snapshot), self.lists, iters, seed, previous)
         self.rebuild_seconds.append(time.perf_counter() - start)
         return lists
 

@@ -29,9 +29,10 @@ import math
 
 import torch
 
+from dcs_cli.seeds import stream_seed
+
 AUTO_TAIL_SAMPLES = 64  # draws per step for angular heads (selection.tail_samples = -1)
 AUTO_TAIL_NEAR = 30  # next-nearest classes per sample taken whole, with the draws on (selection.tail_near = -1)
-TAIL_SEED_OFFSET = 7919  # keeps the draws apart from a random fill seeded with the same selection.seed
 
 
 def resolve_tail_samples(tail_samples: int, metric: str, selects_all: bool = False) -> int:
@@ -60,11 +61,11 @@ class TailSampler:
 
     def __init__(self, num_classes: int, k: int, seed: int = 0):
         self.num_classes, self.k = num_classes, k
-        self.gen = torch.Generator().manual_seed(seed + TAIL_SEED_OFFSET)
+        self.gen = torch.Generator().manual_seed(stream_seed(seed, "tail"))  # apart from the fill's
 
     def reseed(self, seed: int) -> None:
         """Restart the draws from `seed` (the training loop does at each epoch, as for the random fill)."""
-        self.gen.manual_seed(seed + TAIL_SEED_OFFSET)
+        self.gen.manual_seed(stream_seed(seed, "tail"))
 
     def draw(self, active: torch.Tensor) -> tuple[torch.Tensor, float]:
         active = active.cpu().long()

@@ -78,18 +78,34 @@ def build_class_store(cfg, num_classes: int, ctx: DistContext, resume: dict | No
     # Rank 0 restores the snapshot first; the others register afterwards, so they see the restored step,
     # and nobody pushes before every rank is registered in the server's barrier.
     store = None
-    if ctx.is_main:
-        store = connect()
-        if resume is not None and resume.get("store"):
-            state = dict(saved_store_state(resume))
-            state.pop("step", None)  # the server keeps counting; the checkpoint's step is the trainer's own
-            store.load_state_dict(state)
-            store.set_optim(params)
-    barrier()
-    if store is None:
-        store = connect()
-    barrier()
+    try:
+        if ctx.is_main:
+            store = connect()
+            if resume is not None and resume.get("store"):
+                state = dict(saved_store_state(resume))
+                state.pop("step", None)  # the server keeps counting; the checkpoint's step is the trainer's own
+                store.load_state_dict(state)
+                store.set_optim(params)
+        barrier()
+        if store is None:
+            store = connect()
+        barrier()
+    except BaseException:  # the run's own server (and this rank's client) must not outlive a failed start
+        release_class_store(store, server)
+        raise
     return store, server
+
+
+def release_class_store(store, server) -> None:
+    """Close a store's connection (a paramserver client) and stop the server this rank started, if any;
+    for a run that ends or fails to start (errors while releasing are not the run's error)."""
+    closer = getattr(store, "close", None)
+    if closer is not None:
+        with contextlib.suppress(Exception):
+            closer()
+    if server is not None:
+        with contextlib.suppress(Exception):
+            server.stop()
 
 
 def _start_shared_server(cfg, ctx: DistContext):

@@ -6,8 +6,8 @@ torchrun), passing the data it opened and the checkpoint it loaded; workers that
 starts get only the picklable `TrainJob` and open both themselves.
 
 Each epoch reseeds the data order, the selector's random fill and the tail draws (`selection.tail_samples`)
-from (seed, epoch, rank), so a run resumed from an epoch checkpoint replays exactly the batches and
-selections an uninterrupted run would.
+from (seed, stream, epoch, rank) (`dcs_cli.seeds`), so a run resumed from an epoch checkpoint replays
+exactly the batches and selections an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 from dcs_cli import console
 from dcs_cli.config import config_from_dict
 from dcs_cli.errors import DataError
+from dcs_cli.seeds import stream_seed
 from dcs_cli.train.checkpoint import load_checkpoint, save_checkpoint
 from dcs_cli.train.data import TrainData, build_data, seed_everything, steps_per_epoch, train_loader, val_loader
 from dcs_cli.train.dist import barrier, init_distributed
@@ -41,10 +42,6 @@ class TrainJob:
     resume: str | None = None
     quiet: bool = False
     stop_after_steps: int | None = None  # test hook: stop like a kill after this global step (no save)
-
-
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    return (seed * 1_000_003 + epoch * 7_919 + rank) % (2**63)
 
 
 def train_worker(job: TrainJob, data: TrainData | None = None, resume: dict | None = None) -> dict:
@@ -73,9 +70,9 @@ def train_worker(job: TrainJob, data: TrainData | None = None, resume: dict | No
     result = {"step": step, "epoch": start_epoch, "val_acc": None, "stopped": False}
     try:
         for epoch in range(start_epoch, cfg.optim.epochs):
-            seed_everything(epoch_seed(cfg.optim.seed, epoch, ctx.rank))
+            seed_everything(stream_seed(cfg.optim.seed, "global", epoch, ctx.rank))
             if parts.sampled is not None:
-                parts.sampled.reseed(epoch_seed(cfg.selection.seed, epoch, ctx.rank))
+                parts.sampled.reseed(stream_seed(cfg.selection.seed, "selection", epoch, ctx.rank))
             loader = train_loader(data.train, cfg.data.batch_size, cfg.data.workers, epoch, cfg.optim.seed,
                                   ctx.rank, ctx.world_size)
             parts.model.train()

@@ -26,7 +26,7 @@ from dcs_cli.console import warn
 from dcs_cli.selection.sharded_store import ShardedStore
 from dcs_cli.torchfile import save_torch_file
 from dcs_cli.train.checkpoint import checkpoint_path, store_folder_path, store_snapshot_path
-from dcs_cli.train.class_store import build_class_store, class_store_kind
+from dcs_cli.train.class_store import build_class_store, class_store_kind, release_class_store
 from dcs_cli.train.classifier import FullClassifier, FullModel, SampledClassifier
 from dcs_cli.train.dist import DistContext, barrier
 from dcs_cli.train.evaluate import evaluate_top1
@@ -130,12 +130,8 @@ class Parts:
     def close(self) -> None:
         if self.sampled is not None:
             self.sampled.close()
-            closer = getattr(self.sampled.store, "close", None)
-            if closer is not None:
-                closer()
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
+        release_class_store(self.sampled.store if self.sampled is not None else None, self.server)
+        self.server = None
 
 
 def _wrap(module: nn.Module, ctx: DistContext, data_parallel: bool) -> nn.Module:
@@ -152,7 +148,6 @@ def build_parts(cfg, num_classes: int, input_shape: tuple, ctx: DistContext, res
     several workers: the class store may be sharded or shared)."""
     from dcs_cli.models.backbones import build_backbone
     from dcs_cli.models.heads import build_head
-    from dcs_cli.selection import build_selector
 
     mode = cfg.selection.mode
     lr = cfg.optim.base_lr(mode)
@@ -181,26 +176,49 @@ def build_parts(cfg, num_classes: int, input_shape: tuple, ctx: DistContext, res
         model = _wrap(backbone, ctx, data_parallel=False)
         params = list(backbone.parameters())
         store, server = build_class_store(cfg, num_classes, ctx, resume, lr)
-        if sharded:
-            # selection.sample_num is per worker's batch, as in one process: the global batch of W·B
-            # samples draws W·sample_num active classes over all shards, each shard its share.
-            world = ctx.world_size
-            selection = dataclasses.replace(cfg.selection, sample_num=cfg.selection.sample_num * world)
-            selector = build_shard_selector(selection, store, cfg.data.batch_size * world)
-            sampled = ShardedClassifier(selector, store, head, step=step,
-                                        tail_samples=cfg.selection.tail_samples, seed=cfg.selection.seed,
-                                        tail_near=cfg.selection.tail_near,
-                                        random_share=cfg.selection.random_share)
-        else:
-            selector = build_selector(cfg.selection, num_classes, cfg.data.batch_size)
-            sampled = SampledClassifier(selector, store, head, world=ctx.world_size, step=step,
-                                        tail_samples=cfg.selection.tail_samples, seed=cfg.selection.seed,
-                                        tail_near=cfg.selection.tail_near,
-                                        random_share=cfg.selection.random_share)
-        if resume is not None and hasattr(selector, "refreshes"):
-            selector.refreshes = int((resume.get("selector") or {}).get("_refreshes", 0))
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
-    if resume is not None:
-        optimizer.load_state_dict(fit_optimizer_state(resume["optimizer"], len(params), momenta))
+        sampled = None
+    try:  # a failure from here on must not leave the run's paramserver (a process of its own) running
+        if full is None:
+            sampled = _sampled_classifier(cfg, num_classes, ctx, store, head, step, resume)
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+        if resume is not None:
+            optimizer.load_state_dict(fit_optimizer_state(resume["optimizer"], len(params), momenta))
+    except BaseException:
+        if sampled is not None:
+            sampled.close()
+        if full is None:
+            release_class_store(store, server)
+        raise
     return Parts(cfg=cfg, ctx=ctx, model=model, backbone=backbone, optimizer=optimizer, num_classes=num_classes,
                  full=full, sampled=sampled, amp=amp, server=server)
+
+
+def _sampled_classifier(cfg, num_classes: int, ctx: DistContext, store, head, step: int, resume: dict | None):
+    """The selector and the sampled classifier over `store` (a shard's under a sharded store)."""
+    from dcs_cli.selection import build_selector
+
+    if isinstance(store, ShardedStore):
+        # selection.sample_num is per worker's batch, as in one process: the global batch of W·B
+        # samples draws W·sample_num active classes over all shards, each shard its share.
+        world = ctx.world_size
+        selection = dataclasses.replace(cfg.selection, sample_num=cfg.selection.sample_num * world)
+        selector = build_shard_selector(selection, store, cfg.data.batch_size * world)
+        _restore_refreshes(selector, resume)
+        sampled = ShardedClassifier(selector, store, head, step=step,
+                                    tail_samples=cfg.selection.tail_samples, seed=cfg.selection.seed,
+                                    tail_near=cfg.selection.tail_near,
+                                    random_share=cfg.selection.random_share)
+    else:
+        selector = build_selector(cfg.selection, num_classes, cfg.data.batch_size)
+        _restore_refreshes(selector, resume)
+        sampled = SampledClassifier(selector, store, head, world=ctx.world_size, step=step,
+                                    tail_samples=cfg.selection.tail_samples, seed=cfg.selection.seed,
+                                    tail_near=cfg.selection.tail_near,
+                                    random_share=cfg.selection.random_share)
+    return sampled
+
+
+def _restore_refreshes(selector, resume: dict | None) -> None:
+    """The run's refresh count, before the selector builds its first index (whose seed follows it)."""
+    if resume is not None and hasattr(selector, "refreshes"):
+        selector.refreshes = int((resume.get("selector") or {}).get("_refreshes", 0))

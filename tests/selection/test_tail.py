@@ -213,3 +213,16 @@ def test_backbone_learns_from_the_fill_and_rows_from_every_active_class(head, ta
     F.cross_entropy(head(x, ref_rows[row_ids], None, y if tail else local), y if tail else local).backward()
     torch.testing.assert_close(rows.grad, ref_rows.grad[ids], atol=1e-6, rtol=1e-5)
     assert rows.grad[4:10].abs().sum() > 0  # the retrieved rows were trained
+
+
+def test_tail_draws_are_not_the_next_epochs_fill():
+    """Each epoch's streams have their own seeds: the tail draws of epoch e are not the random fill of epoch
+    e + 1 (an additive offset equal to the epoch stride made them the same stream)."""
+    from dcs_cli.seeds import stream_seed
+    from dcs_cli.selection.random_sel import RandomSelector
+    from dcs_cli.selection.tail import TailSampler
+
+    tail, fill = TailSampler(10_000, 64), RandomSelector(10_000, 64)
+    tail.reseed(stream_seed(0, "selection", 0, 0))
+    fill.reseed(stream_seed(0, "selection", 1, 0))
+    assert not torch.equal(tail.gen.get_state(), fill.generator.get_state())
