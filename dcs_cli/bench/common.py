@@ -47,3 +47,14 @@ def report(scenario: str, params: dict, rows: list[dict], json_path: str | Path 
     if json_path:
         write_json_atomic(json_path, result)
     return result
+
+
+def recall_at_k(selector, weights, feats, k: int, metric: str = "dot") -> float:
+    """Share of the exact top-k classes of `feats` (by `weights` and `metric`) among the selector's k
+    neighbours, asked for exactly as a training step asks (same k, so the same index search)."""
+    from dcs_cli.selection.exact import exact_topk
+
+    truth = exact_topk(feats, weights, k, metric)[1]
+    found = selector.neighbours(feats, k)
+    hits = sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True))
+    return hits / truth.numel()

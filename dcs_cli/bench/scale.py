@@ -34,7 +34,6 @@ CONTENDERS = ("full", "random", "hf")
 CLASSES = (125_000, 1_000_000, 4_000_000, 10_000_000)
 QUICK_CLASSES = (20_000, 125_000)
 PROCS = (1, 2)
-POOL = 4  # distinct pre-generated batches, cycled
 BASE_BYTES = 450 << 20  # interpreter + torch + annoy per process
 FIT = 0.9  # share of MemAvailable a configuration may plan to use
 TIMEOUT_S = 3600
@@ -107,23 +106,25 @@ def _steps(mode: str, classes: int, p: dict, ctx) -> dict:
         clf = ShardedSoftmax(build_shard_selector(cfg, store, b * world), store, SoftmaxHead())
     build = getattr(clf.selector, "build_seconds", 0.0)
     gen = torch.Generator().manual_seed(1 + ctx.rank)
-    pool = [(torch.randn(b, d, generator=gen).to(ctx.device),
-             torch.randint(0, classes, (b,), generator=gen).to(ctx.device)) for _ in range(POOL)]
     steps = p["full_steps"] if mode == "full" else p["steps"]
     seconds = 0.0
     for i in range(steps + 1):  # step 0 pays one-off allocations: not timed
-        if i == 1:
-            if world > 1:
-                torch.distributed.barrier()
-            start = time.perf_counter()
-        feats, labels = pool[i % POOL]
-        x = feats.clone().requires_grad_(True)
+        # a fresh batch every step, made before its timer: no step revisits another's rows
+        feats = torch.randn(b, d, generator=gen).to(ctx.device)
+        labels = torch.randint(0, classes, (b,), generator=gen).to(ctx.device)
+        if i == 1 and world > 1:
+            torch.distributed.barrier()
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        x = feats.requires_grad_(True)
         loss, _ = clf(x, labels)
         loss.backward()
         clf.push()
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            seconds += time.perf_counter() - start
     clf.selector.close()
     return {"seconds": seconds, "steps": steps, "init_s": made - t0, "build_s": build}
 

@@ -3,9 +3,9 @@
     dcs bench select-speed --quick --json select_speed.json
     dcs bench select-speed --quick --sweep --json sweep.json   # recall vs speed, each index at 4-5 settings
 
-A step is forward + backward + store update over fixed (pre-generated) features: selection, row gather,
-head, loss, one batched push, and the selector's refresh hook. Each contender runs in its own spawned
-process so its peak RSS is its own. The store holds "trained-looking" weights (classes in clusters of
+A step is forward + backward + store update over a fresh batch (generated before the timer starts):
+selection, row gather, head, loss, one batched push, and the selector's refresh hook. Each contender runs
+in its own spawned process so its peak RSS is its own. The store holds "trained-looking" weights (classes in clusters of
 `CLUSTER` around shared centres, as trained classifiers are: similar classes have similar rows) and
 each sample's feature points at its own class, so the index's neighbours are meaningful and its recall
 can be measured. Figures:
@@ -27,8 +27,10 @@ can be measured. Figures:
   speedup     full's amortized_s / this amortized_s
 `--sweep` replaces the contenders by full plus each index kind at several settings (SWEEP: hf over
 Annoy trees and index_dim, hnsw over ef, ivf over nprobe), one row each, named by its settings.
-Labels are drawn uniformly per step, so the rows a refresh must handle are as many as real training
-would touch. full and exact cost a whole B×N×d product per step; they run `--full-steps` steps only.
+Labels are drawn uniformly for every step, so the rows a refresh must handle are as many as real training
+would touch (until 2026-12-07 the bench cycled 16 pre-made batches, which left hnsw's and ivf's
+incremental refreshes a third of the changed rows they meet in training). full and exact cost a whole
+B×N×d product per step; they run `--full-steps` steps only.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from dcs_cli.bench.common import peak_rss_mb, report
+from dcs_cli.bench.common import peak_rss_mb, recall_at_k, report
 from dcs_cli.console import info, progress_bar
 from dcs_cli.errors import UsageError
 
@@ -55,7 +57,6 @@ SWEEP: tuple[tuple[str, dict], ...] = (
     ("ivf", {"ivf_nprobe": 1}), ("ivf", {"ivf_nprobe": 2}), ("ivf", {"ivf_nprobe": 4}), ("ivf", {"ivf_nprobe": 8}),
     ("ivf", {"ivf_nprobe": 16}),
 )
-POOL = 16  # distinct pre-generated batches, cycled
 CLUSTER = 50  # classes per cluster of the trained-looking weights
 REFRESH_MODES = ("sync", "background")
 
@@ -71,25 +72,12 @@ def trained_looking_(w: torch.Tensor, gen: torch.Generator, chunk: int = 1 << 16
     return w.mul_(0.05)
 
 
-def batches(w: torch.Tensor, b: int, count: int, gen: torch.Generator):
-    """`count` (features, labels) pairs: each feature is its class row, rescaled, plus noise."""
-    out = []
-    for _ in range(count):
-        labels = torch.randint(0, w.shape[0], (b,), generator=gen)
-        rows = w.index_select(0, labels)
-        feats = 8.0 * rows / rows.norm(dim=1, keepdim=True) + 0.5 * torch.randn(b, w.shape[1], generator=gen)
-        out.append((feats, labels))
-    return out
-
-
-def recall_at_k(selector, store, feats: torch.Tensor, k: int) -> float:
-    """Share of the exact top-k classes (by the current weights) among the selector's k neighbours."""
-    from dcs_cli.selection.exact import exact_topk
-
-    truth = exact_topk(feats, store.weights(), k)[1]
-    found = selector.neighbours(feats, k)
-    hits = sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True))
-    return hits / truth.numel()
+def make_batch(w: torch.Tensor, b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels) of `b` uniform labels: each feature is its class's present row, rescaled, plus noise."""
+    labels = torch.randint(0, w.shape[0], (b,), generator=gen)
+    rows = w.index_select(0, labels)
+    feats = 8.0 * rows / rows.norm(dim=1, keepdim=True) + 0.5 * torch.randn(b, w.shape[1], generator=gen)
+    return feats, labels
 
 
 def sweep_name(mode: str, overrides: dict) -> str:
@@ -118,8 +106,7 @@ def _run_contender(mode: str, p: dict, queue, name: str | None = None) -> None:
         store = LocalStore(n, d, seed=0, init_std=0.0, catch_up=True, params=OptimParams(lr=0.01, momentum=0.9,
                                                                             weight_decay=1e-4))
         trained_looking_(store.weight, gen)
-        pool = batches(store.weight, b, POOL + 1, gen)
-        held_out = pool.pop()[0]
+        held_out = make_batch(store.weight, b, gen)[0]
         cfg = dataclasses.replace(SelectionConfig(), mode=mode, sample_num=p["sample_num"], interval=p["interval"],
                                   ntrees=p["ntrees"], hnsw_m=p["hnsw_m"], hnsw_ef=p["hnsw_ef"], seed=0,
                                   hnsw_ef_construction=p["hnsw_ef_construction"], index_dim=p["index_dim"],
@@ -132,8 +119,8 @@ def _run_contender(mode: str, p: dict, queue, name: str | None = None) -> None:
         if mode in INDEX_MODES:
             steps = max(steps, p["interval"] + 1)  # at least one periodic refresh is measured
         times, idle = [], []
-        for i in range(steps):
-            feats, labels = pool[i % POOL]
+        for _ in range(steps):
+            feats, labels = make_batch(store.weight, b, gen)
             x = feats.clone().requires_grad_(True)
             stats = selector.stats() if hasattr(selector, "stats") else {}
             busy, before = bool(stats.get("refreshing", False)), int(stats.get("refreshes", 0))
@@ -150,7 +137,8 @@ def _run_contender(mode: str, p: dict, queue, name: str | None = None) -> None:
         if hasattr(selector, "wait"):
             selector.wait()
         k = p["sample_num"] // b + 1
-        recall = recall_at_k(selector, store, held_out, k) if mode in ("exact", *INDEX_MODES) else float("nan")
+        searched = mode in ("exact", *INDEX_MODES)
+        recall = recall_at_k(selector, store.weights(), held_out, k) if searched else float("nan")
         selector.close()
         build = getattr(selector, "build_seconds", 0.0)
         refreshes = list(getattr(selector, "refresh_seconds", []))

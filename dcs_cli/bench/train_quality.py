@@ -10,13 +10,18 @@ schedule. The held-out identities (whole families never trained on) give the ver
 the different-identity pairs being family-mates. Figures per row:
   val_top1         top-1 over all classes on the validation images (argmax over the whole classifier)
   verify_acc       10-fold verification accuracy on the held-out pairs (features extracted with flip)
-  tar_at_far_1e-3  true-accept rate at a false-accept rate of 1e-3 on the same pairs
+  tar_at_far_1e-3  true-accept rate at a false-accept rate of 1e-3 on the same pairs (ROC over all pairs; with
+                   under 1,000 different-identity pairs, the TAR at zero false accepts)
   family_far       % of the family-mate pairs (the look-alikes) accepted as one identity, and
   frr              % of the same-identity pairs rejected: which kinds of pair verification gets wrong
                    (on all pairs at the folds' mean threshold, so they explain verify_acc's errors without
                    adding up to them exactly)
   wall_s           training wall seconds; samples_per_s the mean training throughput
-  active           classes trained per step (all of them in full mode)
+  active           classes trained per step (all of them in full mode): the budget
+  rows_read        rows read per step, % of all classes: the active ones plus, with the tail estimate (margin
+                   heads), each sample's near classes and the uniform draws (`selection.tail_near`, `tail_samples`)
+                   that only enter the rows' denominator; at these small sizes the near classes' union is a
+                   large share of the classes (at most B × tail_near rows at any size)
 With `--runs R` each contender trains R times, with training seeds seed, seed + 1, ... (initialisation,
 data order, selection draws; the data stay those of `--seed`): the figures are the runs' means, with the
 runs' standard deviations (`val_top1_sd`, `verify_acc_sd`) and, in the JSON, each run's values
@@ -168,7 +173,8 @@ def run_train_quality(spec: TrainQualitySpec, json_path: str | None = None) -> d
                     family_far, frr = error_rates(features, issame, data["family_pairs"], result.threshold)
                     runs.append({"val_top1": 100 * (summary["val_top1"] or 0.0), "verify_acc": 100 * result.accuracy,
                                  "tar_at_far_1e-3": 100 * result.tar_at_far["0.001"], "family_far": family_far,
-                                 "frr": frr, "wall_s": wall, "samples_per_s": summary["samples_per_s"] or 0.0})
+                                 "frr": frr, "wall_s": wall, "samples_per_s": summary["samples_per_s"] or 0.0,
+                                 "rows_read": rows_read_pct(where / "run", spec.identities)})
                 rows.append(_row(name, mode, head, runs, spec))
     params = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("modes", "heads")}
     return report("train-quality", params, rows, json_path)
@@ -184,12 +190,24 @@ def _row(name: str, mode: str, head: str, runs: list[dict], spec: TrainQualitySp
            "tar_at_far_1e-3": round(mean("tar_at_far_1e-3"), 2), "family_far": round(mean("family_far"), 2),
            "frr": round(mean("frr"), 2), "wall_s": round(mean("wall_s"), 1),
            "samples_per_s": round(mean("samples_per_s"), 1),
-           "active": spec.identities if mode == "full" else spec.sample_num}
+           "active": spec.identities if mode == "full" else spec.sample_num,
+           "rows_read": round(mean("rows_read"), 1)}
     if len(runs) > 1:
         for key in ("val_top1", "verify_acc"):
             row[f"{key}_sd"] = round(statistics.stdev(r[key] for r in runs), 2)
             row[f"{key}_runs"] = [round(r[key], 2) for r in runs]
     return row
+
+
+def rows_read_pct(run_dir: Path, classes: int) -> float:
+    """Rows a training step of the run in `run_dir` read, as % of `classes`: the logged per-step means of the
+    active classes and the tail rows past them (full mode logs none: it reads every row)."""
+    from dcs_cli.train.metrics import read_metrics
+
+    train = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "train" and "active" in r]
+    if not train:
+        return 100.0
+    return 100 * statistics.fmean(r["active"] + r.get("tail", 0) for r in train) / classes
 
 
 def error_rates(features, issame, family_pairs: list[int], threshold: float) -> tuple[float, float]:

@@ -55,13 +55,13 @@ def _exact(cfg: SelectionConfig, n: int, b: int) -> Selector:
 def _index_kwargs(cfg: SelectionConfig) -> dict:
     return dict(interval=cfg.interval, seed=cfg.seed, metric=cfg.metric, adaptive=cfg.adaptive,
                 drift_threshold=cfg.drift_threshold, drift_check=cfg.drift_check, hard_factor=cfg.hard_factor,
-                background=cfg.background, jobs=cfg.build_jobs, index_dim=cfg.index_dim, rerank=cfg.rerank)
+                background=cfg.background, jobs=cfg.build_jobs, index_dim=cfg.index_dim, rerank=cfg.rerank,
+                query_jobs=cfg.query_jobs)
 
 
 def _hf(cfg: SelectionConfig, n: int, b: int) -> Selector:
     from dcs_cli.selection.annoy_hf import AnnoySelector
-    return AnnoySelector(n, cfg.sample_num, b, ntrees=cfg.ntrees, search_k=cfg.search_k,
-                         query_jobs=cfg.query_jobs, **_index_kwargs(cfg))
+    return AnnoySelector(n, cfg.sample_num, b, ntrees=cfg.ntrees, search_k=cfg.search_k, **_index_kwargs(cfg))
 
 
 def _hnsw(cfg: SelectionConfig, n: int, b: int) -> Selector:

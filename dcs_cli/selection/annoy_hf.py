@@ -27,7 +27,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 from annoy import AnnoyIndex
 
 from dcs_cli.errors import ConfigError
@@ -43,13 +42,11 @@ class AnnoySelector(IndexSelector):
     name = "hf"
 
     def __init__(self, num_classes: int, sample_num: int, batch_size: int, *, ntrees: int = 10,
-                 search_k: int = -1, query_jobs: int = -1, **kwargs):
+                 search_k: int = -1, **kwargs):
         if ntrees <= 0:
             raise ConfigError(f"selection.ntrees must be > 0, got {ntrees}")
         super().__init__(num_classes, sample_num, batch_size, **kwargs)
-        if query_jobs == 0 or query_jobs < -1:
-            raise ConfigError(f"selection.query_jobs must be -1 (torch's thread count) or > 0, got {query_jobs}")
-        self.ntrees, self.search_k, self.query_jobs = ntrees, search_k, query_jobs
+        self.ntrees, self.search_k = ntrees, search_k
         self._pool: ThreadPoolExecutor | None = None
         self._pool_jobs = 0
 
@@ -77,9 +74,8 @@ class AnnoySelector(IndexSelector):
                 found = index.get_nns_by_vector(features[i], k, search_k=search_k)
                 out[i, : len(found)] = found
 
-        # Annoy releases the GIL inside a query, so threads over slices of the batch run in parallel;
-        # by default as many as torch uses for the step's own math (the same CPU budget).
-        jobs = min(self.query_jobs if self.query_jobs > 0 else torch.get_num_threads(), len(features))
+        # Annoy releases the GIL inside a query, so threads over slices of the batch run in parallel
+        jobs = self.query_threads(len(features))
         if jobs <= 1:
             run(0, len(features))
             return out

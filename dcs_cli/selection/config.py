@@ -19,7 +19,7 @@ class SelectionConfig:
     ntrees: int = opt(10, "Annoy trees in the hashing forest (hf)")
     search_k: int = opt(-1, "Annoy search_k; -1 = 20 * ntrees * neighbours kept per sample (not rerank x that)")
     build_jobs: int = opt(-1, "threads for the Annoy build; -1 = all cores")
-    query_jobs: int = opt(-1, "hf: threads querying Annoy (it releases the GIL); -1 = torch's thread count")
+    query_jobs: int = opt(-1, "hf/hnsw: threads querying the index; -1 = torch's thread count")
     hnsw_m: int = opt(16, "hnswlib M (hnsw)")
     hnsw_ef_construction: int = opt(100, "hnswlib ef_construction (hnsw)")
     hnsw_ef: int = opt(64, "hnswlib ef at query time (hnsw)")

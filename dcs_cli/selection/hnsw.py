@@ -72,5 +72,5 @@ class HnswSelector(IndexSelector):
         k = min(k, self.num_classes)
         with self._lock:
             index.set_ef(max(self.ef, k))
-            labels, _ = index.knn_query(features, k=k, num_threads=self._threads())
+            labels, _ = index.knn_query(features, k=k, num_threads=self.query_threads(len(features)))
         return labels.astype(np.int64)

@@ -62,8 +62,11 @@ class IndexSelector(Selector):
     def __init__(self, num_classes: int, sample_num: int, batch_size: int, *, interval: int = 100,
                  seed: int = 0, metric: str = "auto", adaptive: bool = False, drift_threshold: float = 0.05,
                  drift_check: int = 10, hard_factor: float = 2.0, background: bool = True, jobs: int = -1,
-                 index_dim: int = 0, rerank: int = 1, rebuild_fraction: float = 0.5):
+                 index_dim: int = 0, rerank: int = 1, rebuild_fraction: float = 0.5, query_jobs: int = -1):
         check_sample_num(sample_num, num_classes)
+        if query_jobs == 0 or query_jobs < -1:
+            raise ConfigError(f"selection.query_jobs must be -1 (torch's thread count) or > 0, got {query_jobs}")
+        self.query_jobs = query_jobs
         self.num_classes, self.sample_num, self.batch_size = num_classes, sample_num, batch_size
         self.k = sample_num // batch_size + 1  # per-sample neighbours, as in the original code
         self.interval, self.seed, self.metric = interval, seed, metric
@@ -110,6 +113,11 @@ class IndexSelector(Selector):
     def set_metric(self, metric: str) -> None:
         if self.metric == "auto":
             self.metric = metric
+
+    def query_threads(self, rows: int) -> int:
+        """Threads a query of `rows` samples may use: `selection.query_jobs`, by default as many as torch uses
+        for the step's own math (the step's CPU budget), never more than the rows."""
+        return max(1, min(self.query_jobs if self.query_jobs > 0 else torch.get_num_threads(), rows))
 
     def build_seed(self, refreshes: int | None = None) -> int:
         """The seed of the index built after `refreshes` refreshes (default: so far): a run resumed with its

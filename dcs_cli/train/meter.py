@@ -3,16 +3,19 @@
 >>> import torch
 >>> from dcs_cli.train.dist import DistContext
 >>> meter = StepMeter(DistContext(), batch_size=2)
->>> meter.update(torch.tensor(1.0), correct=1, n=2, stats={"active": 40})
->>> meter.update(torch.tensor(3.0), correct=2, n=2, stats={"active": 40})
+>>> meter.update(torch.tensor(1.0), correct=1, n=2, stats={"active": 40, "tail": 90, "refreshes": 1})
+>>> meter.update(torch.tensor(3.0), correct=2, n=2, stats={"active": 40, "tail": 70, "refreshes": 2})
 >>> row = meter.flush(step=2, epoch=1, lr=0.1)
 >>> {key: row[key] for key in ("kind", "step", "loss", "acc", "active")}
-{'kind': 'train', 'step': 2, 'loss': 2.0, 'acc': 0.75, 'active': 40}
+{'kind': 'train', 'step': 2, 'loss': 2.0, 'acc': 0.75, 'active': 40.0}
+>>> row["tail"], row["refreshes"]   # sizes per step: the mean; counts: the latest
+(80.0, 2)
 
 Loss and accuracy are means over every sample of every rank since the last flush; samples/s counts all
-ranks. Selection stats are rank 0's latest (they describe the shared index and store). The loss is summed
-on the device and read back once per flush; the correct counts arrive as Python ints, which the step
-computed from device tensors (on a GPU that is one synchronisation per step).
+ranks. Selection stats are rank 0's: the per-step sizes (MEAN_KEYS: classes active, rows read for the
+tail estimate, ...) averaged over the window's steps, the others (refresh counts, index age) the latest.
+The loss is summed on the device and read back once per flush; the correct counts arrive as Python ints,
+which the step computed from device tensors (on a GPU that is one synchronisation per step).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import torch
 from dcs_cli.train.dist import DistContext, all_reduce_sum
 
 # Selection figures worth a column in metrics.jsonl (the selector may report more).
-SELECTION_KEYS = ("active", "positives", "retrieved", "random_fill", "refreshes", "index_age", "drift",
+SELECTION_KEYS = ("active", "tail", "positives", "retrieved", "random_fill", "refreshes", "index_age", "drift",
                   "refresh_seconds")
+MEAN_KEYS = ("active", "tail", "positives", "retrieved", "random_fill")  # sizes per step: a window's mean
 
 
 class StepMeter:
@@ -41,6 +45,7 @@ class StepMeter:
         self.samples = 0
         self.steps = 0
         self.stats: dict = {}
+        self.sums: dict[str, float] = {}
         self.start = time.perf_counter()
 
     def update(self, loss: torch.Tensor, correct: int, n: int, stats: dict) -> None:
@@ -49,6 +54,9 @@ class StepMeter:
         self.samples += n
         self.steps += 1
         self.stats = stats
+        for key in MEAN_KEYS:
+            if isinstance(stats.get(key), (int, float)):
+                self.sums[key] = self.sums.get(key, 0.0) + stats[key]
 
     def flush(self, step: int, epoch: int, lr: float) -> dict:
         totals = torch.tensor([float(self.loss_sum), float(self.correct), float(self.samples)], dtype=torch.float64,
@@ -59,7 +67,7 @@ class StepMeter:
         row = {"kind": "train", "step": step, "epoch": epoch, "loss": loss_sum / max(samples, 1),
                "acc": correct / max(samples, 1), "lr": lr, "samples_per_s": samples / elapsed}
         for key in SELECTION_KEYS:
-            value = self.stats.get(key)
+            value = self.sums[key] / self.steps if key in self.sums else self.stats.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 row[key] = value
         self.reset()

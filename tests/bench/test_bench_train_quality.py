@@ -9,7 +9,7 @@ from dcs_cli.bench.train_quality import TrainQualitySpec, error_rates, run_train
 from dcs_cli.cli.app import app
 
 ROW_KEYS = {"name", "mode", "head", "val_top1", "verify_acc", "tar_at_far_1e-3", "family_far", "frr", "wall_s",
-            "samples_per_s", "active"}
+            "samples_per_s", "active", "rows_read"}
 
 
 def test_json_rows_carry_the_named_figures(runner, tmp_path):
@@ -26,6 +26,9 @@ def test_json_rows_carry_the_named_figures(runner, tmp_path):
         assert 0 <= row["val_top1"] <= 100 and 0 <= row["verify_acc"] <= 100 and row["wall_s"] > 0
         assert 0 <= row["family_far"] <= 100 and 0 <= row["frr"] <= 100
     assert report["rows"][0]["active"] == 40 and report["rows"][1]["active"] == 32
+    rows_read = [r["rows_read"] for r in report["rows"]]  # % of the classes a step reads
+    assert rows_read[0] == rows_read[2] == 100.0 and rows_read[1] == 80.0  # full; random/softmax: 32 of 40
+    assert rows_read[3] > 80.0  # random/cosface also reads its tail draws
 
 
 def test_runs_report_the_mean_and_each_run(runner, tmp_path):
