@@ -144,7 +144,7 @@ def _validate(parts, data, cfg, ctx) -> float | None:
 
 def _log_line(ctx, row: dict, i: int, spe: int) -> None:
     if ctx.is_main:
-        sel = f" active {row['active']}" if "active" in row else ""
+        sel = f" active {row['active']:,.0f}" if "active" in row else ""  # (a window's mean)
         console.info(f"epoch {row['epoch']} step {row['step']} ({i}/{spe}) loss {row['loss']:.4f} "
                      f"acc {row['acc']:.4f} lr {row['lr']:.4g} {row['samples_per_s']:,.0f} samples/s{sel}")
 
