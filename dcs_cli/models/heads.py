@@ -76,18 +76,11 @@ class CosFaceHead(_CosineHead):
 class ArcFaceHead(_CosineHead):
     """`logits = ArcFaceHead(scale=64, margin=0.5)(x, W, None, y)`: s·cos(θ + m) at the target.
 
-    Under sampling its features learn from the positives and a random half of the other active classes,
-    the retrieved hard negatives training the rows only (`random_share`, `selection.random_share=-1`): with
-    the hard negatives in the backbone's loss, sampled ArcFace stalls after a few epochs (README, "Margin
-    heads: the backbone against a random share"); CosFace and softmax learn better with them.
-
     cos(θ + m) stops decreasing once θ + m > π, which would reward pushing a sample further away. Past
     that threshold (cos θ < cos(π − m)) the target logit continues linearly as cos θ − (1 − cos m): it meets
     cos(θ + m) = −1 exactly at the threshold, so the loss stays continuous and monotone. (InsightFace's
     `cos θ − m·sin m` jumps at the threshold.) `easy_margin=True` applies the margin only where cos θ > 0.
     """
-
-    random_share = 0.5
 
     def __init__(self, scale: float, margin: float, easy_margin: bool = False):
         super().__init__(scale, margin)

@@ -62,12 +62,6 @@ def random_fill(taken: torch.Tensor, count: int, num_classes: int, generator: to
     return out
 
 
-def resolve_random_share(random_share: float, head) -> float:
-    """`selection.random_share` with -1 (auto) resolved by the head: its `random_share` (ArcFace's 0.5; 0,
-    none, for the others)."""
-    return random_share if random_share >= 0 else float(getattr(head, "random_share", 0.0))
-
-
 def compose(
     labels: torch.Tensor,
     candidates: torch.Tensor | None,

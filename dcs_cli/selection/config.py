@@ -52,11 +52,11 @@ class SelectionConfig:
     tail_near: int = opt(-1, "with the tail estimate on: each sample's next-nearest classes past the active ones "
                              "(hf, hnsw, ivf, exact, adaptive) whose exp-logits join the inactive mass whole, the "
                              "draws covering the rest; -1 = auto: 30 (0 with the estimate off)")
-    random_share: float = opt(-1.0, "share of the active slots past the positives that the index modes (hf, "
-                                     "hnsw, ivf, exact, adaptive) leave to a uniform random fill; the backbone's "
-                                     "loss then runs over the positives and the fill, the retrieved hard "
-                                     "negatives training the class rows only; -1 = auto: 0.5 for arcface, 0 for "
-                                     "cosface and softmax (measured: README, train-quality)")
+    random_share: float = opt(0.0, "share of the active slots past the positives that the index modes (hf, "
+                                    "hnsw, ivf, exact, adaptive) leave to a uniform random fill; the backbone's "
+                                    "loss then runs over the positives and the fill, the retrieved hard "
+                                    "negatives training the class rows only; 0 = off (every head trains better "
+                                    "without it: README, train-quality)")
     hard_factor: float = opt(2.0, "adaptive: the hardest samples get up to this many times the even share "
                                   "of neighbours (the easiest get half of it)")
 
@@ -76,8 +76,7 @@ class SelectionConfig:
         require(self.drift_check > 0, f"{key}.drift_check", "must be > 0")
         require(self.tail_samples >= -1, f"{key}.tail_samples", "must be >= 0, or -1 (auto: by the head)")
         require(self.tail_near >= -1, f"{key}.tail_near", "must be >= 0, or -1 (auto)")
-        require(self.random_share == -1 or 0 <= self.random_share <= 1, f"{key}.random_share",
-                "must lie in [0, 1], or be -1 (auto)")
+        require(0 <= self.random_share <= 1, f"{key}.random_share", "must lie in [0, 1]")
         require(self.hard_factor >= 1, f"{key}.hard_factor", "must be >= 1")
         require(self.index_dim >= 0, f"{key}.index_dim", "must be >= 0 (0 = index the full rows)")
         require(self.rerank >= 1, f"{key}.rerank", "must be >= 1 (1 = no re-ranking)")

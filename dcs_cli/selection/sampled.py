@@ -23,7 +23,6 @@ from torch import nn
 
 from dcs_cli.errors import DcsError
 from dcs_cli.selection.base import Selector
-from dcs_cli.selection.compose import resolve_random_share
 from dcs_cli.selection.full import FullSelector
 from dcs_cli.selection.store import ClassStore
 from dcs_cli.selection.tail import (
@@ -40,9 +39,9 @@ class SampledSoftmax(nn.Module):
 
     `tail_samples` (-1 = by the head, `resolve_tail_samples`): uniform draws among the inactive classes
     that estimate their share of the softmax denominator for the rows' gradient (`tail.py`). `random_share`
-    (-1 = the head's: half for ArcFace, none for the others) of the active slots past the positives go to a
-    uniform fill; the backbone's loss then runs over the positives and the fill, the retrieved hard negatives
-    training the rows only (`Selection.for_backbone`). Without either the backbone and the rows share the
+    (`selection.random_share`, 0 = off) of the active slots past the positives go to a uniform fill; the
+    backbone's loss then runs over the positives and the fill, the retrieved hard negatives training the
+    rows only (`Selection.for_backbone`). Without either the backbone and the rows share the
     plain sampled softmax's loss."""
 
     def __init__(self, selector: Selector, store: ClassStore, head: nn.Module, tail_samples: int = 0,
@@ -55,7 +54,7 @@ class SampledSoftmax(nn.Module):
         k = resolve_tail_samples(tail_samples, metric, selects_all=isinstance(selector, FullSelector))
         self.tail = TailSampler(store.num_classes, k, seed) if k > 0 else None
         selector.near = resolve_tail_near(tail_near, k)
-        selector.random_share = resolve_random_share(random_share, head)
+        selector.random_share = random_share
         self.step = 0
         self._pending: tuple | None = None
 

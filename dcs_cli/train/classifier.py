@@ -56,7 +56,6 @@ class _RecordingHead(nn.Module):
         super().__init__()
         self.head = head
         self.metric = getattr(head, "metric", "dot")
-        self.random_share = getattr(head, "random_share", 0.0)
         self.last_logits: torch.Tensor | None = None
         self.last_labels: torch.Tensor | None = None
 

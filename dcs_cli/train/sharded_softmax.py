@@ -38,7 +38,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcs_cli.errors import ConfigError, DcsError
-from dcs_cli.selection.compose import resolve_random_share
 from dcs_cli.selection.full import FullSelector
 from dcs_cli.selection.sharded_store import ShardedStore
 from dcs_cli.selection.tail import (
@@ -186,7 +185,7 @@ class ShardedSoftmax(nn.Module):
         share = -(-k * store.shard_size // store.num_classes)
         self.tail = TailSampler(store.shard_size, share, seed + store.rank) if k > 0 else None
         selector.near = resolve_tail_near(tail_near, k)  # per sample, like SampledSoftmax
-        selector.random_share = resolve_random_share(random_share, head)
+        selector.random_share = random_share
         self._pending: tuple | None = None
         self.last: dict = {}
 

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from dcs_cli.models.heads import ArcFaceHead, CosFaceHead, SoftmaxHead
 from dcs_cli.selection.base import Selection, Selector
-from dcs_cli.selection.compose import resolve_random_share
 from dcs_cli.selection.local_store import LocalStore
 from dcs_cli.selection.sampled import SampledSoftmax
 from dcs_cli.selection.tail import TailSampler, resolve_tail_near, resolve_tail_samples
@@ -156,13 +155,6 @@ def test_near_classes_make_the_rows_gradient_closer_to_full_softmax():
 
     with_near, draws_only = error(10), error(0)
     assert with_near < 0.5 * draws_only, (with_near, draws_only)
-
-
-def test_random_share_auto_is_the_heads():
-    arcface, cosface = ArcFaceHead(scale=32.0, margin=0.5), CosFaceHead(scale=32.0, margin=0.35)
-    assert resolve_random_share(-1, arcface) == 0.5 and resolve_random_share(0.0, arcface) == 0.0
-    assert resolve_random_share(-1, cosface) == 0.0 and resolve_random_share(-1, SoftmaxHead()) == 0.0
-    assert resolve_random_share(0.25, SoftmaxHead()) == 0.25
 
 
 def test_compose_leaves_the_random_share_to_the_fill_and_marks_the_retrieved():
