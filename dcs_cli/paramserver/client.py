@@ -205,8 +205,11 @@ class RemoteStore(ClassStore):
         self.step = reply.step
 
     def weights(self) -> torch.Tensor:
+        """Every row as of the present step (a catch_up matrix catches the rows that sat out steps up first:
+        what validation, checkpoints and index refreshes need, so `settle` has nothing left to do)."""
         chunk = chunk_rows(self.dim, 1, self.max_frame_bytes)
-        return read_in_chunks(self.num_classes, chunk, lambda ids: self._get(ids, False, bulk=True))["weight"]
+        return read_in_chunks(self.num_classes, chunk,
+                              lambda ids: self._get(ids, False, bulk=True, current=True))["weight"]
 
     def get_optim(self) -> OptimParams:
         _, frames = self._call(Op.GET_OPTIM)
@@ -216,10 +219,12 @@ class RemoteStore(ClassStore):
         self._call(Op.SET_OPTIM, [json_frame(dataclasses.asdict(params))], dtype=DType.JSON)
 
     def state_dict(self) -> dict:
-        """Weights, momentum (and bias), the server's step and optimiser params, as CPU tensors."""
+        """Weights, momentum (and bias) as of the present step (rows caught up first, as `weights`), the
+        server's step and optimiser params, as CPU tensors."""
         chunk = chunk_rows(self.dim, 2, self.max_frame_bytes)
         state = {"num_classes": self.num_classes, "dim": self.dim}  # the keys LocalStore uses, plus step
-        state.update(read_in_chunks(self.num_classes, chunk, lambda ids: self._get(ids, True, bulk=True)))
+        state.update(read_in_chunks(self.num_classes, chunk,
+                                    lambda ids: self._get(ids, True, bulk=True, current=True)))
         reply, frames = self._call(Op.GET_OPTIM)
         state["step"] = reply.step
         state["optim"] = parse_json(frames[0].buffer)

@@ -219,7 +219,7 @@ class ServedMatrix:
 
     def _update(self, ids: torch.Tensor, grad: torch.Tensor, grad_rows=None, current=None, grad_b=None) -> None:
         """`sgd_rows_` on the weights (and bias), split over `workers` by row (the rows are distinct)."""
-        coef = self.clock.mark(ids, self.step, self.params) if self.clock is not None else None
+        coef = self.clock.mark(ids, self.step) if self.clock is not None else None
 
         def part(lo: int, hi: int) -> None:
             skip = None if coef is None else coef[lo:hi]
@@ -270,6 +270,8 @@ class ServedMatrix:
             rows = self._apply_summed(pushes, current)
         self.pending.clear()
         self.changed()
+        if self.clock is not None:
+            self.clock.record(self.step, self.params)  # once, after every mark of this step
         self.step += 1
         return rows
 

@@ -78,7 +78,9 @@ class LocalStore(ClassStore):
         if grad_w.shape != (ids.numel(), self.dim):
             raise DataError(f"class store push: gradient shape {tuple(grad_w.shape)} does not match "
                             f"{ids.numel()} rows of dim {self.dim}")
-        coef = self.clock.mark(ids, self.steps, self.params) if self.clock is not None else None
+        coef = self.clock.mark(ids, self.steps) if self.clock is not None else None
+        if self.clock is not None:
+            self.clock.record(self.steps, self.params)
         self.steps += 1
         sgd_rows_(self.weight, self.momentum, ids, grad_w.to(self.device), self.params, catch_up=coef)
         if self.bias is not None and grad_b is not None:

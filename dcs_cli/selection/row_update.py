@@ -133,13 +133,14 @@ class RowClock:
     catch-up of `sgd_rows_` (one per table of rows).
 
         clock = RowClock(num_rows, device)
-        coef = clock.mark(ids, step, params)     # step `step` runs with `params`; the pushed rows' catch-up
-                                                 # coefficients (None when none of them sat out a step)
+        coef = clock.mark(ids, step)             # rows updated at `step`: the catch-up coefficients of the
+                                                 # steps they sat out (None when none of them sat out a step)
+        clock.record(step, params)               # once per step, after its marks: it ran with `params`
         ids, coef = clock.behind(ids, step)      # rows about to be read: which sat out steps, their coefficients
         clock.settle(step, catch_up)             # every row behind `step` through catch_up(ids, coef)
         clock.reset(step)                        # every row is as of `step` (loaded, written)
 
-    Steps are marked in order, one `mark` per step (with no rows when a step updates none of this table). A
+    Every step is recorded once, in order (also a step that updates none of this table's rows). A
     skipped step is one zero-gradient SGD step with that step's own settings (a warm-up or cosine schedule
     changes the LR every step), so the clock keeps, for every step s from the oldest a row still waits at,
     the product of the `step_matrix` of steps s .. present − 1: a row's catch-up is one lookup whatever its
@@ -160,16 +161,16 @@ class RowClock:
 
     @property
     def present(self) -> int:
-        """The first step not marked yet."""
+        """The first step not recorded yet."""
         return self._first + self._products.shape[0] - 1
 
-    def mark(self, ids: torch.Tensor, step: int, params: OptimParams) -> torch.Tensor | None:
-        """Rows `ids` (unique) are updated at `step`, which runs with `params`: the (S, 4) coefficients of
-        the steps each sat out before it (identity for the others), or None when none sat out a step."""
+    def mark(self, ids: torch.Tensor, step: int) -> torch.Tensor | None:
+        """Rows `ids` (unique) are updated at `step`: the (S, 4) coefficients of the steps each sat out
+        before it (identity for the others), or None when none sat out a step. (A step may mark several
+        disjoint sets of rows, as the paramserver does for rows one client and several clients pushed.)"""
         starts = self.updated_at[ids]
         self.updated_at[ids] = step + 1
         coef = self._coefficients(starts, step)
-        self._record(step, params)
         return None if coef is None or bool(_is_identity(coef).all()) else coef
 
     def behind(self, ids: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,15 +213,19 @@ class RowClock:
         """(S, 4) float64: the product of the step matrices of steps starts[i] .. step − 1, None if no row
         sat out a step."""
         if step != self.present:
-            raise RuntimeError(f"row clock: asked at step {step}, but steps are marked up to {self.present}; "
-                               "mark every step once, in order (or reset the clock)")
+            raise RuntimeError(f"row clock: asked at step {step}, but steps are recorded up to {self.present}; "
+                               "record every step once, in order (or reset the clock)")
         starts = starts.cpu()
         if not bool((starts < step).any()):
             return None
         return self._products[starts - self._first].reshape(-1, 4)
 
-    def _record(self, step: int, params: OptimParams) -> None:
-        """Step `step` ran with `params`: every product takes its matrix, and step + 1 starts an empty one."""
+    def record(self, step: int, params: OptimParams) -> None:
+        """Step `step` ran with `params` (after its marks): every product takes its matrix, and step + 1 starts
+        an empty one."""
+        if step != self.present:
+            raise RuntimeError(f"row clock: step {step} recorded, but the next step is {self.present}; "
+                               "record every step once, in order (or reset the clock)")
         self._products = torch.cat([step_matrix(params) @ self._products,
                                     torch.eye(2, dtype=torch.float64).unsqueeze(0)])
         self._since_prune += 1

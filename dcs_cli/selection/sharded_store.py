@@ -153,7 +153,8 @@ class ShardedStore(ClassStore):
         grad_w = grad_w.to(self.device)
         extra = {}
         if self.clock is not None:
-            extra["catch_up"] = self.clock.mark(local, self.steps, self.params)
+            extra["catch_up"] = self.clock.mark(local, self.steps)
+            self.clock.record(self.steps, self.params)
         self.steps += 1
         sgd_rows_(self.weight, self.momentum, local, grad_w, self.params, **extra)
         if self.bias is not None and grad_b is not None:

@@ -101,11 +101,15 @@ def test_current_rows_have_caught_up_what_they_sat_out(server):
         assert not torch.allclose(stored, local.current_rows(read)[0])  # the stored rows had fallen behind
 
 
-def test_two_clients_overlapping_rows_are_summed(server):
+@pytest.mark.parametrize("catch_up", [False, True])
+def test_two_clients_overlapping_rows_are_summed(server, catch_up):
+    """Rows pushed by one client or by both are updated once per step with the summed gradient; with
+    catch-up every row follows dense SGD (a step marks the clients' own rows and the shared ones apart)."""
     n, d, steps = 200, 8, 4
     rng = np.random.default_rng(2)
-    a = RemoteStore(server.address, "two", n, d, params=PARAMS)
-    b = RemoteStore(server.address, "two", n, d)
+    name = f"two-{catch_up}"
+    a = RemoteStore(server.address, name, n, d, params=PARAMS, catch_up=catch_up)
+    b = RemoteStore(server.address, name, n, d, catch_up=catch_up)
     try:
         w = a.weights().numpy().astype(np.float32)
         v = np.zeros_like(w)
@@ -123,13 +127,14 @@ def test_two_clients_overlapping_rows_are_summed(server):
                 g = np.zeros_like(w)
                 np.add.at(g, ids_a, ga)
                 np.add.at(g, ids_b, gb)
-                touched = np.union1d(ids_a, ids_b)
+                touched = np.union1d(ids_a, ids_b) if not catch_up else np.arange(n)  # dense SGD: every row
                 gt = g[touched] + PARAMS.weight_decay * w[touched]
                 v[touched] = PARAMS.momentum * v[touched] + gt
                 w[touched] -= PARAMS.lr * v[touched]
         assert a.step == b.step == steps
-        np.testing.assert_allclose(b.weights().numpy(), w, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(a.state_dict()["momentum"].numpy(), v, rtol=1e-5, atol=1e-6)
+        state = a.state_dict()  # (every row caught up to the present step first)
+        np.testing.assert_allclose(state["weight"].numpy(), w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(state["momentum"].numpy(), v, rtol=1e-5, atol=1e-6)
     finally:
         a.close()
         b.close()
