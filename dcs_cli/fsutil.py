@@ -145,9 +145,14 @@ def clear_output_folder(folder: Path, inputs: Sequence[str | os.PathLike | None]
     if not (folder / OWNER).exists():
         raise OutputExistsError(f"{folder} holds files dcs did not write (it has no {OWNER}); empty it yourself "
                                 "or choose another output folder")
-    root = folder.resolve()
-    for path in inputs:
-        if path is not None and Path(path).resolve().is_relative_to(root):
-            raise OutputExistsError(f"{path}, an input of this command, lies inside {folder}, which --overwrite "
-                                    "would clear; choose another output folder")
+    refuse_inputs_inside(folder, inputs, "--overwrite would clear")
     shutil.rmtree(folder)
+
+
+def refuse_inputs_inside(path: Path, inputs: Sequence[str | os.PathLike | None], doing: str) -> None:
+    """OutputExistsError if one of the command's `inputs` (None: not given) is `path` or lies inside it."""
+    root = path.resolve()
+    for given in inputs:
+        if given is not None and Path(given).resolve().is_relative_to(root):
+            raise OutputExistsError(f"{given}, an input of this command, lies inside {path}, which {doing}; "
+                                    "choose another output folder")

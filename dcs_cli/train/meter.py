@@ -45,7 +45,7 @@ class StepMeter:
         self.samples = 0
         self.steps = 0
         self.stats: dict = {}
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, list[float]] = {}  # MEAN_KEYS: [sum, steps that reported it]
         self.start = time.perf_counter()
 
     def update(self, loss: torch.Tensor, correct: int, n: int, stats: dict) -> None:
@@ -56,7 +56,9 @@ class StepMeter:
         self.stats = stats
         for key in MEAN_KEYS:
             if isinstance(stats.get(key), (int, float)):
-                self.sums[key] = self.sums.get(key, 0.0) + stats[key]
+                total = self.sums.setdefault(key, [0.0, 0])
+                total[0] += stats[key]
+                total[1] += 1
 
     def flush(self, step: int, epoch: int, lr: float) -> dict:
         totals = torch.tensor([float(self.loss_sum), float(self.correct), float(self.samples)], dtype=torch.float64,
@@ -67,7 +69,7 @@ class StepMeter:
         row = {"kind": "train", "step": step, "epoch": epoch, "loss": loss_sum / max(samples, 1),
                "acc": correct / max(samples, 1), "lr": lr, "samples_per_s": samples / elapsed}
         for key in SELECTION_KEYS:
-            value = self.sums[key] / self.steps if key in self.sums else self.stats.get(key)
+            value = self.sums[key][0] / self.sums[key][1] if key in self.sums else self.stats.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 row[key] = value
         self.reset()

@@ -126,7 +126,7 @@ def _saved_num_classes(state: dict) -> int | None:
     return None
 
 
-def _prepare_run_dir(run_dir: Path, overwrite: bool, data) -> None:
+def _prepare_run_dir(run_dir: Path, overwrite: bool, data_cfg) -> None:
     """Refuse a folder holding a run that saved something; clear one whose run never saved a checkpoint
     (only a folder dcs made, holding none of the data: `guard_output_folder`)."""
     finished = (run_dir / "summary.json").exists()
@@ -134,7 +134,7 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool, data) -> None:
         raise OutputExistsError(f"{run_dir} holds a {'finished' if finished else 'started'} run; continue it with "
                                 f"dcs train --resume {run_dir}, or pass --overwrite to start afresh")
     # A folder with our config.yaml but no checkpoint is a run that stopped before saving: start afresh.
-    inputs = [path for path in (data.train_list, data.train_root, data.val_list, data.rec) if path]
+    inputs = [path for path in (data_cfg.train_list, data_cfg.train_root, data_cfg.val_list, data_cfg.rec) if path]
     guard_output_folder(run_dir, overwrite=True, marker=MARKER, inputs=inputs)
 
 
