@@ -25,6 +25,7 @@ dotted key and the valid choices.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -113,10 +114,15 @@ def _coerce(value: Any, tp, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-            return float(value)  # PyYAML (YAML 1.1) reads `1e-4` as a string
+            number = float(value)
+        elif isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            number = float(value)  # PyYAML (YAML 1.1) reads `1e-4` as a string
+        if number is not None:
+            if not math.isfinite(number):  # no setting means anything at inf or nan
+                raise ConfigError(f"{key} = {value!r} must be a finite number")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value

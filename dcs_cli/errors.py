@@ -17,9 +17,23 @@ from __future__ import annotations
 
 
 class DcsError(Exception):
-    """Base of every error meant for the user rather than for a developer."""
+    r"""Base of every error meant for the user rather than for a developer.
+
+    A DataLoader worker's error reaches the main process as the same class built from "Caught DataError in
+    DataLoader worker process 0.\nOriginal Traceback ...": the message keeps only the original's own text.
+
+    >>> str(DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+    ...               "call last):\n  File ...\ndcs_cli.errors.DataError: a.lst:2: cannot read a.jpg\n"))
+    'a.lst:2: cannot read a.jpg'
+    """
 
     exit_code = 1
+
+    def __init__(self, message: object = "", *args):
+        if isinstance(message, str) and message.startswith("Caught ") and "\nOriginal Traceback" in message:
+            last = message.rstrip().rsplit("\n", 1)[-1]  # "dcs_cli.errors.DataError: <the original message>"
+            message = last.split(": ", 1)[1] if ": " in last else last
+        super().__init__(message, *args)
 
 
 class UsageError(DcsError):

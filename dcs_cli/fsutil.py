@@ -146,6 +146,9 @@ def clear_output_folder(folder: Path, inputs: Sequence[str | os.PathLike | None]
         raise OutputExistsError(f"{folder} holds files dcs did not write (it has no {OWNER}); empty it yourself "
                                 "or choose another output folder")
     refuse_inputs_inside(folder, inputs, "--overwrite would clear")
+    if Path.cwd().resolve().is_relative_to(folder.resolve()):
+        raise OutputExistsError(f"{folder} is the current folder or holds it, which --overwrite would clear; "
+                                "choose another output folder")
     shutil.rmtree(folder)
 
 

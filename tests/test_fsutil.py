@@ -2,6 +2,7 @@
 inputs are never cleared by --overwrite; an output never overwrites an input."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +81,19 @@ def test_overwrite_never_clears_a_folder_holding_an_input(tmp_path):
     with pytest.raises(OutputExistsError, match=r"list.txt, an input of this command, lies inside"):
         guard_output_folder(out, overwrite=True, marker="done", inputs=[out / "list.txt"])
     assert (out / "list.txt").exists()
+
+
+def test_overwrite_never_clears_the_current_folder(tmp_path, monkeypatch):
+    out = guard_output_folder(tmp_path / "out", overwrite=False, marker="done")
+    (out / "done").write_text("x")
+    (out / "sub").mkdir()
+    monkeypatch.chdir(out)
+    with pytest.raises(OutputExistsError, match=r"is the current folder or holds it"):
+        guard_output_folder(Path("."), overwrite=True, marker="done")
+    monkeypatch.chdir(out / "sub")
+    with pytest.raises(OutputExistsError, match=r"is the current folder or holds it"):
+        guard_output_folder(out, overwrite=True, marker="done")
+    assert (out / "done").exists()
 
 
 def test_train_keeps_a_users_folder_holding_a_config(runner, tmp_path):

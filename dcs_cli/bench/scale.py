@@ -12,7 +12,10 @@ starting one, the bench estimates its memory and compares it with /proc/meminfo'
 cannot fit is a row saying so (with the estimate), not a crash. hf's index is built once before the timed
 steps (`build_s`: projection + Annoy over each shard) and not refreshed during them (interval = ∞), so
 samples_per_s is the steady-state step; add build_s / interval per step for a refresh schedule.
-`--batch` is per process, so 2 processes train a global batch twice as large; samples_per_s counts
+`--batch` and `--sample-num` are per process, as in `dcs train`: 2 processes train a global batch twice as
+large over twice the active classes (W × sample_num over all shards, each shard its share by size, via
+`build_shard_selector`), so each shard does the work one process does over its half of the classes and the
+rows compare like for like; `active` is the active classes of a step over all shards. samples_per_s counts
 global samples. `--momentum-dtype bfloat16` halves the sharded store's momentum (updates stay float32).
 """
 
@@ -84,7 +87,8 @@ def _steps(mode: str, classes: int, p: dict, ctx) -> dict:
 
     d, b, world = p["dim"], p["batch"], ctx.world_size
     params = OptimParams(lr=0.1, momentum=0.9, weight_decay=5e-4)
-    cfg = dataclasses.replace(SelectionConfig(), mode=mode, sample_num=min(p["sample_num"], classes),
+    # per worker's batch, as `dcs train` (train/parts.py): W·sample_num over the W shards
+    cfg = dataclasses.replace(SelectionConfig(), mode=mode, sample_num=min(p["sample_num"] * world, classes),
                               interval=1 << 30, ntrees=p["ntrees"], index_dim=p["index_dim"], rerank=p["rerank"],
                               background=False, seed=0)
     t0 = time.perf_counter()
@@ -107,7 +111,7 @@ def _steps(mode: str, classes: int, p: dict, ctx) -> dict:
     build = getattr(clf.selector, "build_seconds", 0.0)
     gen = torch.Generator().manual_seed(1 + ctx.rank)
     steps = p["full_steps"] if mode == "full" else p["steps"]
-    seconds = 0.0
+    seconds, active = 0.0, 0
     for i in range(steps + 1):  # step 0 pays one-off allocations: not timed
         # a fresh batch every step, made before its timer: no step revisits another's rows
         feats = torch.randn(b, d, generator=gen).to(ctx.device)
@@ -118,7 +122,8 @@ def _steps(mode: str, classes: int, p: dict, ctx) -> dict:
             torch.cuda.synchronize()
         start = time.perf_counter()
         x = feats.requires_grad_(True)
-        loss, _ = clf(x, labels)
+        loss, stats = clf(x, labels)
+        active = stats.get("active", active)
         loss.backward()
         clf.push()
         if ctx.device.type == "cuda":
@@ -126,7 +131,7 @@ def _steps(mode: str, classes: int, p: dict, ctx) -> dict:
         if i:
             seconds += time.perf_counter() - start
     clf.selector.close()
-    return {"seconds": seconds, "steps": steps, "init_s": made - t0, "build_s": build}
+    return {"seconds": seconds, "steps": steps, "init_s": made - t0, "build_s": build, "active": active}
 
 
 def run_config(mode: str, classes: int, procs: int, p: dict) -> dict:
@@ -172,7 +177,7 @@ def run_config(mode: str, classes: int, procs: int, p: dict) -> dict:
         return row
     slowest = max(g["seconds"] for g in got)
     steps = got[0]["steps"]
-    row.update(samples_per_s=round(p["batch"] * procs * steps / slowest, 1),
+    row.update(samples_per_s=round(p["batch"] * procs * steps / slowest, 1), active=got[0]["active"],
                step_s=round(slowest / steps, 4),
                peak_rss_mb=round(sum(g["peak_rss_mb"] for g in got)),
                peak_rss_mb_per_proc=[round(g["peak_rss_mb"]) for g in sorted(got, key=lambda g: g["rank"])],

@@ -25,23 +25,31 @@ the different-identity pairs being family-mates. Figures per row:
 With `--runs R` each contender trains R times, with training seeds seed, seed + 1, ... (initialisation,
 data order, selection draws; the data stay those of `--seed`): the figures are the runs' means, with the
 runs' standard deviations (`val_top1_sd`, `verify_acc_sd`) and, in the JSON, each run's values
-(`val_top1_runs`, `verify_acc_runs`). Single CosFace runs of this size spread by up to ±10 pt from seed to seed.
+(`val_top1_runs`, `verify_acc_runs`). Single CosFace runs of this size spread by up to ±10 pt from seed to seed,
+so with R ≥ 2 every row beside a full (or random) row of its head also gets its difference from it, paired
+by training seed: `val_top1_vs_full` and `verify_acc_vs_full` (mean over the seeds, in points) with their
+standard errors (`…_vs_full_se`; likewise `_vs_random`), printed as a second table — the figures the
+targets (hf ≥ full − 0.5, hf ≥ random + 3) are read from.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from dcs_cli.bench.common import report
-from dcs_cli.console import info
+from dcs_cli.console import info, print_table
 from dcs_cli.errors import UsageError
+from dcs_cli.fsutil import write_json_atomic
 
 MODES = ("full", "hf", "ivf", "hnsw", "random", "exact")
 HEADS = ("softmax", "cosface")
+PAIRED_KEYS = ("val_top1", "verify_acc")  # the figures of the targets, compared seed by seed
+REFERENCES = ("full", "random")  # the modes every other mode of the same head is compared with
 
 
 @dataclasses.dataclass
@@ -145,7 +153,7 @@ def run_train_quality(spec: TrainQualitySpec, json_path: str | None = None) -> d
 
     spec.validate()
     train_config(spec, Path("converted"), Path("run"), spec.modes[0], spec.heads[0])  # a bad --set fails here
-    rows = []
+    rows, per_run = [], {}
     with tempfile.TemporaryDirectory(prefix="dcs-train-quality-") as tmp:
         tmp = Path(tmp)
         info(f"train-quality: {spec.identities} identities in families of {spec.family_size}, "
@@ -176,8 +184,16 @@ def run_train_quality(spec: TrainQualitySpec, json_path: str | None = None) -> d
                                  "frr": frr, "wall_s": wall, "samples_per_s": summary["samples_per_s"] or 0.0,
                                  "rows_read": rows_read_pct(where / "run", spec.identities)})
                 rows.append(_row(name, mode, head, runs, spec))
+                per_run[name] = runs
     params = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("modes", "heads")}
-    return report("train-quality", params, rows, json_path)
+    result = report("train-quality", params, rows)  # the figures' table; the paired differences get their own
+    differences = paired_differences(rows, per_run)
+    if differences:
+        print_table(f"paired by training seed over {spec.runs} runs: mean difference ± standard error, points",
+                    differences, list(dict.fromkeys(key for row in differences for key in row)))
+    if json_path:
+        write_json_atomic(json_path, result)
+    return result
 
 
 def _row(name: str, mode: str, head: str, runs: list[dict], spec: TrainQualitySpec) -> dict:
@@ -197,6 +213,28 @@ def _row(name: str, mode: str, head: str, runs: list[dict], spec: TrainQualitySp
             row[f"{key}_sd"] = round(statistics.stdev(r[key] for r in runs), 2)
             row[f"{key}_runs"] = [round(r[key], 2) for r in runs]
     return row
+
+
+def paired_differences(rows: list[dict], per_run: dict[str, list[dict]]) -> list[dict]:
+    """Add to each row (in place) its differences from the full and random rows of its head, run by run
+    (the same training seeds): `<figure>_vs_<mode>` the mean, `<figure>_vs_<mode>_se` its standard error;
+    returns them as printable rows ("+1.23 ± 0.45"). None without several runs or a reference row."""
+    printable = []
+    for row in rows:
+        shown = {"name": row["name"]}
+        for ref in REFERENCES:
+            base = per_run.get(f"{ref}/{row['head']}")
+            mine = per_run[row["name"]]
+            if row["mode"] == ref or base is None or len(mine) < 2:
+                continue
+            for key in PAIRED_KEYS:
+                diffs = [a[key] - b[key] for a, b in zip(mine, base, strict=True)]
+                mean, se = statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
+                row[f"{key}_vs_{ref}"], row[f"{key}_vs_{ref}_se"] = round(mean, 2), round(se, 2)
+                shown[f"{key} − {ref}"] = f"{mean:+.2f} ± {se:.2f}"
+        if len(shown) > 1:
+            printable.append(shown)
+    return printable
 
 
 def rows_read_pct(run_dir: Path, classes: int) -> float:

@@ -25,8 +25,9 @@ def register(bench_app: typer.Typer) -> None:
             "--procs", help="Process counts (repeatable); default 1 and 2.")] = None,
         dim: Annotated[int, typer.Option("--dim", help="Feature dimension d.")] = 128,
         batch: Annotated[int, typer.Option("--batch", help="Batch size per process.")] = 128,
-        sample_num: Annotated[int, typer.Option("--sample-num", help="Active classes per step, all shards "
-                                                "together (random, hf).")] = 10_000,
+        sample_num: Annotated[int, typer.Option("--sample-num", help="Active classes per step per process, as "
+                                                "dcs train's selection.sample_num: P processes train P × this "
+                                                "over all shards (random, hf).")] = 10_000,
         steps: Annotated[int, typer.Option("--steps", help="Timed steps per sampled contender.")] = 20,
         full_steps: Annotated[int, typer.Option("--full-steps", help="Timed steps for full.")] = 3,
         ntrees: Annotated[int, typer.Option("--ntrees", help="Annoy trees (hf).")] = 4,

@@ -44,15 +44,19 @@ def _latin1_encode(text, encoding="latin1", errors="strict"):
 
 def _numpy_globals() -> dict[tuple[str, str], object]:
     # Some writers pickle issame as a numpy bool array; reconstructing one calls no user code.
+    # Protocol 5 (pickle's highest since Python 3.8) pickles an array as numeric._frombuffer(bytes, dtype, shape,
+    # order), a view of plain bytes (an object dtype is refused by numpy there).
     try:
-        from numpy._core import multiarray  # numpy >= 2
+        from numpy._core import multiarray, numeric  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray
+        from numpy.core import multiarray, numeric
 
     allowed = {}
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(mod, "_reconstruct")] = multiarray._reconstruct
         allowed[(mod, "scalar")] = multiarray.scalar
+    for mod in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(mod, "_frombuffer")] = numeric._frombuffer
     allowed[("numpy", "ndarray")] = np.ndarray
     allowed[("numpy", "dtype")] = np.dtype
     return allowed

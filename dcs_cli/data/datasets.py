@@ -80,7 +80,7 @@ class ListDataset(_ImageDataset):
                 except OSError:
                     names = listed[path.parent] = set()
             if path.name not in names:
-                raise DataError(f"{self.list_file}:{i + 1}: image {path} not found; fix the list or its "
+                raise DataError(f"{self.list_file}: entry {i + 1}: image {path} not found; fix the list or its "
                                 f"images root (data.train_root)")
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
@@ -89,7 +89,7 @@ class ListDataset(_ImageDataset):
         try:
             payload = path.read_bytes()
         except OSError as exc:
-            raise DataError(f"{self.list_file}: entry {i}: cannot read {path} ({exc.strerror})") from None
+            raise DataError(f"{self.list_file}: entry {i + 1}: cannot read {path} ({exc.strerror})") from None
         return self._tensor(payload, str(path)), label
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dcs_cli.data.recordio import RecordReader, unpack_image_record
+from dcs_cli.data.recordio import MAX_EXACT_KEY, RecordReader, unpack_image_record
 from dcs_cli.errors import DataError
 
 _IR_BYTES = 24
@@ -157,11 +157,13 @@ def _headers(reader: RecordReader, keys: np.ndarray, offsets: np.ndarray, check_
 
 
 def _check_labels(rec: Path, keys: np.ndarray, values: np.ndarray) -> None:
-    bad = np.nonzero(~np.isfinite(values) | (values < 0) | (values != np.floor(values)))[0]
+    bad = np.nonzero(~np.isfinite(values) | (values < 0) | (values != np.floor(values))
+                     | (values >= MAX_EXACT_KEY))[0]
     if len(bad):
         i = int(bad[0])
-        raise DataError(f"{rec}: record key {keys[i]}: label {float(values[i])} is not a non-negative integer "
-                        "(image labels must be identity numbers 0, 1, 2, ...)")
+        raise DataError(f"{rec}: record key {keys[i]}: label {float(values[i])} is not an integer in 0.."
+                        f"{MAX_EXACT_KEY - 1:,} (image labels must be identity numbers 0, 1, 2, ..., which a "
+                        "float32 label holds exactly up to 2^24)")
 
 
 def _insightface(reader: RecordReader, head: _Headers, source: dict) -> ImageTable:

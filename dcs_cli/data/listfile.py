@@ -22,6 +22,8 @@ from pathlib import Path
 from dcs_cli.errors import DataError
 from dcs_cli.fsutil import write_text_atomic
 
+MAX_LABEL = (1 << 31) - 1  # identity numbers past this would ask for a class store of billions of rows
+
 
 def read_list(path: str | os.PathLike) -> list[tuple[str, int]]:
     """Parse a list file; a malformed line is a DataError naming the file and line."""
@@ -55,6 +57,9 @@ def _parse_line(path: Path, lineno: int, line: str) -> tuple[str, int] | None:
         raise DataError(f"{path}:{lineno}: label {label_text!r} is not an integer") from None
     if label < 0:
         raise DataError(f"{path}:{lineno}: label {label} is negative")
+    if label > MAX_LABEL:
+        raise DataError(f"{path}:{lineno}: label {label} is past {MAX_LABEL:,}, the largest identity number dcs "
+                        "takes; number the identities 0, 1, 2, ...")
     return rel, label
 
 

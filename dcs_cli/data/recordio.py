@@ -35,6 +35,7 @@ MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
 _LEN_MASK = (1 << 29) - 1
 MAX_PART = _LEN_MASK
+MAX_EXACT_KEY = 1 << 24  # a header's float32 label holds every integer (identity, record key) up to 2^24 exactly
 _HEAD = struct.Struct("<II")
 _IR = struct.Struct("<IfQQ")
 
@@ -110,8 +111,10 @@ class RecordWriter:
         """Finish both files and move them to their final names."""
         if self._rec.closed:
             return
-        self._rec.close()
-        self._idx.close()
+        for fh in (self._rec, self._idx):  # on disk before the names say so (a crash leaves no short .rec)
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
         os.replace(self._tmp_rec, self.rec_path)
         os.replace(self._tmp_idx, self.idx_path)
 
@@ -329,11 +332,23 @@ class RecordReader:
             return f"key {keys[i]} at offset {offsets[i]} is not the start of a record"
         if len(np.unique(offsets)) != len(offsets):
             return "two keys share an offset"
-        last = int(np.argmax(offsets))  # a cut-off .idx lists good offsets but not every record
-        _, end = self._read_record(int(offsets[last]), int(keys[last]))
-        if end < self.size:
-            return (f"its last record (key {keys[last]}) ends at byte {end} of {self.size}: the records past it "
-                    "are not listed")
+        # the listed records must tile the file: a cut-off or edited .idx lists good offsets but not every record
+        order = np.argsort(offsets)
+        starts = offsets[order]
+        lengths = (words[starts // 4 + 1] & _LEN_MASK).astype(np.int64)
+        ends = starts + 8 + lengths + (-lengths % 4)
+        for i in {*np.nonzero(cflag[order] == 1)[0].tolist(), len(starts) - 1}:  # multi-part records, and the
+            ends[i] = self._read_record(int(starts[i]), int(keys[order[i]]))[1]  # last one (a cut-off .rec)
+        if starts[0] > 0:
+            return f"bytes 0..{starts[0]} before its first record (key {keys[order[0]]}) are not listed"
+        following = np.append(starts[1:], self.size)
+        gap = np.nonzero(ends != following)[0]
+        if len(gap):
+            i = int(gap[0])
+            key = keys[order[i]]
+            if ends[i] > following[i]:
+                return f"the record of key {key} runs past the next listed offset {following[i]}"
+            return f"bytes {ends[i]}..{following[i]} after the record of key {key} hold records it does not list"
         return None
 
     def _rebuild(self, why: str) -> tuple[np.ndarray, np.ndarray]:
@@ -358,8 +373,11 @@ def _parse_idx(path: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
                 offsets.append(int(fields[1]))
             except ValueError:  # int() of bytes that are not ASCII digits too
                 return np.zeros(0, np.int64), np.zeros(0, np.int64), f"line {lineno} is not `key<TAB>offset`"
-    k = np.asarray(keys, dtype=np.int64)
-    o = np.asarray(offsets, dtype=np.int64)
+    try:
+        k = np.asarray(keys, dtype=np.int64)
+        o = np.asarray(offsets, dtype=np.int64)
+    except OverflowError:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), "a key or offset does not fit in 64 bits"
     if len(k) and (len(np.unique(k)) != len(k)):
         return k, o, "duplicate keys"
     if len(o) and o.min() < 0:

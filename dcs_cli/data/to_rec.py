@@ -32,11 +32,9 @@ from dcs_cli.console import progress_bar
 from dcs_cli.data.images import image_ext
 from dcs_cli.data.listfile import read_list
 from dcs_cli.data.outfolder import default_workers, finish_output, prepare_output
-from dcs_cli.data.recordio import RecordWriter, pack_image_record
+from dcs_cli.data.recordio import MAX_EXACT_KEY, RecordWriter, pack_image_record
 from dcs_cli.errors import DataError
 
-# float32 labels hold every integer exactly only up to 2^24.
-_MAX_LABEL = 1 << 24
 _WINDOW = 2048
 
 
@@ -59,10 +57,14 @@ def list_to_rec(list_path: str | os.PathLike, root: str | os.PathLike, out_folde
     if not entries:
         raise DataError(f"{list_path}: the list is empty; nothing to pack")
     labels = np.asarray([label for _, label in entries], dtype=np.int64)
-    if labels.max() >= _MAX_LABEL:
-        raise DataError(f"{list_path}: label {labels.max()} exceeds {_MAX_LABEL - 1}, the largest a "
+    if labels.max() >= MAX_EXACT_KEY:
+        raise DataError(f"{list_path}: label {labels.max()} exceeds {MAX_EXACT_KEY - 1:,}, the largest a "
                         "RecordIO float32 label holds exactly")
     counts = np.bincount(labels)
+    if len(entries) + len(counts) >= MAX_EXACT_KEY:  # the keys of the last identity's record and its range
+        raise DataError(f"{list_path}: {len(entries):,} images and {len(counts):,} identities need record keys "
+                        f"past {MAX_EXACT_KEY - 1:,}, the largest the InsightFace header's float32 ranges hold "
+                        "exactly; train from the list itself (data.source: list), which has no such limit")
     if (counts == 0).any():
         gap = int(np.nonzero(counts == 0)[0][0])
         raise DataError(f"{list_path}: label {gap} has no images, but the InsightFace layout needs labels "

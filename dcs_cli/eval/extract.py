@@ -184,9 +184,14 @@ def extract(job: ExtractJob) -> dict:
     summary = {"checkpoint": str(job.checkpoint), "flip": job.flip, "strict": job.strict,
                "image_size": cfg.data.image_size, "model": to_dict(cfg.model), "weights": load_report}
     summary["targets"] = _earlier_targets(out_dir / "extract.json", summary, job.overwrite)
-    # every input is read before the first output is written: a bad second --bin leaves nothing behind
+    # every input is opened (a list's images listed) before the first output is written: a missing or malformed
+    # second input leaves nothing behind; an image that fails to decode stops the run with the targets before
+    # it written and recorded in extract.json
     datasets = [BinDataset(source, cfg.data.image_size) if root is None else
                 ListDataset(source, root, cfg.data.image_size) for _, source, root in targets]
+    for dataset in datasets:
+        if isinstance(dataset, ListDataset):
+            dataset.check_images_exist()
     for (name, source, root), dataset in zip(targets, datasets, strict=True):
         start = time.perf_counter()
         feats = embed_dataset(model, dataset, job.batch_size, job.flip, device, cfg.data.workers, desc=name)
@@ -201,6 +206,6 @@ def extract(job: ExtractJob) -> dict:
             save_npy_atomic(out_dir / f"{name}.labels.npy", dataset.labels.astype(np.int64))
             entry["labels"] = f"{name}.labels.npy"
         summary["targets"][name] = entry
+        write_json_atomic(out_dir / "extract.json", summary)  # after each target: it records what is there
         info(f"{name}: {feats.shape[0]} × {feats.shape[1]} → {out_dir / (name + '.npy')}")
-    write_json_atomic(out_dir / "extract.json", summary)
     return summary

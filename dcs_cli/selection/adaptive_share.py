@@ -2,9 +2,10 @@
 
 Each sample's candidates (`hard_factor` × the even share k of neighbours) are re-scored against the
 store's current rows; a sample's hardness is its best negative score minus its positive's score. The
-shares are softmax(hardness / std(hardness)) × B × k, rounded and clamped to [k / 2, hard_factor × k],
-so the whole batch still asks for about B × k neighbours. Each sample keeps its best `share` candidates
-(by that score), the rest become padding (-1).
+shares are softmax(hardness / std(hardness)) × B × k, rounded and clamped to [k / 2, hard_factor × k]
+(and to the N classes where N is smaller: the selector then retrieves all of them), so the whole batch
+still asks for about B × k neighbours. Each sample keeps its best `share` candidates (by that score), the
+rest become padding (-1).
 
     >>> import torch
     >>> from dcs_cli.selection.local_store import LocalStore
@@ -34,7 +35,9 @@ def max_share(k: int, hard_factor: float) -> int:
 def share_by_hardness(cand: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, store: ClassStore,
                       metric: str, k: int, kmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each sample's candidates (B×kmax, -1 = none) re-ordered best first and cut to its share, and the
-    shares (B int64): harder samples (best negative close to or above the positive) get more."""
+    shares (B int64): harder samples (best negative close to or above the positive) get more. `cand` may
+    hold fewer than `kmax` columns (fewer classes than that): no share then exceeds its width."""
+    kmax = min(kmax, cand.shape[1])
     valid = cand >= 0
     w, _ = store.rows(cand.clamp(min=0).reshape(-1))
     wpos, _ = store.rows(labels)

@@ -161,7 +161,7 @@ class IndexSelector(Selector):
     def select(self, features: torch.Tensor, labels: torch.Tensor) -> Selection:
         check_batch(features, labels, self.num_classes)
         if self.adaptive:  # the candidates a sample's share leaves out are near classes too
-            kmax = max_share(self.k, self.hard_factor)
+            kmax = min(max_share(self.k, self.hard_factor), self.num_classes)  # no more than there are classes
             found = self.neighbours(features, kmax + self.near)
             cand, share = share_by_hardness(found[:, :kmax], features, labels, self.store,
                                             self._resolved_metric(), self.k, kmax)

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from dcs_cli.errors import UsageError
 from dcs_cli.memory import mem_available
-from dcs_cli.train.dist import LaunchSpec, init_distributed, launch, resolve_backend
+from dcs_cli.train.dist import LaunchSpec, check_gpu_per_worker, init_distributed, launch, resolve_backend
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30}
 
@@ -102,6 +102,7 @@ def check_dist(spec: LaunchSpec, backend: str = "auto", sizes: list[int] | None 
     if iters <= 0:
         raise UsageError("--iters must be > 0")
     backend = resolve_backend(backend)  # fail here, before any worker starts
+    check_gpu_per_worker(backend, spec.nproc)
     sizes = sizes or parse_sizes("1K,1M,25M")
     # on the CPU each worker holds the message about five times over (int64 pattern, buffers, expected)
     need, avail = 5 * max(sizes) * spec.nproc, mem_available()

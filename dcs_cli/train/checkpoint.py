@@ -68,10 +68,15 @@ def save_checkpoint(run_dir: str | Path, epoch: int, state: dict, keep: int = 0)
     path = save_torch_file(state, checkpoint_path(run_dir, epoch))
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
-            old.unlink(missing_ok=True)
-            store_snapshot_path(old).unlink(missing_ok=True)
-            shutil.rmtree(store_folder_path(old), ignore_errors=True)
+            remove_checkpoint(old)
     return path
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint with its class-store snapshot or shard folder."""
+    path.unlink(missing_ok=True)
+    store_snapshot_path(path).unlink(missing_ok=True)
+    shutil.rmtree(store_folder_path(path), ignore_errors=True)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -88,5 +88,6 @@ class OutputConfig:
     overwrite: bool = opt(False, "replace a finished run in the same folder")
 
     def validate(self, key: str) -> None:
+        require(bool(str(self.dir).strip()), f"{key}.dir", "must name the run folder")
         require(self.print_freq > 0, f"{key}.print_freq", "must be > 0")
         require(self.keep_checkpoints >= 0, f"{key}.keep_checkpoints", "must be >= 0")

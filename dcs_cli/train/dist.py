@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import gc
 import logging
 import os
@@ -44,12 +45,12 @@ class LaunchSpec:
     rdzv_timeout: int = 300
 
     def check(self) -> None:
-        """A UsageError or DistError now for a layout that cannot start (callers check before writing)."""
+        """A UsageError or DistError now for a layout that cannot start (callers check before writing): node 0
+        must be able to listen on master_addr:master_port (any free port for 0)."""
         if self.master_port == 0 and self.nnodes > 1:
             raise UsageError("--master-port 0 (a free port) works on one node only; pass the same port to every node")
-        if self.master_port and self.node_rank == 0 and _port_in_use(self.master_addr, self.master_port):
-            raise DistError(f"port {self.master_port} on {self.master_addr} is in use (another run?); "
-                            f"pass --master-port 0 to pick a free one")
+        if self.node_rank == 0:
+            _try_bind(self.master_addr, self.master_port)
 
 
 @dataclass
@@ -90,14 +91,29 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
+def check_gpu_per_worker(backend: str, local_workers: int) -> None:
+    """DistError unless each of this node's `local_workers` gets a GPU of its own under NCCL (`backend` as
+    resolved), which refuses two ranks on one GPU at start-up; gloo shares GPUs (or the CPU) as it must."""
+    if backend != "nccl" or local_workers <= 1:
+        return
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if local_workers > gpus:
+        raise DistError(f"{local_workers} workers on this node but {gpus} GPU(s) visible, and NCCL needs a GPU per "
+                        f"worker; pass --nproc {gpus} or fewer (dist.nproc), or set dist.backend=gloo "
+                        "(--backend gloo)")
+
+
 def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def init_distributed(backend: str = "auto") -> DistContext:
-    """Join the process group described by RANK/WORLD_SIZE/LOCAL_RANK; a no-op context for one process."""
+    """Join the process group described by RANK/WORLD_SIZE/LOCAL_RANK; a no-op context for one process.
+    Local rank r trains on GPU r; under NCCL with more workers on a node than GPUs it refuses to start."""
     rank, world = int(os.environ.get("RANK", "0")), env_world_size()
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    name = resolve_backend(backend) if world > 1 else ""
+    check_gpu_per_worker(name, max(local + 1, int(os.environ.get("LOCAL_WORLD_SIZE", "0"))))
     if torch.cuda.is_available():
         device = torch.device("cuda", local % torch.cuda.device_count())
         torch.cuda.set_device(device)
@@ -105,7 +121,6 @@ def init_distributed(backend: str = "auto") -> DistContext:
         device = torch.device("cpu")
     if world <= 1:
         return DistContext(device=device)
-    name = resolve_backend(backend)
     if not dist.is_initialized():
         kwargs = {"device_id": device} if name == "nccl" else {}
         dist.init_process_group(backend=name, init_method="env://", **kwargs)
@@ -142,19 +157,37 @@ def barrier() -> None:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port free on `host` now; a DistError naming the cause when `host` cannot be listened on."""
+    return _try_bind(host, 0)
 
 
-def _port_in_use(host: str, port: int) -> bool:
+def _try_bind(host: str, port: int) -> int:
+    """The port bound on `host` (`port`, or a free one for 0), released again; a one-line DistError saying why
+    when the bind fails: the port in use, an address not of this machine, a name that does not resolve."""
+    host = "127.0.0.1" if host == "localhost" else host
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((host if host not in ("localhost",) else "127.0.0.1", port))
-        except OSError:
-            return True
-    return False
+            s.bind((host, port))
+        except OSError as exc:
+            raise _bind_error(host, port, exc) from None
+        return s.getsockname()[1]
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> DistError:
+    if isinstance(exc, socket.gaierror):
+        return DistError(f"master_addr {host} does not resolve to an IPv4 address; pass node 0's own address "
+                         "(--master-addr, dist.master_addr; 127.0.0.1 on one node)")
+    if exc.errno == errno.EADDRINUSE:
+        return DistError(f"port {port} on {host} is in use (another run?); pass --master-port 0 to pick a free one")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return DistError(f"master_addr {host} is not an address of this machine: node 0, which runs rank 0, listens "
+                         "on it; pass one of this machine's own addresses (--master-addr, dist.master_addr; "
+                         "127.0.0.1 on one node), and the same address to the other nodes")
+    if exc.errno == errno.EACCES:
+        return DistError(f"port {port} on {host} needs privileges to listen on; pass --master-port 0 or a port "
+                         "above 1023")
+    return DistError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; check --master-addr and --master-port")
 
 
 def _worker(fn: Callable, args: tuple, error_dir: str):
@@ -226,7 +259,7 @@ def launch(fn: Callable, args: tuple, spec: LaunchSpec) -> dict[int, object]:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     spec.check()
-    port = spec.master_port or free_port(spec.master_addr if spec.master_addr != "localhost" else "127.0.0.1")
+    port = spec.master_port or free_port(spec.master_addr)
     if spec.nnodes > 1:
         info(f"node {spec.node_rank}: waiting up to {spec.rdzv_timeout}s for {spec.nnodes} nodes at "
              f"{spec.master_addr}:{port}")

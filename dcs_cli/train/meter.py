@@ -28,7 +28,7 @@ from dcs_cli.train.dist import DistContext, all_reduce_sum
 
 # Selection figures worth a column in metrics.jsonl (the selector may report more).
 SELECTION_KEYS = ("active", "tail", "positives", "retrieved", "random_fill", "refreshes", "index_age", "drift",
-                  "refresh_seconds")
+                  "refresh_seconds", "shard_overflow")
 MEAN_KEYS = ("active", "tail", "positives", "retrieved", "random_fill")  # sizes per step: a window's mean
 
 

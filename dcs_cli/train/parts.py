@@ -181,8 +181,10 @@ def build_parts(cfg, num_classes: int, input_shape: tuple, ctx: DistContext, res
         if full is None:
             sampled = _sampled_classifier(cfg, num_classes, ctx, store, head, step, resume)
         optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
-        if resume is not None:
+        if resume is not None:  # the saved velocities; the hyper-parameters stay the config's (as the rows')
             optimizer.load_state_dict(fit_optimizer_state(resume["optimizer"], len(params), momenta))
+            for group in optimizer.param_groups:
+                group.update(momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
     except BaseException:
         if sampled is not None:
             sampled.close()

@@ -22,10 +22,10 @@ from dcs_cli.config import save_resolved, to_dict
 from dcs_cli.errors import ConfigError, DataError, Interrupted, OutputExistsError, ServerError
 from dcs_cli.fsutil import guard_output_folder, write_json_atomic
 from dcs_cli.models.backbones import check_backbone_input
-from dcs_cli.train.checkpoint import checkpoint_epoch, list_checkpoints, load_checkpoint
+from dcs_cli.train.checkpoint import checkpoint_epoch, list_checkpoints, load_checkpoint, remove_checkpoint
 from dcs_cli.train.class_store import class_store_kind
 from dcs_cli.train.data import build_data, steps_per_epoch
-from dcs_cli.train.dist import LaunchSpec, env_world_size, launch, resolve_backend
+from dcs_cli.train.dist import LaunchSpec, check_gpu_per_worker, env_world_size, launch, resolve_backend
 from dcs_cli.train.loop import TrainJob, train_worker
 from dcs_cli.train.metrics import read_metrics
 
@@ -60,25 +60,33 @@ def check_run(cfg, world: int):
         raise DataError(f"data.batch_size = {cfg.data.batch_size} is larger than each of the {world} worker(s)' "
                         f"share of the {len(data.train)} training samples; lower it")
     if world > 1:
-        resolve_backend(cfg.dist.backend)
+        check_gpu_per_worker(resolve_backend(cfg.dist.backend), cfg.dist.nproc)
+    if cfg.data.batch_size < 2:
+        raise ConfigError(f"data.batch_size = {cfg.data.batch_size}: training needs at least 2 samples per "
+                          "batch (batch norm); raise it")
     kind = class_store_kind(cfg, world)  # also refuses a store choice that cannot work
+    if kind == "sharded" and cfg.selection.adaptive and cfg.selection.mode != "full":
+        raise ConfigError("selection.adaptive is not supported with the sharded class store (--nproc > 1) yet; "
+                          "set selection.adaptive=false or dist.class_store=paramserver")
     if kind == "sharded" and data.num_classes < world:
         raise ConfigError(f"{data.num_classes} classes cannot be sharded over {world} processes; use fewer "
                           "processes or dist.class_store=paramserver")
     if cfg.selection.mode != "full" and kind == "paramserver" and cfg.paramserver.address:
         probe_paramserver(cfg, data.num_classes)
-    if cfg.selection.mode != "full" and cfg.selection.sample_num < min(cfg.data.batch_size, data.num_classes):
-        console.warn(f"selection.sample_num = {cfg.selection.sample_num} is below data.batch_size = "
-                     f"{cfg.data.batch_size}: a batch with more distinct labels than that fails")
-    elif cfg.selection.mode != "full" and kind == "sharded" and world > 1:
+    sampled = cfg.selection.mode != "full"
+    if sampled and kind == "sharded" and world > 1:
         # A shard holds the positives of the whole global batch that fall in it (data.batch_size on average)
-        # in about sample_num slots; an uneven step can bring half as many again.
+        # in about sample_num slots; an uneven step can bring half as many again, and trains them alone.
         uneven = min(cfg.data.batch_size * 3 // 2, -(-data.num_classes // world))
         if cfg.selection.sample_num < uneven:
             console.warn(f"selection.sample_num = {cfg.selection.sample_num} leaves each of the {world} shards "
                          f"little room above the ~{cfg.data.batch_size} distinct labels of the global batch that "
-                         "fall in it: a step whose labels land unevenly stops the run; raise sample_num to "
+                         "fall in it: a step whose labels land unevenly trains that shard's positives alone, "
+                         "without negatives (counted as shard_overflow in the metrics); raise sample_num to "
                          f"{uneven} or more")
+    elif sampled and cfg.selection.sample_num < min(cfg.data.batch_size, data.num_classes):
+        console.warn(f"selection.sample_num = {cfg.selection.sample_num} is below data.batch_size = "
+                     f"{cfg.data.batch_size}: a batch with more distinct labels than that fails")
     return data
 
 
@@ -204,11 +212,14 @@ def run_train(cfg, resume: str | dict | None = None, overwrite: bool = False,
         resuming_here = state is not None and _run_folder_of(state["_path"]) == run_dir.resolve()
         if not resuming_here:
             _prepare_run_dir(run_dir, overwrite or cfg.output.overwrite, cfg.data)
-        else:
-            later = [p.name for p in list_checkpoints(run_dir) if checkpoint_epoch(p) > int(state["epoch"])]
+        else:  # the later checkpoints belong to the run being abandoned: they go now, not one by one
+            later = [p for p in list_checkpoints(run_dir) if checkpoint_epoch(p) > int(state["epoch"])]
             if later:
-                console.warn(f"resuming {run_dir} from epoch {state['epoch']}: its later checkpoints "
-                             f"({', '.join(later)}) and their metrics will be replaced by this run's")
+                console.warn(f"resuming {run_dir} from epoch {state['epoch']}: removing its later checkpoints "
+                             f"({', '.join(p.name for p in later)}); their metrics are replaced by this run's")
+                for path in later:
+                    remove_checkpoint(path)
+            (run_dir / "summary.json").unlink(missing_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, run_dir)
     job = TrainJob(config=to_dict(cfg), run_dir=str(run_dir), resume=state["_path"] if state else None,

@@ -23,9 +23,17 @@ gradient is summed over ranks and each rank keeps its own samples' slice, multip
 averages the backbone gradients over ranks (as Partial FC does): the backbone then gets exactly the
 gradient a single process over the global batch would. Row gradients already are that process's
 gradients, so they are pushed as they are. No class parameter crosses the network; per step the wire
-carries B×d features (and their gradient), B labels and 3·B+1 floats of reductions (a MAX of B, a SUM of
-2·B+1; with tail samples or a random share, where the backbone's loss and the rows' are apart, a second
-MAX of B, or 2·B with the tail, and SUM of 2·B+1).
+carries B×d features (and their gradient), B labels and 3·B+2 floats of reductions (a MAX of B, a SUM of
+2·B+2; with tail samples or a random share, where the backbone's loss and the rows' are apart, a second
+MAX of B, or 2·B with the tail, and SUM of 2·B). Shards' active sets may differ in width: every
+reduction is per sample.
+
+A shard holds the distinct labels of the whole global batch that fall in it, a Binomial count: now and
+then a step brings a shard more of them than its share of sample_num. Under several processes that step
+trains all of the shard's positives and nothing past them (no retrieved negatives, no fill), the other
+shards as usual; the step stats count such steps (`shard_overflow`, over all shards, since the process
+started) and the rank that first sees one warns once. One process keeps the selector's error: its batch's
+distinct labels are the user's choice (`selection.base.check_sample_num`).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from dcs_cli.console import warn
 from dcs_cli.errors import ConfigError, DcsError
 from dcs_cli.selection.full import FullSelector
 from dcs_cli.selection.sharded_store import ShardedStore
@@ -94,24 +103,28 @@ class GatherFeatures(torch.autograd.Function):
 
 
 class ShardedCrossEntropy(torch.autograd.Function):
-    """`loss, right, total = ShardedCrossEntropy.apply(logits, target_col, extra, log_tail)`: mean CE over
+    """`loss, right, totals = ShardedCrossEntropy.apply(logits, target_col, extra, log_tail)`: mean CE over
     the global batch.
 
-    `logits` (B×S_r) are this shard's columns; `target_col` (B) the target's column here, or -1 where
-    another shard owns it; `log_tail` (B, or None) the log of this shard's inactive classes' estimated
-    exp-mass (`tail.py`), added to the denominator as a constant. Also returns, per sample, whether its
-    target logit is the largest of the logits over all shards (accuracy among the active classes, ties
-    count as right), and the sum over ranks of `extra` (a figure that rides along with the reductions for
-    free). Two collectives per step: one MAX of B floats (2·B with a tail), one SUM of 2·B+1."""
+    `logits` (B×S_r) are this shard's columns, S_r its own (it may be 0: a shard whose backbone loss keeps
+    no column); `target_col` (B) the target's column here, or -1 where another shard owns it; `log_tail`
+    (B, or None) the log of this shard's inactive classes' estimated exp-mass (`tail.py`), added to the
+    denominator as a constant. Also returns, per sample, whether its target logit is the largest of the
+    logits over all shards (accuracy among the active classes, ties count as right), and the sums over
+    ranks of `extra` (a sequence of E figures that ride along with the reductions for free). Two
+    collectives per step: one MAX of B floats (2·B with a tail), one SUM of 2·B+E."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, target_col: torch.Tensor, extra: float = 0.0,
+    def forward(ctx, logits: torch.Tensor, target_col: torch.Tensor, extra: tuple[float, ...] = (),
                 log_tail: torch.Tensor | None = None):
         world = _world()[1]
         logits = logits.detach()
         b = logits.shape[0]
         owned = target_col >= 0
-        target = logits.gather(1, target_col.clamp(min=0).view(-1, 1)).squeeze(1) * owned
+        if logits.shape[1]:
+            target = logits.gather(1, target_col.clamp(min=0).view(-1, 1)).squeeze(1) * owned
+        else:  # no column here, so no target either
+            target = logits.new_zeros(b)
         raw_max = logits.max(1).values if logits.shape[1] else logits.new_full((b,), float("-inf"))
         maxes = raw_max if log_tail is None else torch.cat([raw_max, torch.maximum(raw_max, log_tail)])
         if world > 1:
@@ -122,7 +135,7 @@ class ShardedCrossEntropy(torch.autograd.Function):
         local_sum = exp.sum(1)
         if log_tail is not None:
             local_sum = local_sum + torch.exp(log_tail - gmax)
-        sums = torch.cat([local_sum, target, logits.new_tensor([extra])])
+        sums = torch.cat([local_sum, target, logits.new_tensor(list(extra))])
         if world > 1:
             dist.all_reduce(sums, op=dist.ReduceOp.SUM)
         sumexp, target = sums[:b], sums[b:2 * b]
@@ -130,9 +143,9 @@ class ShardedCrossEntropy(torch.autograd.Function):
         exp /= sumexp.unsqueeze(1)  # this shard's softmax columns, kept for backward
         ctx.save_for_backward(exp, target_col)
         right = target >= raw_max  # every rank now knows each sample's target and global max
-        total = sums[-1:].clone()
-        ctx.mark_non_differentiable(right, total)
-        return loss, right, total
+        totals = sums[2 * b:].clone()
+        ctx.mark_non_differentiable(right, totals)
+        return loss, right, totals
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_right, _grad_total):
@@ -188,6 +201,8 @@ class ShardedSoftmax(nn.Module):
         selector.random_share = random_share
         self._pending: tuple | None = None
         self.last: dict = {}
+        self.overflow_steps = 0  # steps in which some shard trained more positives than its share
+        self._warned = False
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         device = features.device
@@ -199,7 +214,7 @@ class ShardedSoftmax(nn.Module):
             all_labels = _all_gather_padded(all_labels, sizes)
         labels_cpu = all_labels.cpu()
         owned = self.store.owns(labels_cpu)
-        sel = self.selector.select(feats.detach(), labels_cpu[owned] - self.store.lo)
+        sel, overflow = self._select(feats.detach(), labels_cpu[owned] - self.store.lo)
         target_col = torch.full((labels_cpu.numel(),), -1, dtype=torch.long)
         target_col[owned] = sel.local_labels
         target_col = target_col.to(device)
@@ -210,30 +225,54 @@ class ShardedSoftmax(nn.Module):
         b, b_rest = (b[:active_here].to(device).detach().requires_grad_(True), b[active_here:].to(device)) \
             if b is not None else (None, None)
         feats = feats.float()
-        extra = float(active_here)
+        extra = (float(active_here), float(overflow))  # summed over the shards with the step's reductions
         if self.tail is None and sel.retrieved is None:
             logits = margin_logits(self.head, feats, w, b, target_col)
-            loss, right, active = ShardedCrossEntropy.apply(logits, target_col, extra, None)
+            loss, right, totals = ShardedCrossEntropy.apply(logits, target_col, extra, None)
         else:  # as SampledSoftmax: the backbone's loss and the rows' (with this shard's tail) apart
             logits = margin_logits(self.head, feats, w.detach(), b.detach() if b is not None else None, target_col)
-            loss = ShardedCrossEntropy.apply(*sel.for_backbone(logits, target_col), 0.0, None)[0]
+            loss = ShardedCrossEntropy.apply(*sel.for_backbone(logits, target_col), (), None)[0]
             log_tail = None
             if self.tail is not None:
                 with torch.no_grad():  # this shard's near rows whole, its drawn ones scaled up (tail.py)
                     log_tail = tail_log_mass(self.head(feats, w_rest, b_rest, None), near.numel(), log_weight)
             row_logits = margin_logits(self.head, feats.detach(), w, b, target_col)
-            row_loss, right, active = ShardedCrossEntropy.apply(row_logits, target_col, extra, log_tail)
+            row_loss, right, totals = ShardedCrossEntropy.apply(row_logits, target_col, extra, log_tail)
             loss = loss + (row_loss - row_loss.detach())
+        active, overflowed = (float(v) for v in totals.tolist())
+        self.overflow_steps += int(overflowed > 0)
         self._pending = (sel.ids, w, b)
         rank = _world()[0]
         lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
         self.last = {"correct": int(right[lo:hi].sum()), "global_batch": sum(sizes)}
         stats = dict(sel.stats)
         stats["active_shard"] = int(sel.ids.numel())
-        stats["active"] = int(round(float(active)))
+        stats["active"] = int(round(active))
+        stats["shard_overflow"] = self.overflow_steps
         if self.tail is not None:
             stats["tail"] = int(near.numel() + drawn.numel())
         return loss, stats
+
+    def _select(self, features: torch.Tensor, labels: torch.Tensor):
+        """`sel, overflow`: the selector's choice over this shard for its positives `labels` (local ids); a
+        step that brings the shard more distinct labels than its share of sample_num (under several
+        processes) selects those positives alone, the selector asked for that many for this step only."""
+        share = getattr(self.selector, "sample_num", None)  # FullSelector: every row, no share
+        positives = int(torch.unique(labels).numel()) if share is not None else 0
+        if self.world == 1 or share is None or positives <= share:
+            return self.selector.select(features, labels), False
+        self.selector.sample_num = positives  # no room past the positives: no retrieved negatives, no fill
+        try:
+            sel = self.selector.select(features, labels)
+        finally:
+            self.selector.sample_num = share
+        if not self._warned:
+            self._warned = True
+            warn(f"rank {self.store.rank}: a step's global batch has {positives} distinct labels in this rank's shard "
+                 f"(classes {self.store.lo}..{self.store.hi - 1}), more than its {share} active classes (its share of "
+                 "selection.sample_num); such steps train the shard's positives alone, without negatives, and are "
+                 "counted as shard_overflow; raise selection.sample_num to make them rarer (warned once)")
+        return sel, True
 
     def push(self) -> None:
         """This shard's row gradients into its rows (local: nothing crosses the network), then refresh."""

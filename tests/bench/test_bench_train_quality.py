@@ -31,16 +31,25 @@ def test_json_rows_carry_the_named_figures(runner, tmp_path):
     assert rows_read[3] > 80.0  # random/cosface also reads its tail draws
 
 
-def test_runs_report_the_mean_and_each_run(runner, tmp_path):
+def test_runs_report_the_mean_each_run_and_the_paired_differences(runner, tmp_path):
     out = tmp_path / "tq.json"
     result = runner.invoke(app, ["bench", "train-quality", "--quick", "--identities", "40", "--epochs", "1",
-                                 "--mode", "random", "--head", "softmax", "--runs", "2", "--json", str(out)])
+                                 "--mode", "random", "--mode", "full", "--head", "softmax", "--runs", "2",
+                                 "--json", str(out)])
     assert result.exit_code == 0, result.output
-    (row,) = json.loads(out.read_text())["rows"]
-    assert len(row["val_top1_runs"]) == len(row["verify_acc_runs"]) == 2
-    assert row["val_top1"] == pytest.approx(sum(row["val_top1_runs"]) / 2, abs=0.01)
-    assert row["verify_acc"] == pytest.approx(sum(row["verify_acc_runs"]) / 2, abs=0.01)
-    assert row["val_top1_sd"] >= 0 and row["verify_acc_sd"] >= 0
+    random, full = json.loads(out.read_text())["rows"]
+    for row in (random, full):
+        assert len(row["val_top1_runs"]) == len(row["verify_acc_runs"]) == 2
+        assert row["val_top1"] == pytest.approx(sum(row["val_top1_runs"]) / 2, abs=0.01)
+        assert row["verify_acc"] == pytest.approx(sum(row["verify_acc_runs"]) / 2, abs=0.01)
+        assert row["val_top1_sd"] >= 0 and row["verify_acc_sd"] >= 0
+    for key in ("val_top1", "verify_acc"):  # random − full, seed by seed
+        diffs = [a - b for a, b in zip(random[f"{key}_runs"], full[f"{key}_runs"], strict=True)]
+        assert random[f"{key}_vs_full"] == pytest.approx(sum(diffs) / 2, abs=0.02)
+        assert random[f"{key}_vs_full_se"] == pytest.approx(abs(diffs[0] - diffs[1]) / 2, abs=0.02)
+    assert "val_top1_vs_random" not in random and "val_top1_vs_full" not in full
+    assert "val_top1_vs_random" in full  # full beside random: compared the other way too
+    assert "paired by training seed" in result.output and "val_top1 − full" in result.output
 
 
 def test_error_rates_split_the_verification_errors():

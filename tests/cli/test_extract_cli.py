@@ -113,3 +113,31 @@ def test_outputs_of_earlier_runs_and_of_the_user_are_kept(runner, tmp_path, pair
     result = runner.invoke(app, [*base, "--bin", str(tmp_path / "mine.labels.bin"), "--list",
                                  str(tmp_path / "mine.txt"), "--root", str(tmp_path / "imgs")])
     assert result.exit_code == 2 and "two inputs would both write mine.labels.npy" in result.output
+
+
+def test_a_bad_image_is_one_line_and_earlier_targets_stay_recorded(runner, tmp_path, pairs_bin):
+    import json
+
+    from dcs_cli.data.binfile import read_bin
+
+    ckpt = save_checkpoint(tmp_path / "ckpt.pt")
+    out = tmp_path / "feats"
+    root = tmp_path / "imgs"
+    root.mkdir()
+    (root / "0.jpg").write_bytes(read_bin(pairs_bin)[0][0])
+    (root / "1.jpg").write_bytes(b"not an image")
+    (tmp_path / "mine.txt").write_text("0.jpg 0\n1.jpg 1\n")
+    (tmp_path / "gone.txt").write_text("0.jpg 0\nmissing.jpg 1\n")
+    base = ["extract", "--checkpoint", str(ckpt), "--out-dir", str(out), "--set", "data.workers=1"]
+    # a listed image that is not there: found before any output is written
+    result = runner.invoke(app, [*base, "--bin", str(pairs_bin), "--list", str(tmp_path / "gone.txt"),
+                                 "--root", str(root)])
+    assert result.exit_code == 1 and "gone.txt: entry 2: image" in result.output and "missing.jpg" in result.output
+    assert not out.exists() or not list(out.iterdir())
+    # one that does not decode: one line from the worker, the target before it written and recorded
+    result = runner.invoke(app, [*base, "--bin", str(pairs_bin), "--list", str(tmp_path / "mine.txt"),
+                                 "--root", str(root)])
+    assert result.exit_code == 1 and "Traceback" not in result.output and "1.jpg" in result.output
+    assert len(result.output.strip().splitlines()) <= 3, result.output  # the info lines and the error
+    assert json.loads((out / "extract.json").read_text())["targets"].keys() == {"pairs"}
+    assert (out / "pairs.npy").exists() and not (out / "mine.npy").exists()

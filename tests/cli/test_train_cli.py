@@ -41,7 +41,7 @@ def _list(tmp_path: Path, lines: list[str]) -> Path:
 
 
 @pytest.mark.parametrize("case", ["missing_list", "label_too_big", "missing_image", "empty", "sample_num",
-                                  "paramserver"])
+                                  "paramserver", "batch_of_one", "adaptive_sharded"])
 def test_bad_input_is_one_line_before_workers(runner, tmp_path, case):
     out = tmp_path / "out"
     base = ["train", "--config", CONFIG, "--nproc", "2", "--out", str(out)]
@@ -59,7 +59,7 @@ def test_bad_input_is_one_line_before_workers(runner, tmp_path, case):
         (tmp_path / "images" / "0" / "a.jpg").write_bytes(b"\xff\xd8\xff")
         extra = ["--set", "data.source=list", "--set", f"data.train_list={lst}", "--set",
                  f"data.train_root={tmp_path / 'images'}"]
-        expect = "train_list.txt:2: image"
+        expect = "train_list.txt: entry 2: image"
     elif case == "empty":
         lst = _list(tmp_path, [])
         extra = ["--set", "data.source=list", "--set", f"data.train_list={lst}", "--set",
@@ -68,6 +68,12 @@ def test_bad_input_is_one_line_before_workers(runner, tmp_path, case):
     elif case == "sample_num":
         extra = [*TINY, "--set", "selection.sample_num=500"]
         expect = "sample_num"
+    elif case == "batch_of_one":
+        extra = [*TINY, "--set", "data.batch_size=1"]
+        expect = "data.batch_size = 1: training needs at least 2"
+    elif case == "adaptive_sharded":
+        extra = [*TINY, "--set", "selection.adaptive=true"]
+        expect = "selection.adaptive is not supported with the sharded class store"
     else:
         extra = [*TINY, "--set", f"paramserver.address=tcp://127.0.0.1:{free_port()}",
                  "--set", "paramserver.request_timeout=0.5"]

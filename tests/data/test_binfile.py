@@ -43,9 +43,12 @@ def test_py3_protocol2_and_text_payloads(tmp_path):
     assert read_bin(tmp_path / "str.bin")[0] == [b"\xffa", b"b"]
 
 
-def test_numpy_bool_issame_accepted(tmp_path):
-    (tmp_path / "np.bin").write_bytes(pickle.dumps(([b"a", b"b", b"c", b"d"], np.array([True, False])), protocol=2))
-    assert read_bin(tmp_path / "np.bin")[1].tolist() == [True, False]
+@pytest.mark.parametrize("protocol", [2, 4, 5])  # 5: numpy pickles arrays through numeric._frombuffer
+def test_numpy_arrays_accepted(tmp_path, protocol):
+    images = [b"a", np.frombuffer(b"bc", dtype=np.uint8), b"d", b"e"]
+    (tmp_path / "np.bin").write_bytes(pickle.dumps((images, np.array([True, False])), protocol=protocol))
+    loaded, issame = read_bin(tmp_path / "np.bin")
+    assert issame.tolist() == [True, False] and loaded == [b"a", b"bc", b"d", b"e"]
 
 
 class _Evil:

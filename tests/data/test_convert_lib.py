@@ -134,6 +134,19 @@ def test_list_to_rec_rejects_label_gaps_and_missing_files(tmp_path):
     assert not (tmp_path / "o2" / "train.rec").exists() and not (tmp_path / "o2" / "meta.json").exists()
 
 
+def test_list_to_rec_refuses_record_keys_a_float32_header_cannot_hold(tmp_path, monkeypatch):
+    """The header's identity ranges are float32 record keys: exact up to 2^24 (here lowered to 8: 6 images
+    and 3 identities need keys up to 10)."""
+    from dcs_cli.data import to_rec
+
+    write_synthetic_rec(tmp_path / "rec", 3, 2, image_size=16, seed=0)
+    rec_to_images(tmp_path / "rec", tmp_path / "imgs", val_ratio=0.0)
+    monkeypatch.setattr(to_rec, "MAX_EXACT_KEY", 8)
+    with pytest.raises(DataError, match=r"6 images and 3 identities need record keys past 7.*data\.source: list"):
+        list_to_rec(tmp_path / "imgs" / "train_list.txt", tmp_path / "imgs" / "images", tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
 def test_bin_to_images(mxnet_fixtures, tmp_path):
     summary = bin_to_images(mxnet_fixtures / "pairs.bin", tmp_path / "out")
     assert summary["pairs"] == 12

@@ -38,6 +38,20 @@ def test_dataloader_with_workers_reopens_mmap(tmp_path):
     assert labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
 
 
+def test_an_unreadable_image_in_a_worker_is_one_line(tmp_path):
+    """A DataLoader worker's DataError reaches the caller as the same one-line message, not as the worker's
+    traceback (torch rebuilds the error from "Caught DataError in DataLoader worker process 0 ...")."""
+    from dcs_cli.data.listfile import write_list
+    from dcs_cli.errors import DataError
+
+    write_list(tmp_path / "l.txt", [("missing.jpg", 0)])
+    loader = torch.utils.data.DataLoader(ListDataset(tmp_path / "l.txt", tmp_path, image_size=16), num_workers=1)
+    with pytest.raises(DataError) as caught:
+        next(iter(loader))
+    assert str(caught.value) == f"{tmp_path / 'l.txt'}: entry 1: cannot read {tmp_path / 'missing.jpg'} " \
+                                "(No such file or directory)"
+
+
 def test_an_empty_val_list_means_no_validation(tmp_path, monkeypatch):
     """`dcs convert --val-ratio 0` writes an empty val_list.txt: training skips validation (and says so)
     instead of scoring 0 % on nothing."""

@@ -17,7 +17,9 @@ def test_empty_list(tmp_path):
 
 @pytest.mark.parametrize(("line", "match"), [("x.jpg one", "label 'one' is not an integer"),
                                              ("x.jpg -1", "label -1 is negative"),
-                                             ("lonely", "expected `path label`")])
+                                             ("lonely", "expected `path label`"),
+                                             ("x.jpg 99999999999999999999", "label 99999999999999999999 is past "
+                                                                            "2,147,483,647")])
 def test_bad_lines_name_file_and_line(tmp_path, line, match):
     (tmp_path / "l.txt").write_text(f"ok.jpg 0\n{line}\n")
     with pytest.raises(DataError, match=rf"l\.txt:2: {match}"):

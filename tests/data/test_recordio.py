@@ -87,7 +87,31 @@ def test_cut_off_idx_is_rebuilt_not_trusted(tmp_path, capsys):
     (tmp_path / "t.idx").write_text("".join(lines[:2]))
     reader = RecordReader(tmp_path / "t.rec")
     assert reader.rebuilt_index and len(reader) == 3 and reader.read(2) == b"third"
-    assert "the records past it are not listed" in capsys.readouterr().err
+    assert "after the record of key 1 hold records it does not list" in capsys.readouterr().err
+
+
+def test_idx_missing_a_middle_record_is_rebuilt_not_trusted(tmp_path, capsys):
+    write_records(tmp_path / "t.rec", [b"first", b"second", b"third", b"fourth" + MAGIC_BYTES])
+    lines = (tmp_path / "t.idx").read_text().splitlines(keepends=True)
+    (tmp_path / "t.idx").write_text(lines[0] + lines[2] + lines[3])  # key 1's line deleted
+    reader = RecordReader(tmp_path / "t.rec")
+    assert reader.rebuilt_index and len(reader) == 4 and reader.read(1) == b"second"
+    assert "after the record of key 0 hold records it does not list" in capsys.readouterr().err
+
+
+def test_idx_listing_every_record_is_trusted(tmp_path):
+    payloads = [b"a", b"bb" + MAGIC_BYTES + b"cc", b"ddd" * 100]  # the second one is written in parts
+    write_records(tmp_path / "t.rec", payloads, keys=[5, 9, 7])
+    reader = RecordReader(tmp_path / "t.rec")
+    assert not reader.rebuilt_index and [reader.read(k) for k in (5, 9, 7)] == payloads
+
+
+def test_idx_with_a_number_past_64_bits_is_rebuilt(tmp_path, capsys):
+    write_records(tmp_path / "t.rec", [b"first", b"second"])
+    (tmp_path / "t.idx").write_text("0\t0\n99\t99999999999999999999\n")
+    reader = RecordReader(tmp_path / "t.rec")
+    assert reader.rebuilt_index and reader.read(1) == b"second"
+    assert "does not fit in 64 bits" in capsys.readouterr().err
 
 
 def test_idx_that_is_not_text_is_rebuilt(tmp_path, capsys):

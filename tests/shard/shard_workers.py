@@ -169,3 +169,50 @@ def save_worker(rank: int, world: int, spec: dict) -> dict:
         store.push(ids, torch.randn(4, spec["dim"], generator=gen))
     manifest = save_sharded_store(store, spec["folder"])
     return {"state": store.state_dict(), "manifest": str(manifest) if manifest else None}
+
+
+def uneven_steps(rank: int, world: int, spec: dict) -> dict:
+    """Steps whose global batch puts every label in shard 0 (classes 0.., `spec["labels"]` distinct), for each
+    selection mode in `spec["modes"]`; per mode the figures of each step and the warnings this rank gave."""
+    import dataclasses
+
+    from dcs_cli.models.heads import SoftmaxHead
+    from dcs_cli.selection.config import SelectionConfig
+    from dcs_cli.selection.sharded_store import ShardedStore
+    from dcs_cli.train import sharded_softmax
+    from dcs_cli.train.sharded_softmax import ShardedClassifier, build_shard_selector
+
+    warned: list[str] = []
+    sharded_softmax.warn = warned.append
+    b = spec["batch"]  # per rank
+    labels = torch.arange(b * world) % spec["labels"]
+    out = {}
+    for mode in spec["modes"]:
+        warned.clear()
+        store = ShardedStore(spec["classes"], 8, rank=rank, world=world, init_std=0.3)
+        cfg = dataclasses.replace(SelectionConfig(), mode=mode, sample_num=spec["sample_num"], metric="auto",
+                                  background=False, build_jobs=1, interval=1)
+        selector = build_shard_selector(cfg, store, b * world)
+        clf = ShardedClassifier(selector, store, SoftmaxHead(), random_share=spec.get("random_share", 0.0))
+        gen = torch.Generator().manual_seed(rank)
+        steps = []
+        for _ in range(2):
+            before = store.weight.clone()
+            feats = torch.randn(b, 8, generator=gen, requires_grad=True)
+            loss, _, stats = clf.loss(feats, labels[rank * b:(rank + 1) * b])
+            loss.backward()
+            clf.after_step()
+            moved = (store.weight != before).any(1).nonzero().squeeze(1) + store.lo
+            steps.append({"loss": float(loss.detach()), "stats": stats, "moved": moved,
+                          "grad_finite": bool(torch.isfinite(feats.grad).all())})
+        out[mode] = {"steps": steps, "warned": list(warned), "share": selector.sample_num}
+        clf.close()
+    return out
+
+
+def scale_steps(rank: int, world: int, mode: str, classes: int, params: dict) -> dict:
+    """One process of a `dcs bench scale` configuration (its timed steps, in this process group)."""
+    from dcs_cli.bench.scale import _steps
+    from dcs_cli.train.dist import DistContext
+
+    return _steps(mode, classes, params, DistContext(rank=rank, world_size=world))

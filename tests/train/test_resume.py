@@ -75,3 +75,31 @@ def test_a_checkpoint_with_the_keys_no_longer_written_resumes_in_place(tmp_path,
     cfg, state = resolve_config(None, ["optim.epochs=2"], str(run))
     summary = run_train(cfg, resume=state)
     assert summary["steps"] == 2 * 50 and summary["val_top1"] > 0.2, summary
+
+
+def test_resuming_an_earlier_epoch_removes_the_later_checkpoints(tmp_path, synthetic_config, tiny):
+    """The later checkpoints (and the finished run's summary) belong to the abandoned run: they go when the
+    resumed run starts, so a kill of it leaves nothing a plain --resume would mistake for its progress."""
+    run = tmp_path / "r"
+    run_train(load_config(synthetic_config, tiny(run, "random", epochs=3) + ["output.keep_checkpoints=0"]))
+    assert len(list_checkpoints(run)) == 3 and (run / "summary.json").exists()
+    cfg, state = resolve_config(None, [], str(checkpoint_path(run, 1)))
+    assert run_train(cfg, resume=state, stop_after_steps=75)["stopped"]
+    assert [p.name for p in list_checkpoints(run)] == ["epoch_001.pt"] and not (run / "summary.json").exists()
+    cfg, state = resolve_config(None, [], str(run))
+    assert state["epoch"] == 1
+
+
+def test_resume_applies_the_new_momentum_and_weight_decay_to_the_backbone(tmp_path, synthetic_config, tiny):
+    from dcs_cli.train.dist import DistContext
+    from dcs_cli.train.parts import build_parts
+
+    run = tmp_path / "r"
+    run_train(load_config(synthetic_config, tiny(run, "random", epochs=1)))
+    cfg, state = resolve_config(None, ["optim.epochs=2", "optim.momentum=0.5", "optim.weight_decay=0.05"], str(run))
+    parts = build_parts(cfg, 200, (32,), DistContext(), state)
+    try:
+        assert {(g["momentum"], g["weight_decay"]) for g in parts.optimizer.param_groups} == {(0.5, 0.05)}
+        assert any(s.get("momentum_buffer") is not None for s in parts.optimizer.state.values())  # velocities kept
+    finally:
+        parts.close()
