@@ -23,16 +23,19 @@ class DcsError(Exception):
     DataLoader worker process 0.\nOriginal Traceback ...": the message keeps only the original's own text.
 
     >>> str(DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent "
-    ...               "call last):\n  File ...\ndcs_cli.errors.DataError: a.lst:2: cannot read a.jpg\n"))
-    'a.lst:2: cannot read a.jpg'
+    ...               "call last):\n  File ...\ndcs_cli.errors.DataError: a.lst:2: cannot read a.jpg\nhint: a\n"))
+    'a.lst:2: cannot read a.jpg\nhint: a'
     """
 
     exit_code = 1
 
     def __init__(self, message: object = "", *args):
         if isinstance(message, str) and message.startswith("Caught ") and "\nOriginal Traceback" in message:
-            last = message.rstrip().rsplit("\n", 1)[-1]  # "dcs_cli.errors.DataError: <the original message>"
-            message = last.split(": ", 1)[1] if ": " in last else last
+            # the traceback ends "dcs_cli.errors.DataError: <the original message, all its lines>"
+            raised = f"\n{type(self).__module__}.{type(self).__qualname__}: "
+            at = message.rfind(raised)
+            if at >= 0:
+                message = message[at + len(raised):].rstrip("\n")
         super().__init__(message, *args)
 
 

@@ -145,17 +145,18 @@ def clear_output_folder(folder: Path, inputs: Sequence[str | os.PathLike | None]
     if not (folder / OWNER).exists():
         raise OutputExistsError(f"{folder} holds files dcs did not write (it has no {OWNER}); empty it yourself "
                                 "or choose another output folder")
-    refuse_inputs_inside(folder, inputs, "--overwrite would clear")
-    if Path.cwd().resolve().is_relative_to(folder.resolve()):
-        raise OutputExistsError(f"{folder} is the current folder or holds it, which --overwrite would clear; "
-                                "choose another output folder")
+    check_removable(folder, inputs, "--overwrite would clear")
     shutil.rmtree(folder)
 
 
-def refuse_inputs_inside(path: Path, inputs: Sequence[str | os.PathLike | None], doing: str) -> None:
-    """OutputExistsError if one of the command's `inputs` (None: not given) is `path` or lies inside it."""
+def check_removable(path: Path, inputs: Sequence[str | os.PathLike | None], doing: str) -> None:
+    """OutputExistsError if `path`, about to be removed (`doing` says why), is or holds one of the command's
+    `inputs` (None: not given) or the current folder."""
     root = path.resolve()
     for given in inputs:
         if given is not None and Path(given).resolve().is_relative_to(root):
             raise OutputExistsError(f"{given}, an input of this command, lies inside {path}, which {doing}; "
                                     "choose another output folder")
+    if Path.cwd().resolve().is_relative_to(root):
+        raise OutputExistsError(f"{path} is the current folder or holds it, which {doing}; choose another output "
+                                "folder or run from elsewhere")

@@ -96,6 +96,18 @@ def test_overwrite_never_clears_the_current_folder(tmp_path, monkeypatch):
     assert (out / "done").exists()
 
 
+def test_convert_never_removes_a_leftover_holding_the_current_folder(tmp_path, monkeypatch):
+    from dcs_cli.data.outfolder import PARTIAL, prepare_output
+
+    out = prepare_output(tmp_path / "out", overwrite=False, produces=["images"])  # an interrupted convert
+    (out / "images" / "0").mkdir(parents=True)
+    assert (out / PARTIAL).exists()
+    monkeypatch.chdir(out / "images" / "0")
+    with pytest.raises(OutputExistsError, match=r"images is the current folder or holds it"):
+        prepare_output(out, overwrite=True, produces=["images"])
+    assert (out / "images" / "0").is_dir()
+
+
 def test_train_keeps_a_users_folder_holding_a_config(runner, tmp_path):
     project = tmp_path / "project"
     project.mkdir()

@@ -30,7 +30,7 @@ from pathlib import Path
 from dcs_cli import __version__
 from dcs_cli.console import info
 from dcs_cli.errors import OutputExistsError
-from dcs_cli.fsutil import OWNER, guard_output_folder, refuse_inputs_inside, write_json_atomic
+from dcs_cli.fsutil import OWNER, check_removable, guard_output_folder, write_json_atomic
 
 MARKER = "meta.json"
 PARTIAL = ".dcs-convert-partial"
@@ -52,7 +52,7 @@ def prepare_output(folder: str | os.PathLike, overwrite: bool, produces: Sequenc
             raise OutputExistsError(f"{out} already holds {leftovers[0]} that dcs convert did not write; "
                                     "pass --overwrite to replace it or choose another --out-folder")
     for name in leftovers:
-        refuse_inputs_inside(out / name, inputs, "this command replaces")
+        check_removable(out / name, inputs, "this command replaces")
     if leftovers:
         info(f"removing {', '.join(leftovers)} " + (f"left in {out} by an unfinished run" if unfinished
                                                      else f"from {out} (--overwrite)"))

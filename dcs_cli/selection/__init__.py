@@ -79,21 +79,23 @@ def _ivf(cfg: SelectionConfig, n: int, b: int) -> Selector:
 @dataclass(frozen=True)
 class SelectorEntry:
     """One `selection.mode`: `build(cfg, num_classes, batch_size)` makes its selector (importing its module
-    only then); `help` describes it in `selection.mode`'s help."""
+    only then); `help` describes it in `selection.mode`'s help; `adaptive`: whether it honours
+    `selection.adaptive` (the index selectors)."""
 
     build: Callable[[SelectionConfig, int, int], Selector]
     help: str
+    adaptive: bool = False
 
 
 # The order is the order `selection.mode`'s help and its error message list the modes in.
 SELECTORS: dict[str, SelectorEntry] = {
     "full": SelectorEntry(_full, "full softmax: every class, every step"),
-    "hf": SelectorEntry(_hf, "sampled: Annoy forest, the paper's HF-Softmax"),
-    "hnsw": SelectorEntry(_hnsw, "sampled: hnswlib graph"),
+    "hf": SelectorEntry(_hf, "sampled: Annoy forest, the paper's HF-Softmax", adaptive=True),
+    "hnsw": SelectorEntry(_hnsw, "sampled: hnswlib graph", adaptive=True),
     "random": SelectorEntry(_random, "sampled: uniform negatives, Partial-FC style"),
     "exact": SelectorEntry(_exact, "sampled: the true top-k by a full matmul; a quality oracle, not a speed-up"),
     "ivf": SelectorEntry(_ivf, "sampled: k-means lists + exact scores of the live rows; high recall at 1M "
-                               "classes, fast"),
+                               "classes, fast", adaptive=True),
 }
 MODES = tuple(SELECTORS)  # `selection.mode`'s valid values
 

@@ -64,11 +64,14 @@ def checkpoint_epoch(path: Path) -> int:
 
 
 def save_checkpoint(run_dir: str | Path, epoch: int, state: dict, keep: int = 0) -> Path:
-    """Write `state` as the checkpoint of `epoch`; then delete all but the newest `keep` (0 = keep all)."""
+    """Write `state` as the checkpoint of `epoch`; then delete the checkpoints of later epochs (an abandoned
+    run's, when this one resumed from an earlier epoch) and all but the newest `keep` (0 = keep all)."""
     path = save_torch_file(state, checkpoint_path(run_dir, epoch))
-    if keep > 0:
-        for old in list_checkpoints(run_dir)[:-keep]:
-            remove_checkpoint(old)
+    saved = list_checkpoints(run_dir)
+    stale = [p for p in saved if checkpoint_epoch(p) > epoch]
+    kept = [p for p in saved if checkpoint_epoch(p) <= epoch]
+    for old in stale + (kept[:-keep] if keep > 0 else []):
+        remove_checkpoint(old)
     return path
 
 

@@ -109,11 +109,12 @@ def env_world_size() -> int:
 
 def init_distributed(backend: str = "auto") -> DistContext:
     """Join the process group described by RANK/WORLD_SIZE/LOCAL_RANK; a no-op context for one process.
-    Local rank r trains on GPU r; under NCCL with more workers on a node than GPUs it refuses to start."""
+    Local rank r trains on visible GPU r mod the visible count (a launcher that shows each rank its own GPU
+    gives every rank cuda:0); `--nproc` layouts with more workers than GPUs are refused before the launch
+    (`check_gpu_per_worker`)."""
     rank, world = int(os.environ.get("RANK", "0")), env_world_size()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     name = resolve_backend(backend) if world > 1 else ""
-    check_gpu_per_worker(name, max(local + 1, int(os.environ.get("LOCAL_WORLD_SIZE", "0"))))
     if torch.cuda.is_available():
         device = torch.device("cuda", local % torch.cuda.device_count())
         torch.cuda.set_device(device)

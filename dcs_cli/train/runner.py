@@ -22,12 +22,14 @@ from dcs_cli.config import save_resolved, to_dict
 from dcs_cli.errors import ConfigError, DataError, Interrupted, OutputExistsError, ServerError
 from dcs_cli.fsutil import guard_output_folder, write_json_atomic
 from dcs_cli.models.backbones import check_backbone_input
-from dcs_cli.train.checkpoint import checkpoint_epoch, list_checkpoints, load_checkpoint, remove_checkpoint
+from dcs_cli.selection import SELECTORS
+from dcs_cli.train.checkpoint import checkpoint_epoch, list_checkpoints, load_checkpoint
 from dcs_cli.train.class_store import class_store_kind
 from dcs_cli.train.data import build_data, steps_per_epoch
 from dcs_cli.train.dist import LaunchSpec, check_gpu_per_worker, env_world_size, launch, resolve_backend
 from dcs_cli.train.loop import TrainJob, train_worker
 from dcs_cli.train.metrics import read_metrics
+from dcs_cli.train.sharded_softmax import ADAPTIVE_UNSUPPORTED
 
 MARKER = "config.yaml"  # written by every run: a folder holding it is a dcs run folder
 
@@ -65,9 +67,8 @@ def check_run(cfg, world: int):
         raise ConfigError(f"data.batch_size = {cfg.data.batch_size}: training needs at least 2 samples per "
                           "batch (batch norm); raise it")
     kind = class_store_kind(cfg, world)  # also refuses a store choice that cannot work
-    if kind == "sharded" and cfg.selection.adaptive and cfg.selection.mode != "full":
-        raise ConfigError("selection.adaptive is not supported with the sharded class store (--nproc > 1) yet; "
-                          "set selection.adaptive=false or dist.class_store=paramserver")
+    if kind == "sharded" and cfg.selection.adaptive and SELECTORS[cfg.selection.mode].adaptive:
+        raise ConfigError(ADAPTIVE_UNSUPPORTED)
     if kind == "sharded" and data.num_classes < world:
         raise ConfigError(f"{data.num_classes} classes cannot be sharded over {world} processes; use fewer "
                           "processes or dist.class_store=paramserver")
@@ -212,13 +213,12 @@ def run_train(cfg, resume: str | dict | None = None, overwrite: bool = False,
         resuming_here = state is not None and _run_folder_of(state["_path"]) == run_dir.resolve()
         if not resuming_here:
             _prepare_run_dir(run_dir, overwrite or cfg.output.overwrite, cfg.data)
-        else:  # the later checkpoints belong to the run being abandoned: they go now, not one by one
-            later = [p for p in list_checkpoints(run_dir) if checkpoint_epoch(p) > int(state["epoch"])]
+        else:  # the run is no longer finished; its later checkpoints go with this run's first (save_checkpoint)
+            later = [p.name for p in list_checkpoints(run_dir) if checkpoint_epoch(p) > int(state["epoch"])]
             if later:
-                console.warn(f"resuming {run_dir} from epoch {state['epoch']}: removing its later checkpoints "
-                             f"({', '.join(p.name for p in later)}); their metrics are replaced by this run's")
-                for path in later:
-                    remove_checkpoint(path)
+                console.warn(f"resuming {run_dir} from epoch {state['epoch']}: its later checkpoints "
+                             f"({', '.join(later)}) are removed when this run saves its first, and their "
+                             "metrics are replaced by this run's")
             (run_dir / "summary.json").unlink(missing_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, run_dir)

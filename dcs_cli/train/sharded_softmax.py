@@ -57,6 +57,9 @@ from dcs_cli.selection.tail import (
     tail_log_mass,
 )
 
+ADAPTIVE_UNSUPPORTED = ("selection.adaptive is not supported with the sharded class store yet; set "
+                        "selection.adaptive=false, or use dist.class_store=paramserver")
+
 
 def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
@@ -183,8 +186,7 @@ class ShardedSoftmax(nn.Module):
                  tail_samples: int = 0, seed: int = 0, tail_near: int = 0, random_share: float = 0.0):
         super().__init__()
         if getattr(selector, "adaptive", False):
-            raise ConfigError("selection.adaptive is not supported with the sharded class store yet; "
-                              "set selection.adaptive=false")
+            raise ConfigError(ADAPTIVE_UNSUPPORTED)
         self.selector, self.store, self.head = selector, store, head
         self.world = store.world
         self.ddp_average = ddp_average

@@ -163,3 +163,15 @@ def test_a_checkpoint_outside_its_run_folder_needs_out(runner, tmp_path):
     torch.save(torch.zeros(3), tmp_path / "tensor.pt")
     result = runner.invoke(app, ["train", "--resume", str(tmp_path / "tensor.pt")])
     assert result.exit_code == 1 and "not a dcs train checkpoint (it holds a Tensor, not a dict)" in result.output
+
+
+def test_adaptive_is_refused_under_the_sharded_store_only_for_the_modes_that_use_it():
+    from dcs_cli.config import load_config
+    from dcs_cli.errors import ConfigError
+    from dcs_cli.train.runner import check_run
+
+    sets = ["data.synthetic.num_classes=100", "data.synthetic.train_per_class=4", "selection.sample_num=40",
+            "selection.adaptive=true"]
+    check_run(load_config(CONFIG, [*sets, "selection.mode=random"]), 2)  # random ignores adaptive: it runs
+    with pytest.raises(ConfigError, match="selection.adaptive is not supported with the sharded class store"):
+        check_run(load_config(CONFIG, [*sets, "selection.mode=ivf"]), 2)

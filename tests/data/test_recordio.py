@@ -100,10 +100,19 @@ def test_idx_missing_a_middle_record_is_rebuilt_not_trusted(tmp_path, capsys):
 
 
 def test_idx_listing_every_record_is_trusted(tmp_path):
-    payloads = [b"a", b"bb" + MAGIC_BYTES + b"cc", b"ddd" * 100]  # the second one is written in parts
+    payloads = [b"a", b"bbbb" + MAGIC_BYTES + b"cc", b"ddd" * 100]  # an aligned magic: the second is in parts
+    assert len(encode_record(payloads[1])) > 1
     write_records(tmp_path / "t.rec", payloads, keys=[5, 9, 7])
     reader = RecordReader(tmp_path / "t.rec")
     assert not reader.rebuilt_index and [reader.read(k) for k in (5, 9, 7)] == payloads
+
+
+def test_a_last_record_without_its_pad_bytes_is_trusted(tmp_path):
+    write_records(tmp_path / "t.rec", [b"first", b"odd"], keys=[3, 8])  # 3 bytes: one pad byte at the end
+    raw = (tmp_path / "t.rec").read_bytes()
+    (tmp_path / "t.rec").write_bytes(raw[:-1])
+    reader = RecordReader(tmp_path / "t.rec")
+    assert not reader.rebuilt_index and reader.read(8) == b"odd"
 
 
 def test_idx_with_a_number_past_64_bits_is_rebuilt(tmp_path, capsys):

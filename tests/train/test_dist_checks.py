@@ -12,7 +12,7 @@ from dcs_cli.errors import DistError
 from dcs_cli.train import check_dist as check_dist_mod
 from dcs_cli.train import dist as dist_mod
 from dcs_cli.train.check_dist import check_dist
-from dcs_cli.train.dist import LaunchSpec, free_port, init_distributed
+from dcs_cli.train.dist import LaunchSpec, free_port
 
 FOREIGN = "192.0.2.1"  # TEST-NET-1: never an address of this machine
 
@@ -57,14 +57,19 @@ def one_fake_gpu(monkeypatch):
 
 
 @pytest.mark.parametrize("backend", ["auto", "nccl"])
-def test_more_workers_than_gpus_under_nccl_is_refused(one_fake_gpu, monkeypatch, backend):
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+def test_more_workers_than_gpus_under_nccl_is_refused(one_fake_gpu, backend):
+    """`dcs train --nproc` and `dcs check-dist` refuse before any worker starts (a launcher that shows each
+    rank one GPU of its own is another layout: its ranks are not checked)."""
+    from pathlib import Path
+
+    from dcs_cli.config import load_config
+    from dcs_cli.train.runner import check_run
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "synthetic.yaml"
+    cfg = load_config(config, ["dist.nproc=2", f"dist.backend={backend}"])
     with pytest.raises(DistError, match=r"2 workers on this node but 1 GPU\(s\) visible.*--nproc 1 or fewer.*"
                                         r"dist.backend=gloo"):
-        init_distributed(backend)
+        check_run(cfg, 2)
     with pytest.raises(DistError, match="NCCL needs a GPU per worker"):
         check_dist(LaunchSpec(nproc=2), backend=backend, sizes=[1024], iters=1)
 

@@ -77,17 +77,19 @@ def test_a_checkpoint_with_the_keys_no_longer_written_resumes_in_place(tmp_path,
     assert summary["steps"] == 2 * 50 and summary["val_top1"] > 0.2, summary
 
 
-def test_resuming_an_earlier_epoch_removes_the_later_checkpoints(tmp_path, synthetic_config, tiny):
-    """The later checkpoints (and the finished run's summary) belong to the abandoned run: they go when the
-    resumed run starts, so a kill of it leaves nothing a plain --resume would mistake for its progress."""
+def test_resuming_an_earlier_epoch_removes_the_later_checkpoints_with_its_first(tmp_path, synthetic_config, tiny):
+    """The later checkpoints belong to the abandoned run: a resume that fails before saving keeps them; its
+    first checkpoint removes them, so a kill after it leaves nothing a plain --resume would mistake for its
+    progress (and `keep_checkpoints` never prunes the new checkpoint as the oldest)."""
     run = tmp_path / "r"
     run_train(load_config(synthetic_config, tiny(run, "random", epochs=3) + ["output.keep_checkpoints=0"]))
     assert len(list_checkpoints(run)) == 3 and (run / "summary.json").exists()
     cfg, state = resolve_config(None, [], str(checkpoint_path(run, 1)))
-    assert run_train(cfg, resume=state, stop_after_steps=75)["stopped"]
-    assert [p.name for p in list_checkpoints(run)] == ["epoch_001.pt"] and not (run / "summary.json").exists()
-    cfg, state = resolve_config(None, [], str(run))
-    assert state["epoch"] == 1
+    assert run_train(cfg, resume=state, stop_after_steps=75)["stopped"]  # killed in epoch 2: nothing saved
+    assert len(list_checkpoints(run)) == 3 and not (run / "summary.json").exists()  # no longer finished
+    cfg, state = resolve_config(None, ["output.keep_checkpoints=1"], str(checkpoint_path(run, 1)))
+    assert run_train(cfg, resume=state, stop_after_steps=125)["stopped"]  # killed in epoch 3, after saving 2
+    assert [p.name for p in list_checkpoints(run)] == ["epoch_002.pt"]  # this run's; 3 stale, 1 pruned
 
 
 def test_resume_applies_the_new_momentum_and_weight_decay_to_the_backbone(tmp_path, synthetic_config, tiny):
