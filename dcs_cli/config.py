@@ -39,6 +39,7 @@ import yaml
 from dcs_cli.config_fields import opt, require  # noqa: F401 - re-exported for section modules
 from dcs_cli.data.config import DataConfig
 from dcs_cli.errors import ConfigError
+from dcs_cli.fsutil import missing
 from dcs_cli.models.config import HeadConfig, ModelConfig
 from dcs_cli.paramserver.config import ParamServerConfig
 from dcs_cli.selection.config import SelectionConfig
@@ -188,7 +189,7 @@ def _merge(base: dict, update: dict) -> dict:
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config")
+        raise ConfigError(f"config file {path} {missing(path)}; pass a YAML file to --config (see configs/)")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError:

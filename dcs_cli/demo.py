@@ -52,6 +52,10 @@ class DemoSpec:
     def validate(self) -> None:
         if self.identities < 2 or self.images_per_identity < 2:
             raise UsageError("the demo needs at least 2 identities with 2 images each")
+        for flag, value, least in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 2),
+                                   ("--pairs", self.pairs, 10)):  # 10: one pair per verification fold
+            if value < least:
+                raise UsageError(f"{flag} {value}: must be at least {least}")
         if not self.batch_size <= self.sample_num <= self.identities:
             raise UsageError(f"--sample-num must lie between the batch size ({self.batch_size}) and the number "
                              f"of identities ({self.identities})")

@@ -34,6 +34,14 @@ from pathlib import Path
 from dcs_cli.errors import OutputError, OutputExistsError, UsageError
 
 
+def missing(path: Path, folder: bool = False) -> str:
+    """Why `path` is not the file (or, with `folder`, the folder) an input names: "not found", "is a folder,
+    not a file" or "is a file, not a folder"."""
+    if not path.exists():
+        return "not found"
+    return "is a file, not a folder" if folder else "is a folder, not a file"
+
+
 def check_output_file(target: str | os.PathLike) -> Path:
     """`target` as a Path, or an OutputError if a file could not be written there: a folder in its place, a
     file where one of its folders would go, or no write permission in the nearest existing folder."""

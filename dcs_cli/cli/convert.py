@@ -25,6 +25,8 @@ _PathOpt = Optional[Path]
 def _mode(in_folder, to_rec, list_file, root, bin_path, val_ratio) -> str:
     """Which of the three conversions the flags ask for; contradictions are UsageErrors."""
     chosen = [name for name, on in (("--in-folder", in_folder), ("--to-rec", to_rec), ("--bin", bin_path)) if on]
+    if not chosen and (list_file or root):
+        raise UsageError("--list/--root pack images into a .rec only with --to-rec: add --to-rec")
     if len(chosen) != 1:
         raise UsageError("choose exactly one of --in-folder DIR (rec → images), --to-rec --list LIST --root "
                          f"ROOT (images → rec) or --bin FILE (.bin → images); got {', '.join(chosen) or 'none'}")
@@ -43,7 +45,7 @@ def _mode(in_folder, to_rec, list_file, root, bin_path, val_ratio) -> str:
 def convert(
     out_folder: Annotated[Path, typer.Option("--out-folder", "-o", help="Folder to write.", show_default=False)],
     in_folder: Annotated[_PathOpt, typer.Option("--in-folder", "-i", show_default=False,
-                                                help="Folder with train.rec/train.idx (or a .rec file).")] = None,
+                                                help="Folder with train.rec/train.idx (or its .rec or .idx).")] = None,
     val_ratio: Annotated[Optional[float], typer.Option(
         "--val-ratio", help="Share of each identity's images for val_list.txt (default 0.05).",
         show_default=False)] = None,

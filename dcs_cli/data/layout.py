@@ -64,7 +64,7 @@ class ImageTable:
 
 
 def resolve_rec(folder_or_rec: str | os.PathLike) -> tuple[Path, Path]:
-    """(rec, idx) paths for a folder holding train.rec/train.idx or for a `.rec` path."""
+    """(rec, idx) paths for a folder holding train.rec/train.idx, a `.rec` path, or its `.idx`."""
     path = Path(folder_or_rec)
     if path.is_dir():
         rec = path / "train.rec"
@@ -73,6 +73,12 @@ def resolve_rec(folder_or_rec: str | os.PathLike) -> tuple[Path, Path]:
         return rec, path / "train.idx"
     if not path.is_file():
         raise DataError(f"{path}: no such file or folder")
+    if path.suffix == ".idx":  # the index named instead of its records: the .rec beside it
+        rec = path.with_suffix(".rec")
+        if not rec.is_file():
+            raise DataError(f"{path} is an index; its records {rec.name} are not beside it: pass the .rec or its "
+                            "folder")
+        return rec, path
     return path, path.with_suffix(".idx")
 
 

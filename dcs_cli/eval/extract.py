@@ -43,8 +43,9 @@ from dcs_cli.config import Config, load_config, to_dict
 from dcs_cli.console import info, progress_bar, warn
 from dcs_cli.errors import ConfigError, DataError, OutputExistsError, UsageError
 from dcs_cli.eval.weights import load_backbone_weights, read_checkpoint
-from dcs_cli.fsutil import atomic_path, check_output_file, write_json_atomic
+from dcs_cli.fsutil import atomic_path, check_output_file, missing, write_json_atomic
 from dcs_cli.models.backbones import backbone_input_kind, build_backbone
+from dcs_cli.train.checkpoint import checkpoint_file
 
 
 @dataclasses.dataclass
@@ -89,9 +90,10 @@ def _targets(job: ExtractJob) -> list[tuple[str, Path, Path | None]]:
         raise UsageError(f"two inputs would both write {dupes[0]}; give the inputs distinct file names")
     for _, source, root in targets:
         if not source.is_file():
-            raise DataError(f"{source}: no such file")
+            raise DataError(f"{source} {missing(source)}; pass a .bin file to --bin, a list file to --list")
         if root is not None and not root.is_dir():
-            raise DataError(f"--root {root}: no such folder (the images the list's paths are relative to)")
+            raise DataError(f"--root {root} {missing(root, folder=True)}: pass the folder the list's image paths "
+                            "are relative to")
     return targets
 
 
@@ -165,6 +167,8 @@ def extract(job: ExtractJob) -> dict:
     if job.batch_size <= 0:
         raise UsageError(f"--batch-size {job.batch_size}: must be > 0")
     targets = _targets(job)
+    # a run folder means its newest checkpoint: the file is what extract.json records and compares
+    job = dataclasses.replace(job, checkpoint=checkpoint_file(job.checkpoint, "--checkpoint"))
     out_dir = Path(job.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"--out-dir {out_dir} exists and is not a folder")

@@ -30,7 +30,7 @@ import numpy as np
 from dcs_cli.console import print_table, warn
 from dcs_cli.errors import DataError
 from dcs_cli.eval.verify import evaluate
-from dcs_cli.fsutil import write_json_atomic
+from dcs_cli.fsutil import missing, write_json_atomic
 
 NPY_MAGIC = b"\x93NUMPY"
 
@@ -38,7 +38,8 @@ NPY_MAGIC = b"\x93NUMPY"
 def load_features(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such features file; run `dcs extract` first")
+        hint = "pass a folder of them with --features-dir" if path.is_dir() else "run `dcs extract` first"
+        raise DataError(f"features file {path} {missing(path)}; {hint}")
     with open(path, "rb") as fh:
         magic = fh.read(len(NPY_MAGIC))
     if magic != NPY_MAGIC:  # np.load would call any other file "pickled data"
@@ -64,17 +65,21 @@ def match_targets(features_dir: str | Path, bin_dir: str | Path) -> list[tuple[s
     features_dir, bin_dir = Path(features_dir), Path(bin_dir)
     for folder, flag in ((features_dir, "--features-dir"), (bin_dir, "--bin-dir")):
         if not folder.is_dir():
-            raise DataError(f"{flag} {folder}: no such folder")
-    found = []
+            raise DataError(f"{flag} {folder} {missing(folder, folder=True)}; pass a folder")
+    found, unmatched = [], []
     for npy in sorted(features_dir.glob("*.npy")):
         if npy.name.endswith(".labels.npy"):
             continue
         bin_path = bin_dir / f"{npy.stem}.bin"
         if bin_path.is_file():
             found.append((npy.stem, npy, bin_path))
+        elif not npy.with_name(f"{npy.stem}.labels.npy").exists():  # a --list's features have no pairs
+            unmatched.append(npy.name)
     if not found:
         raise DataError(f"no <name>.npy in {features_dir} has a matching <name>.bin in {bin_dir}; "
                         "extract with `dcs extract --bin <bin-dir>/<name>.bin --out-dir <features-dir>`")
+    if unmatched:
+        warn(f"{features_dir}: {', '.join(unmatched)} not verified: no .bin of the same name in {bin_dir}")
     return found
 
 

@@ -31,15 +31,14 @@ from torch import nn
 from dcs_cli.console import warn
 from dcs_cli.errors import DataError
 from dcs_cli.torchfile import load_torch_file
+from dcs_cli.train.checkpoint import checkpoint_file
 
 PREFIX = "module."
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, dict | None]:
     """(backbone state_dict, saved config dict or None) of a `dcs train` checkpoint or a bare state_dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"checkpoint {path} not found; pass an existing .pt file to --checkpoint")
+    path = checkpoint_file(path, "--checkpoint")
     obj = load_torch_file(path, "checkpoint")
     if not isinstance(obj, dict) or not obj:
         raise DataError(f"{path}: expected a checkpoint dict, found {type(obj).__name__}")

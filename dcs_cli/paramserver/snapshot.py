@@ -32,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from dcs_cli.errors import DataError
-from dcs_cli.fsutil import atomic_path
+from dcs_cli.fsutil import atomic_path, missing
 from dcs_cli.paramserver.matrix import MatrixSpec, ServedMatrix, check_step, optim_from_dict
 from dcs_cli.paramserver.protocol import ProtocolError
 
@@ -96,7 +96,8 @@ def read_snapshot(path: str | Path) -> list[ServedMatrix]:
     """Load and verify a snapshot; a wrong format, a torn file or a checksum mismatch is a DataError."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"snapshot {path} not found; pass a file written by `dcs paramserver --snapshot-dir`")
+        raise DataError(f"snapshot {path} {missing(path)}; pass a file written by `dcs paramserver --snapshot-dir` "
+                        "(DIR/paramserver.safetensors)")
     try:
         with safe_open(str(path), framework="pt") as fh:
             metadata = fh.metadata() or {}

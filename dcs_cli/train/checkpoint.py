@@ -82,16 +82,23 @@ def remove_checkpoint(path: Path) -> None:
     shutil.rmtree(store_folder_path(path), ignore_errors=True)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint the user pointed at (a file, or a run folder → its newest checkpoint)."""
+def checkpoint_file(path: str | Path, flag: str) -> Path:
+    """The checkpoint the user pointed at with `flag`: a file, or a run folder (or its checkpoints/) → its
+    newest checkpoint; a DataError when there is none."""
     path = Path(path)
     if path.is_dir():
         found = list_checkpoints(path) or list_checkpoints(path.parent)
         if not found:
-            raise DataError(f"{path}: no checkpoints/epoch_NNN.pt found; pass a checkpoint file to --resume")
-        path = found[-1]
+            raise DataError(f"{path}: no checkpoints/epoch_NNN.pt found; pass a checkpoint file to {flag}")
+        return found[-1]
     if not path.is_file():
-        raise DataError(f"checkpoint {path} not found; pass an existing .pt file to --resume")
+        raise DataError(f"checkpoint {path} not found; pass an existing .pt file or a run folder to {flag}")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint the user pointed at (a file, or a run folder → its newest checkpoint)."""
+    path = checkpoint_file(path, "--resume")
     state = load_torch_file(path, "checkpoint")
     if not isinstance(state, dict):
         raise DataError(f"{path}: not a dcs train checkpoint (it holds a {type(state).__name__}, not a dict)")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from dcs_cli.console import warn
+from dcs_cli.console import info, warn
 from dcs_cli.errors import ConfigError, DataError
 from dcs_cli.selection.base import check_sample_num
 
@@ -86,6 +86,8 @@ def _image_datasets(cfg) -> tuple[Dataset, Dataset | None, int]:
             raise DataError(f"data.val_list: {d.val_list} not found; fix the path or set it to '' (no validation)")
         root = d.train_root or default_root(d.val_list)
         val = ListDataset(d.val_list, root, d.image_size)
+    else:
+        info("data.val_list is empty: training without validation (val top-1 is not measured)")
     if len(train) == 0:
         raise DataError(f"{train_where}: the training data is empty")
     if val is not None and len(val) == 0:  # e.g. `dcs convert --val-ratio 0`: validation has nothing to score

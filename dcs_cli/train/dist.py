@@ -75,17 +75,22 @@ class DistContext:
 # --------------------------------------------------------------------------------------------- workers
 
 
+_USE = "--set dist.backend={0} for dcs train, --backend {0} for dcs check-dist"
+
+
 def resolve_backend(backend: str) -> str:
     """`auto` → nccl when CUDA is present, gloo otherwise; an unavailable backend is a DistError with a hint."""
     if backend == "auto":
         return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
     if backend == "nccl":
         if not torch.cuda.is_available():
-            raise DistError("backend nccl needs CUDA GPUs and none is visible; use --backend gloo on CPU")
+            raise DistError(f"backend nccl needs CUDA GPUs and none is visible; use gloo on CPU "
+                            f"({_USE.format('gloo')})")
         if not dist.is_nccl_available():
-            raise DistError("this torch build has no NCCL; install a CUDA build of torch or use --backend gloo")
+            raise DistError(f"this torch build has no NCCL; install a CUDA build of torch or use gloo "
+                            f"({_USE.format('gloo')})")
     elif backend == "gloo" and not dist.is_gloo_available():
-        raise DistError("this torch build has no gloo backend; use --backend nccl on GPUs")
+        raise DistError(f"this torch build has no gloo backend; use nccl on GPUs ({_USE.format('nccl')})")
     elif backend not in ("gloo", "nccl"):
         raise UsageError(f"unknown backend {backend!r}; choose auto, gloo or nccl")
     return backend

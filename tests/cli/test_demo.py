@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from dcs_cli.cli.app import app
 
@@ -35,6 +36,13 @@ def test_demo_refuses_impossible_sizes(runner, tmp_path):
     result = runner.invoke(app, ["demo", "-o", str(tmp_path / "d"), "--identities", "50", "--sample-num", "10"])
     assert result.exit_code == 2
     assert "--sample-num" in result.output
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--epochs", "0"), ("--batch-size", "1"), ("--pairs", "0")])
+def test_demo_refuses_bad_sizes_before_any_work(runner, tmp_path, flag, value):
+    result = runner.invoke(app, ["demo", "-o", str(tmp_path / "d"), flag, value])
+    assert result.exit_code == 2 and f"{flag} {value}: must be at least" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "d").exists()
 
 
 def test_demo_refuses_a_large_stage_smaller_than_its_batch(runner, tmp_path):

@@ -141,3 +141,19 @@ def test_a_bad_image_is_one_line_and_earlier_targets_stay_recorded(runner, tmp_p
     assert len(result.output.strip().splitlines()) <= 3, result.output  # the info lines and the error
     assert json.loads((out / "extract.json").read_text())["targets"].keys() == {"pairs"}
     assert (out / "pairs.npy").exists() and not (out / "mine.npy").exists()
+
+
+def test_a_run_folder_means_its_newest_checkpoint_and_wrong_kinds_are_named(runner, tmp_path, pairs_bin):
+    import json
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    save_checkpoint(run / "checkpoints" / "epoch_001.pt")
+    newest = save_checkpoint(run / "checkpoints" / "epoch_002.pt")
+    result = runner.invoke(app, ["extract", "--checkpoint", str(run), "--bin", str(pairs_bin),
+                                 "--out-dir", str(tmp_path / "f")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "f" / "extract.json").read_text())["checkpoint"] == str(newest)
+    folder_bin = runner.invoke(app, ["extract", "--checkpoint", str(newest), "--bin", str(tmp_path),
+                                     "--out-dir", str(tmp_path / "g")])
+    assert folder_bin.exit_code == 1 and "is a folder, not a file; pass a .bin file to --bin" in folder_bin.output

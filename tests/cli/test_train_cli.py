@@ -175,3 +175,10 @@ def test_adaptive_is_refused_under_the_sharded_store_only_for_the_modes_that_use
     check_run(load_config(CONFIG, [*sets, "selection.mode=random"]), 2)  # random ignores adaptive: it runs
     with pytest.raises(ConfigError, match="selection.adaptive is not supported with the sharded class store"):
         check_run(load_config(CONFIG, [*sets, "selection.mode=ivf"]), 2)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="NCCL runs on this machine")
+def test_nccl_without_a_gpu_names_the_train_setting(runner, tmp_path):
+    result = runner.invoke(app, ["train", "--config", CONFIG, "--nproc", "2", "--out", str(tmp_path / "o"), *TINY,
+                                 "--set", "dist.backend=nccl"])
+    assert result.exit_code == 1 and "needs CUDA" in result.output and "--set dist.backend=gloo" in result.output

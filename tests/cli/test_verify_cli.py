@@ -48,6 +48,7 @@ def test_directory_mode_matches_names(runner, tmp_path, pairs_bin):
                                  "--folds", "2", "--json", str(tmp_path / "all.json")])
     assert result.exit_code == 0, result.output
     assert list(json.loads((tmp_path / "all.json").read_text())["targets"]) == ["pairs"]
+    assert "lfw.npy not verified: no .bin of the same name" in result.output  # said, not silently dropped
     none = runner.invoke(app, ["verify", "--features-dir", str(tmp_path), "--bin-dir", str(bins)])
     assert none.exit_code == 1 and "matching" in none.output
 

@@ -64,13 +64,18 @@ def test_an_empty_val_list_means_no_validation(tmp_path, monkeypatch):
     write_synthetic_rec(tmp_path / "rec", 3, 4, image_size=24, seed=0)
     rec_to_images(tmp_path / "rec", tmp_path / "out", val_ratio=0.0)
     assert (tmp_path / "out" / "val_list.txt").read_text() == ""
-    cfg = load_config(None, ["data.source=list", f"data.train_list={tmp_path / 'out' / 'train_list.txt'}",
-                             f"data.train_root={tmp_path / 'out' / 'images'}",
-                             f"data.val_list={tmp_path / 'out' / 'val_list.txt'}", "data.image_size=24",
-                             "data.batch_size=4", "data.workers=0", "selection.mode=full"])
+    cfg_sets = [f"data.train_list={tmp_path / 'out' / 'train_list.txt'}",
+                f"data.train_root={tmp_path / 'out' / 'images'}",
+                f"data.val_list={tmp_path / 'out' / 'val_list.txt'}", "data.source=list", "data.image_size=24",
+                "data.batch_size=4", "data.workers=0", "selection.mode=full"]
+    cfg = load_config(None, cfg_sets)
     data = train_data.build_data(cfg)
     assert data.num_classes == 3 and data.val is None
     assert len(said) == 1 and said[0].endswith("val_list.txt lists no images; training without validation")
+    # no val_list at all: also said, as a notice
+    monkeypatch.setattr(train_data, "info", said.append)
+    assert train_data.build_data(load_config(None, [*cfg_sets[:2], "data.val_list=''", *cfg_sets[3:]])).val is None
+    assert said[-1].startswith("data.val_list is empty: training without validation")
 
 
 def test_lists_from_dcs_convert_train_without_a_root(tmp_path):

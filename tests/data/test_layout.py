@@ -47,6 +47,16 @@ def test_mxnet_fixture_matches_expected(mxnet_fixtures):
         assert hashlib.sha256(table.payload(i)).hexdigest() == item["sha256"]
 
 
+def test_the_rec_its_idx_and_their_folder_name_the_same_data(mxnet_fixtures, tmp_path):
+    by_folder = read_table(mxnet_fixtures)
+    for given in (mxnet_fixtures / "train.rec", mxnet_fixtures / "train.idx"):
+        table = read_table(given)
+        assert len(table) == len(by_folder) and table.labels.tolist() == by_folder.labels.tolist()
+    (tmp_path / "lonely.idx").write_text("0\t0\n")
+    with pytest.raises(DataError, match=r"lonely\.idx is an index; its records lonely\.rec are not beside it"):
+        read_table(tmp_path / "lonely.idx")
+
+
 def test_insightface_layout_round_trip(tmp_path):
     write_insightface(tmp_path, [0, 0, 1, 2, 2, 2])
     table = read_table(tmp_path / "train.rec")
