@@ -218,7 +218,7 @@ def _row(name: str, mode: str, head: str, runs: list[dict], spec: TrainQualitySp
 def paired_differences(rows: list[dict], per_run: dict[str, list[dict]]) -> list[dict]:
     """Add to each row (in place) its differences from the full and random rows of its head, run by run
     (the same training seeds): `<figure>_vs_<mode>` the mean, `<figure>_vs_<mode>_se` its standard error;
-    returns them as printable rows ("+1.23 ± 0.45"). None without several runs or a reference row."""
+    returns them as printable rows ("+1.23 ± 0.45"); none without several runs or a reference row."""
     printable = []
     for row in rows:
         shown = {"name": row["name"]}
