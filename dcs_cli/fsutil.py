@@ -36,10 +36,14 @@ from dcs_cli.errors import OutputError, OutputExistsError, UsageError
 
 def missing(path: Path, folder: bool = False) -> str:
     """Why `path` is not the file (or, with `folder`, the folder) an input names: "not found", "is a folder,
-    not a file" or "is a file, not a folder"."""
+    not a file", "is a file, not a folder" or "is not a regular file" (a pipe, a device)."""
     if not path.exists():
         return "not found"
-    return "is a file, not a folder" if folder else "is a folder, not a file"
+    if path.is_dir() and not folder:
+        return "is a folder, not a file"
+    if path.is_file() and folder:
+        return "is a file, not a folder"
+    return "is not a regular file"
 
 
 def check_output_file(target: str | os.PathLike) -> Path:

@@ -136,3 +136,14 @@ def test_verify_outputs_never_overwrite_inputs_or_each_other(runner, tmp_path):
     assert result.exit_code == 2 and "would overwrite an input" in result.output
     result = runner.invoke(app, [*base, "--json", str(tmp_path / "o"), "--plot", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--json" in result.output and "the --plot file" in result.output
+
+
+def test_missing_says_what_an_input_path_is_instead():
+    from dcs_cli.fsutil import missing
+
+    here = Path(__file__)
+    assert missing(here.with_name("no-such-file")) == "not found"
+    assert missing(here.parent) == "is a folder, not a file"
+    assert missing(here, folder=True) == "is a file, not a folder"
+    if Path("/dev/null").exists():
+        assert missing(Path("/dev/null")) == "is not a regular file"

@@ -19,8 +19,9 @@ from dcs_cli.cli.options import ConfigOpt, SetOpt
 def register(app: typer.Typer) -> None:
     @app.command("extract")
     def extract(
-        checkpoint: Annotated[Path, typer.Option(help="Checkpoint of `dcs train` (or a bare backbone "
-                                                 "state_dict with --config).", show_default=False)],
+        checkpoint: Annotated[Path, typer.Option(help="Checkpoint of `dcs train`, or its run folder (the newest "
+                                                 "checkpoint), or a bare backbone state_dict with --config.",
+                                                 show_default=False)],
         out_dir: Annotated[Path, typer.Option("--out-dir", "--out-folder", "-o",
                                               help="Folder for <name>.npy (and extract.json).",
                                               show_default=False)],

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from dcs_cli.errors import DataError
-from dcs_cli.fsutil import atomic_path
+from dcs_cli.fsutil import atomic_path, missing
 
 
 def _latin1_encode(text, encoding="latin1", errors="strict"):
@@ -98,7 +98,7 @@ def read_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
     """(images, issame) of a verification `.bin`; validated: 2 images per pair, issame all booleans."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such .bin file")
+        raise DataError(f".bin file {path} {missing(path)}")
     try:
         with open(path, "rb") as fh:
             obj = _RestrictedUnpickler(fh, path).load()

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from dcs_cli.errors import DataError
-from dcs_cli.fsutil import write_text_atomic
+from dcs_cli.fsutil import missing, write_text_atomic
 
 MAX_LABEL = (1 << 31) - 1  # identity numbers past this would ask for a class store of billions of rows
 
@@ -29,7 +29,7 @@ def read_list(path: str | os.PathLike) -> list[tuple[str, int]]:
     """Parse a list file; a malformed line is a DataError naming the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such list file")
+        raise DataError(f"list file {path} {missing(path)}")
     entries: list[tuple[str, int]] = []
     lineno = 0
     try:

@@ -58,7 +58,7 @@ def _check_labels(ds: Dataset, num_classes: int, where: str) -> None:
                         f"(labels must be < num_classes, largest found {top}); raise data.num_classes or set it to 0")
 
 
-def _image_datasets(cfg) -> tuple[Dataset, Dataset | None, int]:
+def _image_datasets(cfg, report: bool) -> tuple[Dataset, Dataset | None, int]:
     from dcs_cli.data.datasets import ListDataset, RecDataset
     from dcs_cli.data.listfile import default_root
 
@@ -86,12 +86,13 @@ def _image_datasets(cfg) -> tuple[Dataset, Dataset | None, int]:
             raise DataError(f"data.val_list: {d.val_list} not found; fix the path or set it to '' (no validation)")
         root = d.train_root or default_root(d.val_list)
         val = ListDataset(d.val_list, root, d.image_size)
-    else:
+    elif report:
         info("data.val_list is empty: training without validation (val top-1 is not measured)")
     if len(train) == 0:
         raise DataError(f"{train_where}: the training data is empty")
     if val is not None and len(val) == 0:  # e.g. `dcs convert --val-ratio 0`: validation has nothing to score
-        warn(f"data.val_list: {d.val_list} lists no images; training without validation")
+        if report:
+            warn(f"data.val_list: {d.val_list} lists no images; training without validation")
         val = None
     inferred = max(int(getattr(train, "num_classes", 0) or 0), int(getattr(val, "num_classes", 0) or 0))
     num_classes = d.num_classes or inferred
@@ -104,8 +105,9 @@ def _image_datasets(cfg) -> tuple[Dataset, Dataset | None, int]:
     return train, val, num_classes
 
 
-def build_data(cfg) -> TrainData:
-    """Open (and check) the data the config names; cheap enough to run in the parent before the workers."""
+def build_data(cfg, report: bool = True) -> TrainData:
+    """Open (and check) the data the config names; cheap enough to run in the parent before the workers.
+    `report`: say what the run goes without (validation); once per run, not per worker."""
     d = cfg.data
     if d.source == "synthetic":
         from dcs_cli.data.synthetic_features import SyntheticClasses
@@ -119,7 +121,7 @@ def build_data(cfg) -> TrainData:
         if val is not None and len(val) == 0:
             val = None
     else:
-        train, val, num_classes = _image_datasets(cfg)
+        train, val, num_classes = _image_datasets(cfg, report)
         shape = (3, d.image_size, d.image_size)
     if len(train) < 1:
         raise DataError("the training data is empty")

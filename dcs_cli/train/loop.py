@@ -53,8 +53,8 @@ def train_worker(job: TrainJob, data: TrainData | None = None, resume: dict | No
     threads_before = torch.get_num_threads()
     torch.set_num_threads(_threads(cfg, ctx))
     run_dir = Path(job.run_dir)
-    if data is None:
-        data = build_data(cfg)
+    if data is None:  # a worker re-opens what the parent checked (and reported on)
+        data = build_data(cfg, report=False)
     if resume is None and job.resume:
         resume = load_checkpoint(job.resume)
     parts = build_parts(cfg, data.num_classes, data.input_shape, ctx, resume)

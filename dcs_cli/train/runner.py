@@ -54,9 +54,10 @@ def probe_paramserver(cfg, num_classes: int) -> None:
     store.close()
 
 
-def check_run(cfg, world: int):
-    """All checks that need no worker: data, sizes, backend, paramserver. Returns the opened data."""
-    data = build_data(cfg)
+def check_run(cfg, world: int, report: bool = True):
+    """All checks that need no worker: data, sizes, backend, paramserver. Returns the opened data; `report`
+    (one process of the run) says what it goes without."""
+    data = build_data(cfg, report)
     check_backbone_input(cfg.model, data.input_shape)
     if steps_per_epoch(len(data.train), cfg.data.batch_size, world) < 1:
         raise DataError(f"data.batch_size = {cfg.data.batch_size} is larger than each of the {world} worker(s)' "
@@ -74,8 +75,8 @@ def check_run(cfg, world: int):
                           "processes or dist.class_store=paramserver")
     if cfg.selection.mode != "full" and kind == "paramserver" and cfg.paramserver.address:
         probe_paramserver(cfg, data.num_classes)
-    sampled = cfg.selection.mode != "full"
-    if sampled and kind == "sharded" and world > 1:
+    warn_sizes = report and cfg.selection.mode != "full"  # (once per run: every process checks)
+    if warn_sizes and kind == "sharded" and world > 1:
         # A shard holds the positives of the whole global batch that fall in it (data.batch_size on average)
         # in about sample_num slots; an uneven step can bring half as many again, and trains them alone.
         uneven = min(cfg.data.batch_size * 3 // 2, -(-data.num_classes // world))
@@ -85,7 +86,7 @@ def check_run(cfg, world: int):
                          "fall in it: a step whose labels land unevenly trains that shard's positives alone, "
                          "without negatives (counted as shard_overflow in the metrics); raise sample_num to "
                          f"{uneven} or more")
-    elif sampled and cfg.selection.sample_num < min(cfg.data.batch_size, data.num_classes):
+    elif warn_sizes and cfg.selection.sample_num < min(cfg.data.batch_size, data.num_classes):
         console.warn(f"selection.sample_num = {cfg.selection.sample_num} is below data.batch_size = "
                      f"{cfg.data.batch_size}: a batch with more distinct labels than that fails")
     return data
@@ -198,7 +199,7 @@ def run_train(cfg, resume: str | dict | None = None, overwrite: bool = False,
     external = under_torchrun()
     world = env_world_size() if external else cfg.dist.nproc * cfg.dist.nnodes
     main = int(os.environ.get("RANK", "0")) == 0 if external else cfg.dist.node_rank == 0
-    data = check_run(cfg, world)
+    data = check_run(cfg, world, report=main)
     state = None
     if resume:
         state = resume if isinstance(resume, dict) else load_checkpoint(resume)

@@ -76,6 +76,11 @@ def test_an_empty_val_list_means_no_validation(tmp_path, monkeypatch):
     monkeypatch.setattr(train_data, "info", said.append)
     assert train_data.build_data(load_config(None, [*cfg_sets[:2], "data.val_list=''", *cfg_sets[3:]])).val is None
     assert said[-1].startswith("data.val_list is empty: training without validation")
+    # a worker re-opening the data says nothing: the parent did
+    before = len(said)
+    train_data.build_data(load_config(None, [*cfg_sets[:2], "data.val_list=''", *cfg_sets[3:]]), report=False)
+    train_data.build_data(cfg, report=False)
+    assert len(said) == before
 
 
 def test_lists_from_dcs_convert_train_without_a_root(tmp_path):
