@@ -82,25 +82,31 @@ class RemoteStore(ClassStore):
             "seed": seed,
             "catch_up": bool(catch_up),
         }
+        self._beat = None
         try:
             reply, frames = self._conn.request(
                 Header(op=Op.CREATE, dtype=DType.JSON), [json_frame(spec)], timeout
             )
             self.matrix_id = reply.matrix
-            reply, frames = self._call(Op.REGISTER)
-            registered = parse_json(frames[0].buffer)
-        except ServerError:
+        except BaseException:
             self._shutdown_sockets()
             raise
-        self.step = reply.step
-        # the server's frame limit (older servers did not say: ZeroMQ's 1 GiB ceiling)
-        self.max_frame_bytes = int(registered.get("max_frame_bytes", MAX_MESSAGE_BYTES))
-        if params is not None:
-            self.set_optim(params)
-        self._beat = None
-        if heartbeat:
-            period = max(0.05, float(registered.get("heartbeat_timeout", 30.0)) / 4)
-            self._beat = Heartbeat(self._ctx, address, self.token, self.client_id, self.matrix_id, period)
+        try:
+            reply, frames = self._call(Op.REGISTER)
+            registered = parse_json(frames[0].buffer)
+            self.step = reply.step
+            # the server's frame limit (older servers did not say: ZeroMQ's 1 GiB ceiling)
+            self.max_frame_bytes = int(registered.get("max_frame_bytes", MAX_MESSAGE_BYTES))
+            if params is not None:
+                self.set_optim(params)
+            if heartbeat:
+                period = max(0.05, float(registered.get("heartbeat_timeout", 30.0)) / 4)
+                self._beat = Heartbeat(self._ctx, address, self.token, self.client_id, self.matrix_id, period)
+        except BaseException:
+            # REGISTER may have been served (even if its reply never came): leave the barrier, so the
+            # other clients do not wait for a member that never pushes, and end the context
+            self.close(unregister=True)
+            raise
 
     # ------------------------------------------------------------------------------------ transport
 

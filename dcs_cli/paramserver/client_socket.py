@@ -68,10 +68,10 @@ class ClientSocket:
 
     def _decode(self, buf) -> Header:
         try:
-            return decode_header(buf, self.token)
+            return decode_header(buf, self.token, reply=True)
         except ProtocolError as exc:
             try:  # an unauthenticated error reply still explains itself (typically: our token is wrong)
-                header = decode_header(buf, None)
+                header = decode_header(buf, None, reply=True)
             except ProtocolError:
                 raise ServerError(f"paramserver {self.address}: unreadable reply ({exc})") from None
             if header.status != STATUS_ERROR:

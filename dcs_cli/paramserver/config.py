@@ -50,9 +50,10 @@ class ParamServerConfig:
         "connection, and clients refuse to send one",
     )
     max_inflight_bytes: int = opt(
-        4 << 30,
+        16 << 30,
         "server side: memory the server may reserve for messages still arriving; each connection can hold "
-        "one frame, so at most max_inflight_bytes / max_frame_bytes connections are kept (32 by default)",
+        "one frame, so at most max_inflight_bytes / max_frame_bytes connections are kept (128 by default; "
+        "each client opens two, requests and heartbeats, so 64 clients)",
     )
     cpus: list[int] = opt(
         [],

@@ -5,8 +5,9 @@ The server loop polls `budget.monitor` next to its socket and calls `budget.poll
 ZeroMQ allocates a frame's whole announced size as soon as its length arrives, before its bytes do, and
 keeps a message's frames until its last one. Each connection can therefore hold about one maximal frame
 (`paramserver.max_frame_bytes`, ZeroMQ's MAXMSGSIZE; larger frames drop the connection) in flight, and
-the total is capped by keeping at most `max_inflight_bytes // max_frame_bytes` connections: the ones
-accepted beyond that are shut down at once, so whoever opens them only loses them.
+the total is capped by keeping at most `max_inflight_bytes // max_frame_bytes` connections (128 by
+default; a client opens two, requests and heartbeats): the ones accepted beyond that are shut down at
+once, so whoever opens them only loses them.
 
 >>> ctx = zmq.Context()
 >>> sock = ctx.socket(zmq.ROUTER)
@@ -66,7 +67,9 @@ class ConnectionBudget:
         self.refused += 1
         if self.refused == 1 or self.refused % 100 == 0:
             warn(f"connection refused: {self.limit} are open, the most paramserver.max_inflight_bytes allows "
-                 f"at paramserver.max_frame_bytes each ({self.refused} refused so far)")
+                 f"at paramserver.max_frame_bytes each (each client opens 2); raise "
+                 f"paramserver.max_inflight_bytes (--set paramserver.max_inflight_bytes=BYTES) to serve more "
+                 f"clients ({self.refused} refused so far)")
         try:
             peer = socket.socket(fileno=os.dup(fd))  # ZeroMQ owns `fd`: a shutdown ends the connection
         except OSError:

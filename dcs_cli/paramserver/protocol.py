@@ -26,11 +26,15 @@ A message is a ZeroMQ multipart message (DEALER → ROUTER). Frame 0 is the 72-b
     32     8    step        PUSH: the step the gradient belongs to; replies: the matrix's step
     40     8    rows        rows in the array frames (S)
     48     8    cols        columns of 2-D frames (d)
-    56     16   auth        HMAC-SHA256(token, bytes 0..55)[:16]; zeros when the server has no token
+    56     16   auth        HMAC-SHA256(token, label + bytes 0..55)[:16], label b"dcs request\0" or
+                            b"dcs reply\0", so a reply never authenticates as a request; zeros when
+                            the server has no token, and on the error reply to a header that failed
+                            to decode or authenticate (the server will not vouch for what it can't read)
 
 The frames after the header are raw C-contiguous little-endian arrays whose sizes must match rows/cols
 exactly, or one small UTF-8 JSON object (control data such as a CREATE spec, optimiser params, stats).
-The token itself never travels: a server with a token recomputes the MAC of each header.
+The token itself never travels: a server with a token recomputes the MAC of each header. A request
+must carry status 0; anything else is refused.
 
 ATTACH (frame: {"name", "reply_bytes", "request_bytes"}) maps a registered client's `/dev/shm` segment on
 the server; afterwards GET_ROWS and PUSH with FLAG_SHARED move their arrays through it (shm.py).
@@ -48,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MAGIC = b"DCSP"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the MAC covers a request/reply label
 HEADER = struct.Struct("<4sBBBBB3xIQQqQQ16s")
 MAC_SIZE = 16
 MAX_JSON_BYTES = 64 * 1024
@@ -58,6 +62,7 @@ FLAG_CURRENT = 4
 STATUS_OK = 0
 STATUS_ERROR = 1
 NO_AUTH = b"\0" * MAC_SIZE
+MAC_LABELS = {False: b"dcs request\0", True: b"dcs reply\0"}  # keyed by `reply`
 
 
 class Op(enum.IntEnum):
@@ -107,7 +112,8 @@ class Header:
     status: int = STATUS_OK
     version: int = PROTOCOL_VERSION
 
-    def pack(self, token: bytes | None) -> bytes:
+    def pack(self, token: bytes | None, reply: bool = False) -> bytes:
+        """The 72-byte frame; `reply=True` for the server's answers (they are MAC'd under another label)."""
         body = HEADER.pack(
             MAGIC,
             self.version,
@@ -123,17 +129,18 @@ class Header:
             self.cols,
             NO_AUTH,
         )
-        return body[:-MAC_SIZE] + mac(body[:-MAC_SIZE], token)
+        return body[:-MAC_SIZE] + mac(body[:-MAC_SIZE], token, reply)
 
 
-def mac(body: bytes, token: bytes | None) -> bytes:
+def mac(body: bytes, token: bytes | None, reply: bool = False) -> bytes:
     if not token:
         return NO_AUTH
-    return hmac.new(token, body, hashlib.sha256).digest()[:MAC_SIZE]
+    return hmac.new(token, MAC_LABELS[reply] + body, hashlib.sha256).digest()[:MAC_SIZE]
 
 
-def decode_header(buf, token: bytes | None) -> Header:
-    """Parse and authenticate frame 0; every way it can be wrong is a ProtocolError."""
+def decode_header(buf, token: bytes | None, reply: bool = False) -> Header:
+    """Parse and authenticate frame 0 of a request (or, with `reply=True`, of a reply); every way it can
+    be wrong is a ProtocolError."""
     data = bytes(buf) if len(buf) == HEADER.size else None
     if data is None:
         raise ProtocolError(f"header frame has {len(buf)} bytes, expected {HEADER.size}")
@@ -142,8 +149,10 @@ def decode_header(buf, token: bytes | None) -> Header:
         raise ProtocolError("bad magic; not a dcs paramserver message")
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {version} not supported (server speaks {PROTOCOL_VERSION})")
-    if token and not hmac.compare_digest(auth, mac(data[:-MAC_SIZE], token)):
+    if token and not hmac.compare_digest(auth, mac(data[:-MAC_SIZE], token, reply)):
         raise ProtocolError("authentication failed: wrong or missing token (see --token-file)")
+    if not reply and status != STATUS_OK:
+        raise ProtocolError(f"a request must carry status 0, not {status}")
     return Header(
         op=op,
         matrix=matrix,

@@ -83,7 +83,8 @@ class ParamServer(ServerState):
             header = decode_header(body[0].buffer, self.token)
         except ProtocolError as exc:
             op, request_id = peek_request_id(body[0].buffer)
-            self.error(identity, Header(op=op, request_id=request_id), str(exc))
+            # never MAC a reply to a header we could not authenticate: it would vouch for forged fields
+            self.error(identity, Header(op=op, request_id=request_id), str(exc), authenticated=False)
             return
         try:
             handler = HANDLERS.get(header.op)

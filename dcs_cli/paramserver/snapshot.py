@@ -115,24 +115,36 @@ def read_snapshot(path: str | Path) -> list[ServedMatrix]:
     try:
         entries = json.loads(meta_json)
         matrices = []
-        for entry in entries:
+        for position, entry in enumerate(entries):
             spec = MatrixSpec.from_dict(entry["spec"])
-            key = spec.name if keyed_by == "name" else str(int(entry["id"]))  # of its tensor group
-            shape = (spec.num_classes, spec.dim)
+            if int(entry["id"]) != position:  # matrix ids index the server's list: 0..n-1 in order
+                raise ValueError(f"entry {position} ('{spec.name}') has id {entry['id']}, expected {position}")
+            key = spec.name if keyed_by == "name" else str(position)  # of its tensor group
+            parts = ["weight", "momentum"] + ["bias", "bias_momentum"] * spec.bias
+            for part in parts:
+                shape = (spec.num_classes, spec.dim) if part in ("weight", "momentum") else (spec.num_classes,)
+                _check_tensor(tensors.get(f"{key}/{part}"), f"{key}/{part}", shape, f"entry {position} ('{spec.name}')")
             m = ServedMatrix(
-                int(entry["id"]),
+                position,
                 spec,
                 optim_from_dict(entry["optim"]),
                 weight=tensors[f"{key}/weight"],
                 momentum=tensors[f"{key}/momentum"],
-                bias=tensors.get(f"{key}/bias"),
-                bias_momentum=tensors.get(f"{key}/bias_momentum"),
+                bias=tensors.get(f"{key}/bias") if spec.bias else None,
+                bias_momentum=tensors.get(f"{key}/bias_momentum") if spec.bias else None,
                 step=int(entry["step"]),
             )
             check_step(m.step, "snapshot")
-            if tuple(m.weight.shape) != shape or tuple(m.momentum.shape) != shape:
-                raise ValueError(f"matrix {spec.name!r} has the wrong shape")
             matrices.append(m)
     except (KeyError, TypeError, ValueError, ProtocolError) as exc:
         raise DataError(f"snapshot {path}: inconsistent metadata ({exc})") from exc
     return matrices
+
+
+def _check_tensor(tensor: torch.Tensor | None, name: str, shape: tuple[int, ...], entry: str) -> None:
+    """One part of a matrix is there, float32 and of its shape (the server indexes it unchecked)."""
+    if tensor is None:
+        raise ValueError(f"{entry}: tensor '{name}' is missing")
+    if tensor.dtype != torch.float32 or tuple(tensor.shape) != shape:
+        raise ValueError(f"{entry}: tensor '{name}' is {tensor.dtype} "
+                         f"{tuple(tensor.shape)}, expected torch.float32 {shape}")

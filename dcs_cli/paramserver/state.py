@@ -70,17 +70,21 @@ class ServerState:
 
     # -------------------------------------------------------------------------------------- answers
 
-    def reply(self, identity: bytes, req: Header, frames: list = (), **fields) -> None:
+    def reply(self, identity: bytes, req: Header, frames: list = (), authenticated: bool = True,
+              **fields) -> None:
+        """Answer `req`; `authenticated=False` sends a zero MAC (for a header that failed to decode)."""
         header = Header(
             op=req.op, request_id=req.request_id, client_id=req.client_id, matrix=req.matrix, **fields
         )
         payload = [np.ascontiguousarray(f) if isinstance(f, np.ndarray) else f for f in frames]
         self.counters["bytes_out"] += sum(memoryview(p).nbytes for p in payload)
-        self.sock.send_multipart([identity, header.pack(self.token), *payload], copy=False)
+        frame0 = header.pack(self.token if authenticated else None, reply=True)
+        self.sock.send_multipart([identity, frame0, *payload], copy=False)
 
-    def error(self, identity: bytes, req: Header, message: str) -> None:
+    def error(self, identity: bytes, req: Header, message: str, authenticated: bool = True) -> None:
         self.counters["errors"] += 1
-        self.reply(identity, req, [json_frame({"error": message})], status=STATUS_ERROR, dtype=DType.JSON)
+        self.reply(identity, req, [json_frame({"error": message})], authenticated=authenticated,
+                   status=STATUS_ERROR, dtype=DType.JSON)
 
     def stats(self) -> dict:
         return {

@@ -84,7 +84,7 @@ class _Recorder:
         self.sent: list[tuple[bytes, Header]] = []
 
     def send_multipart(self, frames, copy=False):
-        self.sent.append((frames[0], decode_header(frames[1], None)))
+        self.sent.append((frames[0], decode_header(frames[1], None, reply=True)))
 
 
 def _frames(identity: bytes, header: Header, *payload) -> list[zmq.Frame]:

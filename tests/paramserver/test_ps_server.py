@@ -281,7 +281,7 @@ def test_garbage_messages_get_error_replies_and_leave_the_matrix_alone(server):
             sock.send_multipart(message(i))
             assert sock.poll(10_000), f"no reply to garbage message {i}"
             reply = sock.recv_multipart()
-            errors += decode_header(reply[0], None).status == STATUS_ERROR
+            errors += decode_header(reply[0], None, reply=True).status == STATUS_ERROR
         assert errors == 1000
         assert torch.equal(store.weights(), before)
         assert store.stats()["errors"] >= 1000
