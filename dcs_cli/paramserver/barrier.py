@@ -2,10 +2,9 @@
 
 A PUSH for step t is held (its reply deferred) until every registered client of the matrix has pushed
 for t; `complete_step` then sums the gradients per row, applies them once and answers all held pushes.
-A step that would make a touched row non-finite is rolled back and every held push gets an error
-(`StepRefused`, matrix.py). A client silent for longer than `heartbeat_timeout` (and not itself waiting in
-the barrier) is dropped by `drop_silent`, so the others carry on without it; the answer to a held push
-counts as hearing from its client, so one without heartbeats is not dropped for the time it waited.
+A client silent for longer than `heartbeat_timeout` (and not itself waiting in the barrier) is dropped by
+`drop_silent`, so the others carry on without it; the answer to a held push counts as hearing from its
+client, so one without heartbeats is not dropped for the time it waited.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from __future__ import annotations
 import time
 
 from dcs_cli.console import warn
-from dcs_cli.paramserver.matrix import ServedMatrix, StepRefused
+from dcs_cli.paramserver.matrix import ServedMatrix
 from dcs_cli.paramserver.state import ServerState
 
 
@@ -43,15 +42,10 @@ def complete_step(server: ServerState, m: ServedMatrix) -> None:
     except Exception as exc:  # every client held in the barrier hears of it; none is left waiting
         m.pending.clear()
         m.changed()
-        if isinstance(exc, StepRefused):
-            warn(str(exc))
-            message = str(exc)
-        else:
-            warn(f"internal error applying step {m.step} of '{m.spec.name}': {exc!r}")
-            message = (f"internal server error applying step {m.step}: {exc.__class__.__name__}: {exc}; "
-                       "the step was not completed")
+        warn(f"internal error applying step {m.step} of '{m.spec.name}': {exc!r}")
         for identity, req in waiters:
-            server.error(identity, req, message)
+            server.error(identity, req, f"internal server error applying step {m.step}: "
+                                        f"{exc.__class__.__name__}: {exc}; the step was not completed")
         return
     server.counters["steps_applied"] += 1
     for identity, req in waiters:

@@ -104,10 +104,6 @@ class MatrixSpec:
 MAX_LR = 1e6  # far beyond any useful rate; a larger one can only be a mistake
 
 
-class StepRefused(Exception):
-    """A step would have made rows non-finite; it was rolled back (the rows are as before it)."""
-
-
 def optim_from_dict(obj: dict) -> OptimParams:
     """Validated optimiser params from a SET_OPTIM JSON object (all three keys required)."""
     values = {}
@@ -269,46 +265,18 @@ class ServedMatrix:
         clients = sorted(self.pending)  # fixed order → reproducible sums
         pushes = [self.pending[c] for c in clients]
         current = [self._sent_rows(c, p.ids) for c, p in zip(clients, pushes, strict=True)]
-        # finite gradients can still overflow (momentum accumulates): keep the touched rows to roll back
-        touched = pushes[0].ids if len(pushes) == 1 else torch.unique(torch.cat([p.ids for p in pushes]))
-        before = [t.index_select(0, touched) for t in self._tables(with_momentum=True)]
-        clock_before = None if self.clock is None else self.clock.updated_at[touched].clone()
-        try:
-            if len(pushes) == 1:
-                p = pushes[0]
-                self._update(p.ids, p.grad_w, current=current[0], grad_b=p.grad_b)
-                rows = len(p.ids)
-            else:
-                rows = self._apply_summed(pushes, current)
-            bad = self._non_finite(touched)
-            if bad is not None:
-                raise StepRefused(
-                    f"step {self.step} of '{self.spec.name}' would make row {bad} non-finite (inf/NaN "
-                    f"weights or momentum); the step was refused and the rows left as they were: "
-                    f"lower the LR or clip the gradients"
-                )
-        except Exception:
-            for table, rows_before in zip(self._tables(with_momentum=True), before, strict=True):
-                table.index_copy_(0, touched, rows_before)
-            if clock_before is not None:
-                self.clock.updated_at[touched] = clock_before
-            raise
+        if len(pushes) == 1:
+            p = pushes[0]
+            self._update(p.ids, p.grad_w, current=current[0], grad_b=p.grad_b)
+            rows = len(p.ids)
+        else:
+            rows = self._apply_summed(pushes, current)
         self.pending.clear()
         self.changed()
         if self.clock is not None:
             self.clock.record(self.step, self.params)  # once, after every mark of this step
         self.step += 1
         return rows
-
-    def _non_finite(self, ids: torch.Tensor) -> int | None:
-        """The first of rows `ids` with a non-finite weight, momentum or bias value, or None."""
-        for table in self._tables(with_momentum=True):
-            finite = torch.isfinite(table.index_select(0, ids))
-            if finite.dim() > 1:
-                finite = finite.all(dim=1)
-            if not bool(finite.all()):
-                return int(ids[torch.nonzero(~finite)[0, 0]])
-        return None
 
     def _sent_rows(self, client: int, ids: torch.Tensor) -> torch.Tensor | None:
         sent = self.sent.get(client)

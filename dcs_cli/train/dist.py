@@ -104,8 +104,7 @@ def check_gpu_per_worker(backend: str, local_workers: int) -> None:
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if local_workers > gpus:
         raise DistError(f"{local_workers} workers on this node but {gpus} GPU(s) visible, and NCCL needs a GPU per "
-                        f"worker; pass --nproc {gpus} or fewer (dist.nproc), or set dist.backend=gloo "
-                        "(--backend gloo)")
+                        f"worker; pass --nproc {gpus} or fewer (dist.nproc), or use gloo ({_USE.format('gloo')})")
 
 
 def env_world_size() -> int:
@@ -119,7 +118,6 @@ def init_distributed(backend: str = "auto") -> DistContext:
     (`check_gpu_per_worker`)."""
     rank, world = int(os.environ.get("RANK", "0")), env_world_size()
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    name = resolve_backend(backend) if world > 1 else ""
     if torch.cuda.is_available():
         device = torch.device("cuda", local % torch.cuda.device_count())
         torch.cuda.set_device(device)
@@ -127,6 +125,7 @@ def init_distributed(backend: str = "auto") -> DistContext:
         device = torch.device("cpu")
     if world <= 1:
         return DistContext(device=device)
+    name = resolve_backend(backend)
     if not dist.is_initialized():
         kwargs = {"device_id": device} if name == "nccl" else {}
         dist.init_process_group(backend=name, init_method="env://", **kwargs)
