@@ -14,7 +14,8 @@
     dcs_cli.errors.OutputExistsError: ...converted already holds a finished output (meta.json); pass --overwrite ...
     >>> tmp.cleanup()
 
-An interrupted run therefore never leaves a half-written file under its final name, and a finished
+An interrupted run therefore never leaves a half-written file under its final name (a killed one's hidden
+`.NAME.tmp-PID` is removed by the next write of NAME), and a finished
 output folder (one holding its marker) is replaced only with `--overwrite`, and only if dcs made it
 (`OWNER`) and none of the command's inputs lies inside it: a user's folder is never cleared. A target that cannot be
 written (a folder in its place, a file where one of its folders would go) is an `OutputError`; commands
@@ -24,10 +25,12 @@ check their output files with `check_output_file` before the work, so a long run
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -82,12 +85,41 @@ def _make_folder(folder: Path) -> None:
         raise OutputError(f"cannot create the folder {folder} ({exc.strerror}); choose another path") from exc
 
 
+STALE_TEMP_S = 60.0  # a leftover temporary file this long untouched, of a process gone, is removed
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):  # alive under another user; or not a real pid
+        return False
+    return False
+
+
+def temp_path(target: Path) -> Path:
+    """The temporary name `target` is written under (`.NAME.tmp-PID` beside it). Leftovers of the same
+    target from a killed run (its process gone, the file untouched for a minute) are removed first, so a
+    killed convert or checkpoint does not keep gigabytes in a hidden file."""
+    prefix = f".{target.name}.tmp-"
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for old in target.parent.glob(glob.escape(prefix) + "*"):
+            pid = old.name[len(prefix):]
+            if pid.isdigit() and _process_gone(int(pid)):
+                with contextlib.suppress(OSError):
+                    if old.is_file() and now - old.stat().st_mtime > STALE_TEMP_S:
+                        old.unlink()
+    return target.with_name(f"{prefix}{os.getpid()}")
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `target`; on success fsync + rename it onto `target`."""
     target = check_output_file(target)
     _make_folder(target.parent)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp = temp_path(target)
     try:
         yield tmp
         if tmp.exists():

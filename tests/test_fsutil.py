@@ -147,3 +147,42 @@ def test_missing_says_what_an_input_path_is_instead():
     assert missing(here, folder=True) == "is a file, not a folder"
     if Path("/dev/null").exists():
         assert missing(Path("/dev/null")) == "is not a regular file"
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_killed_runs_temporary_files_are_removed_by_the_next_write(tmp_path):
+    from dcs_cli.data.recordio import RecordWriter
+
+    old = os.path.getmtime(tmp_path) - 3600
+    dead = _dead_pid()
+    stale = [tmp_path / f".train.rec.tmp-{dead}", tmp_path / f".train.idx.tmp-{dead}"]
+    kept = [
+        tmp_path / f".train.rec.tmp-{os.getppid()}",  # a process still running (even if untouched)
+        tmp_path / f".val.rec.tmp-{dead}",  # another target's: not this write's to judge
+        tmp_path / ".train.rec.tmp-notapid",
+    ]
+    for path in stale + kept:
+        path.write_bytes(b"x" * 10)
+        os.utime(path, (old, old))
+    fresh = tmp_path / f".train.rec.tmp-{dead + 1}"  # touched just now: perhaps a writer on another host
+    fresh.write_bytes(b"x")
+    with RecordWriter(tmp_path / "train.rec") as writer:
+        writer.write(0, b"payload")
+    assert not any(path.exists() for path in stale)
+    assert all(path.exists() for path in kept + [fresh])
+    assert (tmp_path / "train.rec").exists() and (tmp_path / "train.idx").exists()
+    write_json_atomic(tmp_path / "meta.json", {"a": 1})  # every atomic output goes the same way
+    os.utime(fresh, (old, old))
+    dead_json = tmp_path / f".meta.json.tmp-{dead}"
+    dead_json.write_text("{")
+    os.utime(dead_json, (old, old))
+    write_json_atomic(tmp_path / "meta.json", {"a": 2})
+    assert not dead_json.exists()

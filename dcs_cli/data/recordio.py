@@ -30,6 +30,7 @@ import numpy as np
 
 from dcs_cli.console import warn
 from dcs_cli.errors import DataError
+from dcs_cli.fsutil import temp_path
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -87,8 +88,7 @@ class RecordWriter:
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path) if idx_path else default_idx_path(rec_path)
         self.rec_path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp_rec = self.rec_path.with_name(f".{self.rec_path.name}.tmp-{os.getpid()}")
-        self._tmp_idx = self.idx_path.with_name(f".{self.idx_path.name}.tmp-{os.getpid()}")
+        self._tmp_rec, self._tmp_idx = temp_path(self.rec_path), temp_path(self.idx_path)
         self._rec = open(self._tmp_rec, "wb", buffering=1 << 20)
         self._idx = open(self._tmp_idx, "w", buffering=1 << 16)
         self._offset = 0

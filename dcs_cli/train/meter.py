@@ -13,7 +13,8 @@
 
 Loss and accuracy are means over every sample of every rank since the last flush; samples/s counts all
 ranks. Selection stats are rank 0's: the per-step sizes (MEAN_KEYS: classes active, rows read for the
-tail estimate, ...) averaged over the window's steps, the others (refresh counts, index age) the latest.
+tail estimate, ...) averaged over the window's steps, the others (refresh counts, index age) the latest. Under
+the sharded store rank 0's sizes already are the step's over every shard (`sharded_softmax`).
 The loss is summed on the device and read back once per flush; the correct counts arrive as Python ints,
 which the step computed from device tensors (on a GPU that is one synchronisation per step).
 """

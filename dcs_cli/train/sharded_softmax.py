@@ -23,9 +23,9 @@ gradient is summed over ranks and each rank keeps its own samples' slice, multip
 averages the backbone gradients over ranks (as Partial FC does): the backbone then gets exactly the
 gradient a single process over the global batch would. Row gradients already are that process's
 gradients, so they are pushed as they are. No class parameter crosses the network; per step the wire
-carries B×d features (and their gradient), B labels and 3·B+2 floats of reductions (a MAX of B, a SUM of
-2·B+2; with tail samples or a random share, where the backbone's loss and the rows' are apart, a second
-MAX of B, or 2·B with the tail, and SUM of 2·B). Shards' active sets may differ in width: every
+carries B×d features (and their gradient), B labels and 3·B+6 floats of reductions (a MAX of B, a SUM of
+2·B+6, six of them the step's sizes summed over the shards; with tail samples or a random share, where the
+backbone's loss and the rows' are apart, a second MAX of B, or 2·B with the tail, and SUM of 2·B). Shards' active sets may differ in width: every
 reduction is per sample.
 
 A shard holds the distinct labels of the whole global batch that fall in it, a Binomial count: now and
@@ -56,6 +56,8 @@ from dcs_cli.selection.tail import (
     rows_past_active,
     tail_log_mass,
 )
+
+SUMMED_STATS = ("positives", "retrieved", "random_fill")  # a step's counts over every shard, like `active`
 
 ADAPTIVE_UNSUPPORTED = ("selection.adaptive is not supported with the sharded class store yet; set "
                         "selection.adaptive=false, or use dist.class_store=paramserver")
@@ -227,7 +229,10 @@ class ShardedSoftmax(nn.Module):
         b, b_rest = (b[:active_here].to(device).detach().requires_grad_(True), b[active_here:].to(device)) \
             if b is not None else (None, None)
         feats = feats.float()
-        extra = (float(active_here), float(overflow))  # summed over the shards with the step's reductions
+        tail_here = near.numel() + drawn.numel()
+        # summed over the shards with the step's reductions: the step's sizes over all of them
+        extra = (float(active_here), float(overflow), float(tail_here),
+                 *(float(sel.stats.get(key, 0)) for key in SUMMED_STATS))
         if self.tail is None and sel.retrieved is None:
             logits = margin_logits(self.head, feats, w, b, target_col)
             loss, right, totals = ShardedCrossEntropy.apply(logits, target_col, extra, None)
@@ -241,18 +246,19 @@ class ShardedSoftmax(nn.Module):
             row_logits = margin_logits(self.head, feats.detach(), w, b, target_col)
             row_loss, right, totals = ShardedCrossEntropy.apply(row_logits, target_col, extra, log_tail)
             loss = loss + (row_loss - row_loss.detach())
-        active, overflowed = (float(v) for v in totals.tolist())
+        active, overflowed, tail_rows, *summed = (float(v) for v in totals.tolist())
         self.overflow_steps += int(overflowed > 0)
         self._pending = (sel.ids, w, b)
         rank = _world()[0]
         lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
         self.last = {"correct": int(right[lo:hi].sum()), "global_batch": sum(sizes)}
         stats = dict(sel.stats)
+        stats.update({key: int(round(v)) for key, v in zip(SUMMED_STATS, summed, strict=True) if key in sel.stats})
         stats["active_shard"] = int(sel.ids.numel())
         stats["active"] = int(round(active))
         stats["shard_overflow"] = self.overflow_steps
         if self.tail is not None:
-            stats["tail"] = int(near.numel() + drawn.numel())
+            stats["tail"] = int(round(tail_rows))
         return loss, stats
 
     def _select(self, features: torch.Tensor, labels: torch.Tensor):

@@ -31,10 +31,12 @@ def test_a_shard_with_more_positives_than_its_share_trains_them_all(tmp_path):
             assert a["loss"] == pytest.approx(b["loss"]) and torch.isfinite(torch.tensor(a["loss"])), mode
             assert a["grad_finite"] and b["grad_finite"]
             sa, sb = a["stats"], b["stats"]
-            # shard 0: its 12 positives and nothing past them; shard 1: its share of 10 negatives, as usual
-            assert (sa["active_shard"], sa["positives"], sa["retrieved"], sa["random_fill"]) == (12, 12, 0, 0), mode
-            assert sb["active_shard"] == 10 and sb["positives"] == 0, mode
-            assert sa["active"] == sb["active"] == 22
+            # shard 0: its 12 positives and nothing past them; shard 1: its share of 10 negatives, as usual.
+            # The step's sizes are summed over the shards, the same on every rank (rank 0 logs them)
+            assert (sa["active_shard"], sb["active_shard"]) == (12, 10), mode
+            for key in ("active", "positives", "retrieved", "random_fill"):
+                assert sa[key] == sb[key], (mode, key)
+            assert (sa["active"], sa["positives"], sa["retrieved"] + sa["random_fill"]) == (22, 12, 10), mode
             assert sa["shard_overflow"] == sb["shard_overflow"] == step + 1  # steps so far, the same on every rank
             assert a["moved"].tolist() == list(range(12))  # every positive's row trained
         assert zero["share"] == one["share"] == 10  # the share is back after the step
@@ -49,7 +51,9 @@ def test_a_shard_without_positives_and_no_fill_keeps_no_backbone_column(tmp_path
     ranks = run_ranks(uneven_steps, 2, tmp_path, spec)
     for a, b in zip(ranks[0]["exact"]["steps"], ranks[1]["exact"]["steps"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"]) and a["grad_finite"] and b["grad_finite"]
-        assert b["stats"]["retrieved"] == 10 and b["stats"]["random_fill"] == 0
+        # summed over the shards: shard 0's 8 positives and 2 retrieved, shard 1's 10 retrieved, no fill
+        assert b["stats"]["retrieved"] == a["stats"]["retrieved"] == 12 and b["stats"]["random_fill"] == 0
+        assert b["stats"]["positives"] == 8 and b["stats"]["active_shard"] == 10
         assert a["stats"]["shard_overflow"] == 0
         assert b["moved"].numel() == 10  # its retrieved rows still train through the rows' loss
 
