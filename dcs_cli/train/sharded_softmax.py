@@ -25,8 +25,8 @@ gradient a single process over the global batch would. Row gradients already are
 gradients, so they are pushed as they are. No class parameter crosses the network; per step the wire
 carries B×d features (and their gradient), B labels and 3·B+6 floats of reductions (a MAX of B, a SUM of
 2·B+6, six of them the step's sizes summed over the shards; with tail samples or a random share, where the
-backbone's loss and the rows' are apart, a second MAX of B, or 2·B with the tail, and SUM of 2·B). Shards' active sets may differ in width: every
-reduction is per sample.
+backbone's loss and the rows' are apart, a second MAX of B, or 2·B with the tail, and SUM of 2·B). Shards'
+active sets may differ in width: every reduction is per sample.
 
 A shard holds the distinct labels of the whole global batch that fall in it, a Binomial count: now and
 then a step brings a shard more of them than its share of sample_num. Under several processes that step
