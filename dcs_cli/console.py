@@ -118,12 +118,15 @@ def _fmt(value) -> str:
 
 def print_table(title: str, rows: Sequence[dict], columns: Sequence[str] | None = None) -> None:
     """Print result rows (dicts) as a rich table on stdout; floats get sensible precision. By default every
-    column of the first row but lists (per-round or per-run detail, which a table cannot show legibly: it
-    stays in the JSON)."""
+    key of any row (in order of first appearance) but those holding lists (per-round or per-run detail,
+    which a table cannot show legibly: it stays in the JSON)."""
     if not rows:
         out.print(f"{title}: (no rows)")
         return
-    columns = list(columns or (key for key, value in rows[0].items() if not isinstance(value, list)))
+    if not columns:
+        keys = dict.fromkeys(key for row in rows for key in row)
+        lists = {key for row in rows for key, value in row.items() if isinstance(value, list)}
+        columns = [key for key in keys if key not in lists]
     table = Table(title=title, title_justify="left")
     for i, col in enumerate(columns):
         table.add_column(col, justify="left" if i == 0 else "right")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import platform
+import queue as queue_mod
 import resource
+import time
 from pathlib import Path
 
 from dcs_cli.console import print_table
@@ -35,6 +37,39 @@ def machine() -> dict:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+POLL_S = 2.0  # how often a parent waiting on its workers checks that they are still alive
+
+
+class WorkerDied(RuntimeError):
+    """A bench's worker process ended (killed, out of memory, a native crash) without reporting, or ran past
+    the time allowed."""
+
+
+def collect(results, workers: list, count: int, timeout_s: float | None = None, failed=None) -> list:
+    """`count` items from the `results` queue the spawned `workers` put there, waiting while they live.
+
+    Stops early at an item `failed(item)` calls a failure (the others may then wait for it forever, e.g. in a
+    collective). `WorkerDied` when a worker ended abnormally, or all ended, with items still owed (a queue's
+    `get` alone would wait for good), or after `timeout_s` seconds."""
+    got, start = [], time.monotonic()
+    while len(got) < count:
+        try:
+            item = results.get(timeout=POLL_S)
+        except queue_mod.Empty:
+            codes = [w.exitcode for w in workers]
+            if any(c not in (0, None) for c in codes) or all(c is not None for c in codes):
+                if results.empty():
+                    raise WorkerDied(f"a worker ended without its figures (exit codes {codes}: out of memory, "
+                                     "or killed?)") from None
+            if timeout_s is not None and time.monotonic() - start > timeout_s:
+                raise WorkerDied(f"no figures after {timeout_s:.0f} s (a worker stuck?)") from None
+            continue
+        got.append(item)
+        if failed is not None and failed(item):
+            break
+    return got
 
 
 def report(scenario: str, params: dict, rows: list[dict], json_path: str | Path | None = None,

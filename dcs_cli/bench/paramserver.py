@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from dcs_cli.bench.common import peak_rss_mb, report
+from dcs_cli.bench.common import WorkerDied, collect, peak_rss_mb, report
 from dcs_cli.console import info, progress_bar, warn
 from dcs_cli.cpus import available_cpus, format_cpu_list, pin_to_cpus
 from dcs_cli.errors import UsageError
@@ -137,7 +137,9 @@ def _two_clients(address, classes, dim, rows, steps, warmup, threads, cores, sha
     for p in procs:
         p.start()
     try:
-        outs = [queue.get(timeout=600 + 10 * steps) for _ in procs]
+        outs = collect(queue, procs, len(procs), 600 + 10 * steps, failed=lambda o: isinstance(o, str))
+    except WorkerDied as exc:
+        outs = [str(exc)]
     finally:
         for p in procs:
             p.join(timeout=30)
@@ -157,6 +159,8 @@ def run_paramserver_bench(
 
     if min(classes, dim, rows, steps) <= 0 or rows > classes:
         raise UsageError("need --classes, --dim, --rows, --steps > 0 and --rows <= --classes")
+    if warmup < 0 or threads < 1:
+        raise UsageError(f"need --warmup >= 0 and --threads >= 1, got --warmup {warmup} --threads {threads}")
     # every contender (this process, client processes, the server's torch_threads default) gets the same
     # intra-op thread count: on a busy host, spinning OpenMP threads otherwise dominate the figures
     torch.set_num_threads(threads)

@@ -24,11 +24,10 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import os
-import queue as queue_mod
 import time
 from pathlib import Path
 
-from dcs_cli.bench.common import peak_rss_mb, report
+from dcs_cli.bench.common import WorkerDied, collect, peak_rss_mb, report
 from dcs_cli.console import info
 from dcs_cli.errors import UsageError
 from dcs_cli.memory import mem_available
@@ -138,13 +137,14 @@ def run_config(mode: str, classes: int, procs: int, p: dict) -> dict:
     """One row: spawn `procs` workers, wait for their figures, sum their memory."""
     from dcs_cli.train.dist import free_port
 
-    row = {"name": f"{mode}/{'local' if procs == 1 else 'sharded'}", "mode": mode, "classes": classes,
-           "procs": procs}
     need, avail = estimate_bytes(mode, classes, procs, p), mem_available()
-    row["estimated_mb"] = round(need / 2**20)
+    # every row has every key (None where a configuration did not run), so JSON readers and the table agree
+    row = {"name": f"{mode}/{'local' if procs == 1 else 'sharded'}", "mode": mode, "classes": classes,
+           "procs": procs, "estimated_mb": round(need / 2**20), "samples_per_s": None, "active": None,
+           "step_s": None, "peak_rss_mb": None, "peak_rss_mb_per_proc": None, "init_s": None, "build_s": None,
+           "note": ""}
     if avail and need > FIT * avail:
-        row.update(samples_per_s=None, peak_rss_mb=None,
-                   note=f"does not fit: needs ~{need / 2**30:.1f} GB, {avail / 2**30:.1f} GB available")
+        row["note"] = f"does not fit: needs ~{need / 2**30:.1f} GB, {avail / 2**30:.1f} GB available"
         return row
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -153,18 +153,10 @@ def run_config(mode: str, classes: int, procs: int, p: dict) -> dict:
                for r in range(procs)]
     for w in workers:
         w.start()
-    got = []
     try:
-        while len(got) < procs:
-            try:
-                got.append(results.get(timeout=5))
-            except queue_mod.Empty:
-                if any(not w.is_alive() and w.exitcode not in (0, None) for w in workers) and results.empty():
-                    got.append({"error": f"a worker died (exit codes {[w.exitcode for w in workers]}; "
-                                         "out of memory?)"})
-                    break
-            if any("error" in g for g in got):
-                break
+        got = collect(results, workers, procs, TIMEOUT_S, failed=lambda g: "error" in g)
+    except WorkerDied as exc:
+        got = [{"error": str(exc)}]
     finally:
         for w in workers:
             w.join(30)
@@ -173,7 +165,7 @@ def run_config(mode: str, classes: int, procs: int, p: dict) -> dict:
                 w.join(10)
     errors = [g["error"] for g in got if "error" in g]
     if errors:
-        row.update(samples_per_s=None, peak_rss_mb=None, note=f"failed: {errors[0][:200]}")
+        row["note"] = f"failed: {errors[0][:200]}"
         return row
     slowest = max(g["seconds"] for g in got)
     steps = got[0]["steps"]
@@ -181,8 +173,7 @@ def run_config(mode: str, classes: int, procs: int, p: dict) -> dict:
                step_s=round(slowest / steps, 4),
                peak_rss_mb=round(sum(g["peak_rss_mb"] for g in got)),
                peak_rss_mb_per_proc=[round(g["peak_rss_mb"]) for g in sorted(got, key=lambda g: g["rank"])],
-               init_s=round(max(g["init_s"] for g in got), 1), build_s=round(max(g["build_s"] for g in got), 1),
-               note="")
+               init_s=round(max(g["init_s"] for g in got), 1), build_s=round(max(g["build_s"] for g in got), 1))
     return row
 
 

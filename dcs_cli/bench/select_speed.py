@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from dcs_cli.bench.common import peak_rss_mb, recall_at_k, report
+from dcs_cli.bench.common import WorkerDied, collect, peak_rss_mb, recall_at_k, report
 from dcs_cli.console import info, progress_bar
 from dcs_cli.errors import UsageError
 
@@ -173,8 +173,14 @@ def default_params(**overrides) -> dict:
 
 
 def sweep_settings(only=None) -> list[tuple[str, dict]]:
-    """The `--sweep` rows: SWEEP, keeping only the index kinds in `only` (all when empty)."""
-    return [(mode, over) for mode, over in SWEEP if not only or mode in only]
+    """The `--sweep` rows: full (the speed-ups' reference), then SWEEP's index settings of the kinds in `only`
+    (all when empty); a `UsageError` when `only` names none of them."""
+    rows = [(mode, over) for mode, over in SWEEP if not only or mode == "full" or mode in only]
+    if all(mode == "full" for mode, _ in rows):
+        kinds = ", ".join(dict.fromkeys(mode for mode, _ in SWEEP if mode != "full"))
+        raise UsageError(f"--sweep with --only {' --only '.join(only)}: no setting to sweep; the sweep covers "
+                         f"the index kinds {kinds} (full is always its reference)")
+    return rows
 
 
 def run_select_speed(params: dict, contenders=CONTENDERS, json_path: Path | None = None, sweep=None,
@@ -194,8 +200,14 @@ def run_select_speed(params: dict, contenders=CONTENDERS, json_path: Path | None
             queue = ctx.Queue()
             proc = ctx.Process(target=_run_contender, args=(mode, p, queue, name))
             proc.start()
-            row = queue.get()
-            proc.join()
+            try:
+                row = collect(queue, [proc], 1)[0]
+            except WorkerDied as exc:
+                row = {"name": name, "error": str(exc)}
+            finally:
+                proc.join(30)
+                if proc.is_alive():
+                    proc.kill()
             if "error" in row:
                 raise UsageError(f"select-speed: contender {name} failed: {row['error']}")
             rows.append(row)

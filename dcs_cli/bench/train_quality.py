@@ -102,6 +102,8 @@ class TrainQualitySpec:
         for name in ("identities", "family_size", "images_per_identity", "held_out", "pairs", "epochs", "runs"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.identities < self.batch_size:
+            raise UsageError(f"--identities must be >= the batch size ({self.batch_size}), got {self.identities}")
         if not self.batch_size <= self.sample_num <= self.identities:
             raise UsageError(f"--sample-num must lie between the batch size ({self.batch_size}) and the number "
                              f"of identities ({self.identities})")
@@ -111,6 +113,18 @@ class TrainQualitySpec:
         for head in self.heads:
             if head not in ("softmax", "cosface", "arcface"):
                 raise UsageError(f"--head {head!r} is not one of softmax, cosface, arcface")
+        for override in self.overrides:
+            key = override.split("=", 1)[0].strip()
+            if key in CONTENDER_KEYS or key.split(".", 1)[0] in ("data", "output"):
+                raise UsageError(f"--set {override}: {key} is the bench's to set (each row's mode and head, the "
+                                 "shared data and run folders); use --mode, --head and the bench's own options")
+            if key in SEED_KEYS and self.runs > 1:
+                raise UsageError(f"--set {override} with --runs {self.runs}: run r trains with seed --seed + r; "
+                                 f"give --seed instead, or one run with --set {key}=S")
+
+
+CONTENDER_KEYS = ("selection.mode", "head.type")  # --set may tune a contender's settings, not say which it is
+SEED_KEYS = ("optim.seed", "selection.seed")
 
 
 HEAD_SETTINGS = {  # InsightFace's margins; s = 32 suits a 64-d embedding (s = 64 is for 512-d)

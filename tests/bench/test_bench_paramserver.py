@@ -51,3 +51,11 @@ def test_bench_paramserver_tiny(runner, tmp_path):
     assert [(r["name"], r["transport"], r["clients"], r["placement"]) for r in data["rows"]] == expected
     for row in data["rows"]:
         assert row["rows_per_s"] > 0 and row["p99_step_ms"] >= row["p50_step_ms"] > 0
+
+
+@pytest.mark.parametrize("flag,value", [("--warmup", "-1"), ("--threads", "0")])
+def test_bench_paramserver_refuses_bad_warmup_and_threads(runner, flag, value):
+    result = runner.invoke(app, ["bench", "paramserver", "--classes", "10", "--dim", "2", "--rows", "2",
+                                 "--steps", "1", flag, value])
+    assert result.exit_code == 2 and "need --warmup >= 0 and --threads >= 1" in result.output
+    assert "Traceback" not in result.output

@@ -37,6 +37,38 @@ def test_a_configuration_that_cannot_fit_is_a_row(monkeypatch):
     row = scale.run_config("full", 10_000_000, 2, params)  # no process is started
     assert row["samples_per_s"] is None and row["peak_rss_mb"] is None
     assert row["note"].startswith("does not fit: needs ~") and row["estimated_mb"] > 1024
+    # every key a run's row has, so the JSON rows agree and the table keeps its columns
+    assert set(row) == {"name", "mode", "classes", "procs", "estimated_mb", "samples_per_s", "active", "step_s",
+                        "peak_rss_mb", "peak_rss_mb_per_proc", "init_s", "build_s", "note"}
+
+
+def test_the_table_shows_every_rows_columns(capsys):
+    from dcs_cli.console import print_table
+
+    print_table("t", [{"name": "skipped", "note": "does not fit"},
+                      {"name": "ran", "note": "", "step_s": 0.25, "per_proc": [1, 2]}])
+    shown = capsys.readouterr().out
+    assert "step_s" in shown and "0.25" in shown and "per_proc" not in shown  # lists stay in the JSON
+
+
+def test_a_worker_that_dies_without_reporting_is_named_not_waited_for():
+    import multiprocessing as mp
+
+    from dcs_cli.bench.common import WorkerDied, collect
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    worker = ctx.Process(target=_die)  # as the OOM killer or a native crash would end it
+    worker.start()
+    with pytest.raises(WorkerDied, match=r"ended without its figures \(exit codes \[137\]"):
+        collect(results, [worker], 1)
+    worker.join()
+
+
+def _die():
+    import os
+
+    os._exit(137)
 
 
 def test_estimates_grow_with_classes_and_shrink_with_bf16_momentum():

@@ -131,3 +131,13 @@ def test_full_mode_store_decay_is_not_scaled_by_batch(monkeypatch):
     syn = SyntheticClasses(SyntheticConfig(num_classes=200, dim=8, train_per_class=2, val_per_class=1, seed=0))
     sq.train_one("full", p, (*syn.arrays("train"), *syn.arrays("val")))
     assert seen and abs(seen[0]["lr"] * seen[0]["weight_decay"] - p["row_lr"] * sq.WEIGHT_DECAY) < 1e-12
+
+
+def test_select_speed_sweep_keeps_full_and_refuses_a_sweep_of_nothing():
+    from dcs_cli.bench.select_speed import sweep_settings
+    from dcs_cli.errors import UsageError
+
+    assert [mode for mode, _ in sweep_settings(["ivf"])][:2] == ["full", "ivf"]  # the speed-ups' reference
+    assert {mode for mode, _ in sweep_settings(["ivf"])} == {"full", "ivf"}
+    with pytest.raises(UsageError, match="--only random: no setting to sweep; the sweep covers the index kinds"):
+        sweep_settings(["random"])

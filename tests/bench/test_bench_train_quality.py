@@ -90,3 +90,23 @@ def test_sampled_softmax_keeps_full_accuracy_on_images():
     spec.modes, spec.heads = ("full", "hf"), ("softmax",)
     rows = {r["mode"]: r for r in run_train_quality(spec)["rows"]}
     assert rows["hf"]["val_top1"] >= rows["full"]["val_top1"] - 3.0, rows
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "selection.mode=hf"], "selection.mode is the bench's to set"),
+    (["--set", "head.type=softmax"], "head.type is the bench's to set"),
+    (["--set", "output.dir=/tmp/x"], "output.dir is the bench's to set"),
+    (["--set", "data.batch_size=8"], "data.batch_size is the bench's to set"),
+    (["--runs", "2", "--set", "optim.seed=7"], "--set optim.seed=7 with --runs 2: run r trains with seed"),
+    (["--identities", "10"], "--identities must be >= the batch size (32), got 10"),
+])
+def test_settings_that_would_mislabel_or_merge_the_rows_are_refused(runner, args, message):
+    result = runner.invoke(app, ["bench", "train-quality", "--quick", *args])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
+def test_one_run_may_take_its_seed_and_a_contender_may_be_tuned(tmp_path):
+    spec = TrainQualitySpec.from_options(quick=True, overrides=["optim.seed=7", "head.margin=0.2"])
+    spec.validate()
+    cfg = train_config(spec, tmp_path, tmp_path / "run", "hf", "cosface")
+    assert (cfg.optim.seed, cfg.head.margin, cfg.head.type, cfg.selection.mode) == (7, 0.2, "cosface", "hf")
