@@ -35,7 +35,7 @@ class _LazyScenarios(TyperGroup):
         module = SCENARIOS.get(name)
         if module is None:
             return None
-        scenario_app = typer.Typer()
+        scenario_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
         importlib.import_module(module).register(scenario_app)
         return typer.main.get_command(scenario_app)
 

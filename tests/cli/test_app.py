@@ -24,6 +24,8 @@ def test_bench_lists_every_scenario(runner):
     assert result.exit_code == 0, result.output
     for name in ("convert", "paramserver", "select-quality", "select-speed", "verify"):
         assert name in result.output
+        scenario = runner.invoke(app, ["bench", name, "--help"])  # no shell-completion options, as dcs itself
+        assert scenario.exit_code == 0 and "completion" not in scenario.output, name
 
 
 def test_cli_starts_without_torch():
