@@ -30,6 +30,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -127,8 +128,11 @@ def _coerce(value: Any, tp, key: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
+        kind = ("a boolean" if isinstance(value, bool) else "a date" if isinstance(value, (date, datetime))
+                else "a number" if isinstance(value, (int, float)) else None)
+        if kind:  # YAML changed the text (0123 → 83, yes → True): what the user meant is lost, so ask
+            raise ConfigError(f"{key} = {value!r}: YAML reads this value as {kind}, not text; quote it "
+                              f"in the config file, e.g. {key.rsplit('.', 1)[-1]}: \"...\"")
     elif tp is Any:
         return value
     raise ConfigError(f"{key} = {value!r} has the wrong type; expected {_type_name(tp)}")
@@ -161,14 +165,32 @@ def to_dict(obj) -> dict:
 # --------------------------------------------------------------------------------------------- loading
 
 
+def _field_type(keys: list[str]):
+    """The annotation of the config field at `keys`, or None when they name no field."""
+    tp = Config
+    for key in keys:
+        if not dataclasses.is_dataclass(tp) or key not in (hints := _hints(tp)):
+            return None
+        tp = hints[key]
+    return tp
+
+
+def _is_text(tp) -> bool:
+    """True for `str` and `Optional[str]` fields."""
+    return tp is str or (get_origin(tp) in (Union, types.UnionType) and set(get_args(tp)) == {str, type(None)})
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b=value` → (['a', 'b'], value); the value is read as YAML (`1e-3`, `true`, `[21, 27]`)."""
+    """`a.b=value` → (['a', 'b'], value); the value is read as YAML (`1e-3`, `true`, `[21, 27]`), except
+    that a text field takes the text as given (`data.train_list=0123` stays '0123') unless it is quoted."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set selection.sample_num=1000")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: the key must be dotted names like optim.lr")
+    if _is_text(_field_type(key.split("."))) and not raw.strip().startswith(("'", '"')):
+        return key.split("."), raw.strip()
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -186,15 +208,41 @@ def _merge(base: dict, update: dict) -> dict:
     return merged
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: the SafeLoader refuses it itself
+                    continue
+                if first is not key_node.start_mark:
+                    raise _DuplicateKey(None, None, f"key {key!r} appears twice in one mapping (first on line "
+                                        f"{first.line + 1}); keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} {missing(path)}; pass a YAML file to --config (see configs/)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+        data = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=UniqueKeyLoader)
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a YAML text file (not UTF-8); pass a config from configs/ or "
                           "a run's config.yaml") from None
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path} line {exc.problem_mark.line + 1}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -95,3 +95,48 @@ def test_a_checkpoint_config_with_a_retired_key_still_loads():
     assert cfg.selection.mode == "hf"
     with pytest.raises(ConfigError, match="selection.fill_correction"):
         load_config(None, ["selection.fill_correction=true"])
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("data.train_list=0123", "0123"),
+    ("data.train_list=1.10", "1.10"),
+    ("data.train_list=yes", "yes"),
+    ("output.dir=2024-01-01", "2024-01-01"),
+    ("dist.master_addr=0x10", "0x10"),
+    ("output.dir='runs/quoted'", "runs/quoted"),  # a YAML-quoted value is unquoted, as before
+])
+def test_set_gives_a_text_field_the_text_as_typed(override, expected):
+    key, _ = override.split("=", 1)
+    section, name = key.split(".")
+    assert getattr(getattr(load_config(None, [override]), section), name) == expected
+
+
+@pytest.mark.parametrize("value, kind", [("0123", "a number"), ("yes", "a boolean"), ("2024-01-01", "a date")])
+def test_a_yaml_scalar_that_is_not_text_for_a_text_field_is_refused(tmp_path, value, kind):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"data:\n  train_list: {value}\n")
+    with pytest.raises(ConfigError, match=f"data.train_list = .*: YAML reads this value as {kind}, not text; "
+                       "quote it") as info:
+        load_config(path)
+    assert "\n" not in str(info.value)
+    path.write_text(f"data:\n  train_list: '{value}'\n")
+    assert load_config(path).data.train_list == value
+
+
+@pytest.mark.parametrize("text, line, key", [
+    ("selection:\n  mode: hf\n  sample_num: 3\n  sample_num: 4\n", 4, "sample_num"),
+    ("optim:\n  lr: 0.1\nselection:\n  mode: hf\noptim:\n  momentum: 0.5\n", 5, "optim"),
+])
+def test_a_key_given_twice_in_a_yaml_file_is_refused(tmp_path, text, line, key):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"line {line}: key '{key}' appears twice") as info:
+        load_config(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_yaml_merge_key_may_be_overridden():
+    from dcs_cli.config import UniqueKeyLoader
+
+    data = yaml.load("a: &a {x: 1, y: 2}\nb:\n  <<: *a\n  x: 3\n", Loader=UniqueKeyLoader)
+    assert data["b"] == {"x": 3, "y": 2}

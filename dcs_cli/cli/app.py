@@ -3,11 +3,13 @@
 Commands live one per module in this package and expose `register(app)` (the `dcs bench` scenarios one per
 `bench_*.py`, registered by `bench.py`); a command parses its options, loads the config and makes one call
 into library code. A `DcsError` becomes one red line and its exit code; `--verbose` shows the traceback too;
-a command-line mistake (unknown option, missing or ill-typed value) is one line too, exit code 2.
+a command-line mistake (unknown option, missing or ill-typed value) is one line too, exit code 2; so is a
+full (or read-only) disk under a running command, exit code 1 (outputs are atomic: nothing half-written stays).
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import traceback
 from typing import Annotated
@@ -37,6 +39,10 @@ COMMANDS = [
     "dcs_cli.cli.check_dist",
     "dcs_cli.cli.train",
 ]
+
+
+# The storage ran out or went read-only under a running command: the user's to fix, not a bug
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def _usage_exit(exc) -> None:
@@ -69,6 +75,14 @@ class DcsGroup(TyperGroup):
             raise typer.Exit(exc.exit_code) from None
         except CommandLineError as exc:  # a subcommand's unknown option, missing or ill-typed value
             _usage_exit(exc)
+        except OSError as exc:
+            if exc.errno not in STORAGE_ERRNOS:  # anything else is a bug to see whole
+                raise
+            if is_verbose():
+                console.print(traceback.format_exc(), markup=False)
+            where = f"{exc.filename}: " if exc.filename else ""
+            error_line(f"{where}{exc.strerror}; free space (or quota) there, or choose another output path")
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             error_line("interrupted")
             raise typer.Exit(130) from None

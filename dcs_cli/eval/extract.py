@@ -140,20 +140,35 @@ def _outputs(name: str, root: Path | None) -> list[str]:
     return [f"{name}.npy"] if root is None else [f"{name}.npy", f"{name}.labels.npy"]
 
 
-def _earlier_targets(record: Path, header: dict, overwrite: bool) -> dict:
+def _recorded_files(out_dir: Path, targets: dict) -> list[Path]:
+    """The files of `out_dir` that an extract.json's `targets` says dcs wrote there: <name>.npy and a list's
+    <name>.labels.npy; a name that is not a plain file name is skipped."""
+    files = []
+    for name, entry in targets.items():
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+            continue
+        names = [f"{name}.npy"]
+        if isinstance(entry, dict) and entry.get("labels") == f"{name}.labels.npy":
+            names.append(entry["labels"])
+        files += [out_dir / f for f in names if (out_dir / f).is_file()]
+    return files
+
+
+def _earlier_targets(record: Path, header: dict, overwrite: bool) -> tuple[dict, list[Path]]:
     """The targets an earlier extraction with the same checkpoint and settings recorded in `record`, kept
-    beside the new ones; a record of another checkpoint's, or a file dcs did not write, needs --overwrite."""
+    beside the new ones; a record of another checkpoint's, or a file dcs did not write, needs --overwrite.
+    Second: the files of a record that --overwrite drops, to be removed so they are not mixed with the new."""
     if not record.exists():
-        return {}
+        return {}, []
     try:
         earlier = json.loads(record.read_text())
     except (OSError, ValueError):
         earlier = None
     ours = isinstance(earlier, dict) and isinstance(earlier.get("targets"), dict)
     if ours and all(earlier.get(key) == header[key] for key in ("checkpoint", "flip", "strict", "image_size")):
-        return earlier["targets"]
+        return earlier["targets"], []
     if overwrite:
-        return {}
+        return {}, _recorded_files(record.parent, earlier["targets"]) if ours else []
     if not ours:
         raise OutputExistsError(f"{record} exists and is not one dcs extract wrote; pass --overwrite to replace it")
     raise OutputExistsError(f"{record} records features of another checkpoint or settings; pass --overwrite "
@@ -187,7 +202,7 @@ def extract(job: ExtractJob) -> dict:
          f"{f'{gpus} GPU(s)' if gpus else 'cpu'}; flip={'on' if job.flip else 'off'}")
     summary = {"checkpoint": str(job.checkpoint), "flip": job.flip, "strict": job.strict,
                "image_size": cfg.data.image_size, "model": to_dict(cfg.model), "weights": load_report}
-    summary["targets"] = _earlier_targets(out_dir / "extract.json", summary, job.overwrite)
+    summary["targets"], dropped = _earlier_targets(out_dir / "extract.json", summary, job.overwrite)
     # every input is opened (a list's images listed) before the first output is written: a missing or malformed
     # second input leaves nothing behind; an image that fails to decode stops the run with the targets before
     # it written and recorded in extract.json
@@ -196,6 +211,11 @@ def extract(job: ExtractJob) -> dict:
     for dataset in datasets:
         if isinstance(dataset, ListDataset):
             dataset.check_images_exist()
+    if dropped:  # the folder now holds the new checkpoint's features only: none of the earlier one's is mixed in
+        write_json_atomic(out_dir / "extract.json", summary)
+        for path in dropped:
+            path.unlink(missing_ok=True)
+        info(f"--overwrite: removed {', '.join(p.name for p in dropped)} of the earlier extraction")
     for (name, source, root), dataset in zip(targets, datasets, strict=True):
         start = time.perf_counter()
         feats = embed_dataset(model, dataset, job.batch_size, job.flip, device, cfg.data.workers, desc=name)

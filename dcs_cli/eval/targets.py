@@ -23,13 +23,14 @@ match; the table has metrics down and targets across, so several targets fit an 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from dcs_cli.console import print_table, warn
 from dcs_cli.errors import DataError
-from dcs_cli.eval.verify import evaluate
+from dcs_cli.eval.verify import check_pair_kinds, evaluate
 from dcs_cli.fsutil import missing, write_json_atomic
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -57,6 +58,7 @@ def load_issame(path: str | Path) -> np.ndarray:
     _, issame = read_bin(path)
     if issame.size == 0:
         raise DataError(f"{path}: the .bin holds no pairs; verification needs a .bin with issame labels")
+    check_pair_kinds(issame, str(path))
     return issame
 
 
@@ -80,7 +82,23 @@ def match_targets(features_dir: str | Path, bin_dir: str | Path) -> list[tuple[s
                         "extract with `dcs extract --bin <bin-dir>/<name>.bin --out-dir <features-dir>`")
     if unmatched:
         warn(f"{features_dir}: {', '.join(unmatched)} not verified: no .bin of the same name in {bin_dir}")
+    recorded = _recorded_names(features_dir)
+    unrecorded = [npy.name for _, npy, _ in found if npy.name not in recorded]
+    if unrecorded:
+        warn(f"{features_dir}: {', '.join(unrecorded)} not recorded in its extract.json (left by another "
+             "extraction or copied in?); their figures may come from another checkpoint")
     return found
+
+
+def _recorded_names(features_dir: Path) -> set[str]:
+    """The `<name>.npy` files the folder's extract.json records; every .npy there when it has none."""
+    try:
+        record = json.loads((features_dir / "extract.json").read_text())
+    except (OSError, ValueError):
+        record = None
+    if not (isinstance(record, dict) and isinstance(record.get("targets"), dict)):
+        return {npy.name for npy in features_dir.glob("*.npy")}
+    return {f"{name}.npy" for name in record["targets"]}
 
 
 def result_column(result) -> dict[str, str]:

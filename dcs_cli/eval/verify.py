@@ -14,7 +14,9 @@ L2-normalise each row; distance = squared euclidean distance of the pair; thresh
 K folds in file order (no shuffle, sklearn `KFold` sizes); on each fold the threshold with the best
 training-fold accuracy is applied to the test fold; accuracy = mean ± std over folds. VAL at FAR=1e-3:
 thresholds 0..4 step 0.001, on each fold the threshold whose training FAR equals the target is found by
-linear interpolation of threshold against FAR, and VAL/FAR are measured on the test fold.
+linear interpolation of threshold against FAR, and VAL/FAR are measured on the test fold. VAL is averaged
+over the test folds that hold same-identity pairs and FAR over those that hold different ones (the original
+counts a fold without any as 0, so a `.bin` listing its same pairs first halves VAL).
 
 Unlike the original, counts per threshold come from one sort and `searchsorted` for all thresholds and
 folds at once (O(n log n + K·T·log n) instead of O(K·T·n)); the numbers are identical because every
@@ -31,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from dcs_cli.console import warn
 from dcs_cli.errors import DataError, UsageError
 
 ACC_THRESHOLDS = np.arange(0, 4, 0.01)
@@ -59,11 +62,21 @@ class VerifyResult:
         return asdict(self)
 
 
+def check_pair_kinds(issame: np.ndarray, where: str) -> None:
+    """Raise a one-line DataError unless `issame` holds both same-identity and different-identity pairs."""
+    issame = np.asarray(issame, dtype=bool)
+    if issame.all() or not issame.any():
+        kind = "same-identity" if issame.all() else "different-identity"
+        raise DataError(f"{where}: all {issame.size} pairs are {kind} pairs; verification needs both same and "
+                        "different pairs (a .bin of the InsightFace protocol)")
+
+
 def check_features(features: np.ndarray, issame: np.ndarray, where: str = "features") -> None:
     """Raise a one-line DataError unless `features` is a finite (2·pairs × d) matrix matching `issame`."""
     issame = np.asarray(issame)
     if issame.ndim != 1 or issame.size == 0:
         raise DataError(f"{where}: the .bin holds no pairs; verification needs a .bin with issame labels")
+    check_pair_kinds(issame, where)
     if features.ndim != 2:
         raise DataError(f"{where}: expected a 2-D array (2·pairs × dim), got shape {features.shape}; "
                         "pass the .npy written by `dcs extract`")
@@ -221,6 +234,15 @@ def evaluate(features: np.ndarray, issame, folds: int = 10, far_target: float = 
     fold_ids(dist.size, folds)  # validates `folds` before any work
     _, _, accuracy, best = calculate_roc(dist, issame, folds)
     val, far = calculate_val(dist, issame, folds, far_target)
+    # a test fold without same (different) pairs has no VAL (FAR): average over the folds that have one
+    fold = fold_ids(dist.size, folds)
+    has_same = np.bincount(fold[issame], minlength=folds) > 0
+    has_diff = np.bincount(fold[~issame], minlength=folds) > 0
+    if not (has_same.all() and has_diff.all()):
+        warn(f"{where}: {folds - int(np.sum(has_same & has_diff))} of {folds} test folds hold only one kind of "
+             f"pair (e.g. the .bin lists its same pairs first); VAL is the mean over the {int(has_same.sum())} "
+             f"folds with same pairs, FAR over the {int(has_diff.sum())} with different pairs")
+    val, far = val[has_same], far[has_diff]
     fpr, tpr = exact_roc(dist, issame)
     auc, eer, tar = roc_summary(fpr, tpr)
     result = VerifyResult(

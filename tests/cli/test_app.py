@@ -1,3 +1,5 @@
+import pytest
+
 from dcs_cli import __version__
 from dcs_cli.cli.app import app
 
@@ -53,3 +55,25 @@ def test_command_line_mistakes_are_one_line(runner):
 def test_a_group_alone_shows_its_help_not_an_error(runner):
     result = runner.invoke(app, ["bench"])
     assert "train-quality" in result.output and "error:" not in result.output
+
+
+@pytest.mark.parametrize("code,one_line", [(28, True), (5, False)])  # ENOSPC: the user's; EIO: shown whole
+def test_a_full_disk_is_one_line_and_leaves_no_finished_output(runner, mxnet_fixtures, tmp_path, monkeypatch,
+                                                               code, one_line):
+    import os
+
+    from dcs_cli.data import bin_images, convert
+
+    def failing(path, payload, dir_fd=None):
+        raise OSError(code, os.strerror(code))
+
+    for module in (convert, bin_images):  # where the image writers are called
+        monkeypatch.setattr(module, "write_file", failing)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["convert", "--in-folder", str(mxnet_fixtures), "--out-folder", str(out)])
+    assert not (out / "meta.json").exists()
+    if one_line:
+        assert result.exit_code == 1 and "No space left on device; free space (or quota) there" in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+    else:
+        assert isinstance(result.exception, OSError) and result.exception.errno == code, result.output

@@ -157,3 +157,31 @@ def test_a_run_folder_means_its_newest_checkpoint_and_wrong_kinds_are_named(runn
     folder_bin = runner.invoke(app, ["extract", "--checkpoint", str(newest), "--bin", str(tmp_path),
                                      "--out-dir", str(tmp_path / "g")])
     assert folder_bin.exit_code == 1 and "is a folder, not a file; pass a .bin file to --bin" in folder_bin.output
+
+
+def test_overwrite_with_another_checkpoint_removes_the_files_of_the_record_it_drops(runner, tmp_path, pairs_bin):
+    import json
+    import shutil
+
+    from dcs_cli.data.binfile import read_bin
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    (root / "0.jpg").write_bytes(read_bin(pairs_bin)[0][0])
+    (tmp_path / "mine.txt").write_text("0.jpg 0\n")
+    shutil.copy(pairs_bin, tmp_path / "lfw.bin")
+    shutil.copy(pairs_bin, tmp_path / "cfp.bin")
+    out = tmp_path / "feats"
+    first = save_checkpoint(tmp_path / "a.pt")
+    result = runner.invoke(app, ["extract", "--checkpoint", str(first), "--out-dir", str(out), "--bin",
+                                 str(tmp_path / "lfw.bin"), "--bin", str(tmp_path / "cfp.bin"),
+                                 "--list", str(tmp_path / "mine.txt"), "--root", str(root)])
+    assert result.exit_code == 0, result.output
+    (out / "users.npy").write_bytes(b"not dcs's")  # not in the record: never touched
+    second = save_checkpoint(tmp_path / "b.pt")
+    result = runner.invoke(app, ["extract", "--checkpoint", str(second), "--out-dir", str(out), "--bin",
+                                 str(tmp_path / "lfw.bin"), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "extract.json").read_text())
+    assert record["checkpoint"] == str(second) and list(record["targets"]) == ["lfw"]
+    assert sorted(p.name for p in out.iterdir()) == ["extract.json", "lfw.npy", "users.npy"]

@@ -91,3 +91,30 @@ def test_a_text_file_as_features_is_named_as_not_npy(runner, tmp_path, pairs_bin
     result = runner.invoke(app, ["verify", "--features", str(text), "--bin", str(pairs_bin)])
     assert result.exit_code == 1
     assert "not a .npy file" in result.output and "pickled" not in result.output
+
+
+@pytest.mark.parametrize("value,kind", [(True, "same-identity"), (False, "different-identity")])
+def test_a_bin_of_one_kind_of_pair_is_a_one_line_error(runner, tmp_path, value, kind):
+    from dcs_cli.data.binfile import write_bin
+
+    write_bin(tmp_path / "one.bin", [b"x"] * 40, [value] * 20)
+    np.save(tmp_path / "f.npy", np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32))
+    result = runner.invoke(app, ["verify", "--features", str(tmp_path / "f.npy"), "--bin", str(tmp_path / "one.bin"),
+                                 "--folds", "2"])
+    line = _one_error_line(result)
+    assert "one.bin" in line and f"all 20 pairs are {kind} pairs" in line and "needs both" in line
+
+
+def test_directory_mode_names_features_its_extract_json_does_not_record(runner, tmp_path, pairs_bin):
+    features = _extract(runner, tmp_path, pairs_bin)
+    bins = tmp_path / "bins"
+    bins.mkdir()
+    shutil.copy(pairs_bin, bins / "pairs.bin")
+    shutil.copy(pairs_bin, bins / "lfw.bin")
+    args = ["verify", "--features-dir", str(features.parent), "--bin-dir", str(bins), "--folds", "2"]
+    recorded = runner.invoke(app, args)
+    assert recorded.exit_code == 0 and "not recorded" not in recorded.output, recorded.output
+    shutil.copy(features, features.parent / "lfw.npy")  # e.g. left by an earlier checkpoint's extraction
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "lfw.npy not recorded in its extract.json" in " ".join(result.output.split())

@@ -116,3 +116,26 @@ def test_mismatches_are_one_line_data_errors(features, issame, message):
     with pytest.raises(DataError, match=message) as err:
         evaluate(features, issame, folds=2)
     assert "\n" not in str(err.value)
+
+
+def _perfect_pairs(issame: np.ndarray) -> np.ndarray:
+    """Same pairs: identical rows; different pairs: independent random rows (distances spread below 4)."""
+    rng = np.random.default_rng(0)
+    a, other = rng.standard_normal((2, issame.size, 16))
+    return np.stack([a, np.where(issame[:, None], a, other)], axis=1).reshape(2 * issame.size, 16)
+
+
+@pytest.mark.parametrize("issame", [np.arange(600) % 2 == 0, np.arange(600) < 300], ids=["interleaved", "grouped"])
+def test_val_is_averaged_over_the_folds_that_hold_same_pairs(issame):
+    """A .bin listing its same pairs first leaves half the test folds without any: they have no VAL, not 0."""
+    result, _ = evaluate(_perfect_pairs(issame), issame, folds=10)
+    assert result.accuracy == 1.0 and result.val == 1.0 and result.val_std == 0.0
+    assert result.far < 0.01
+
+
+@pytest.mark.parametrize("value,kind", [(True, "same-identity"), (False, "different-identity")])
+def test_a_bin_of_one_kind_of_pair_is_refused(value, kind):
+    issame = np.full(40, value)
+    with pytest.raises(DataError, match=f"lfw.npy: all 40 pairs are {kind} pairs; verification needs both") as err:
+        evaluate(np.random.default_rng(0).standard_normal((80, 8)), issame, folds=4, where="lfw.npy")
+    assert "\n" not in str(err.value)
