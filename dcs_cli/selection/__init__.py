@@ -105,13 +105,23 @@ def modes_help() -> str:
     return ", ".join(f"{name} ({entry.help})" for name, entry in SELECTORS.items())
 
 
+def check_adaptive(cfg: SelectionConfig) -> None:
+    """ConfigError when `selection.adaptive` is on for a mode that has no use for it (it would be ignored)."""
+    if cfg.adaptive and cfg.mode in SELECTORS and not SELECTORS[cfg.mode].adaptive:
+        adaptive = ", ".join(name for name, entry in SELECTORS.items() if entry.adaptive)
+        raise ConfigError(f"selection.adaptive works with modes {adaptive}, not {cfg.mode}; set "
+                          "selection.adaptive=false or choose one of those modes")
+
+
 def build_selector(cfg: SelectionConfig, num_classes: int, batch_size: int) -> Selector:
-    """The selector `cfg.mode` names, checked against the number of classes and the batch size."""
+    """The selector `cfg.mode` names, checked against the number of classes and the batch size (and
+    `selection.adaptive` against the modes that honour it)."""
     if cfg.mode not in SELECTORS:
         raise ConfigError(f"selection.mode={cfg.mode!r} is not one of {', '.join(SELECTORS)}")
     if num_classes <= 0 or batch_size <= 0:
         raise ConfigError(f"selection needs num_classes > 0 and batch_size > 0, got {num_classes}, {batch_size}")
     cfg.validate("selection")
+    check_adaptive(cfg)
     check_sample_num(cfg.sample_num, num_classes, mode=cfg.mode)
     return SELECTORS[cfg.mode].build(cfg, num_classes, batch_size)
 

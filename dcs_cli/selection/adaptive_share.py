@@ -1,7 +1,8 @@
 """The adaptive share of neighbours (`selection.adaptive`): hard samples get more of `sample_num`.
 
 Each sample's candidates (`hard_factor` × the even share k of neighbours) are re-scored against the
-store's current rows; a sample's hardness is its best negative score minus its positive's score. The
+store's current rows (x·w + b for dot, as the softmax logits rank; the cosine for angular); a sample's
+hardness is its best negative score minus its positive's score. The
 shares are softmax(hardness / std(hardness)) × B × k, rounded and clamped to [k / 2, hard_factor × k]
 (and to the N classes where N is smaller: the selector then retrieves all of them), so the whole batch
 still asks for about B × k neighbours. Each sample keeps its best `share` candidates (by that score), the
@@ -39,15 +40,18 @@ def share_by_hardness(cand: torch.Tensor, features: torch.Tensor, labels: torch.
     hold fewer than `kmax` columns (fewer classes than that): no share then exceeds its width."""
     kmax = min(kmax, cand.shape[1])
     valid = cand >= 0
-    w, _ = store.rows(cand.clamp(min=0).reshape(-1))
-    wpos, _ = store.rows(labels)
+    w, b = store.rows(cand.clamp(min=0).reshape(-1))
+    wpos, bpos = store.rows(labels)
     feats = features.detach().to("cpu", torch.float32)
     w, wpos = w.to("cpu").view(*cand.shape, -1), wpos.to("cpu")
     if metric == "angular":
         feats, w, wpos = F.normalize(feats, dim=1), F.normalize(w, dim=2), F.normalize(wpos, dim=1)
     scores = torch.einsum("bd,bkd->bk", feats, w)
-    scores[~valid | (cand == labels.view(-1, 1).to(cand.device))] = float("-inf")
     pos = (feats * wpos).sum(1)
+    if b is not None and metric != "angular":  # rank as the softmax logits do
+        scores += b.to("cpu", torch.float32).view(cand.shape)
+        pos += bpos.to("cpu", torch.float32)
+    scores[~valid | (cand == labels.view(-1, 1).to(cand.device))] = float("-inf")
     hardness = scores.max(1).values - pos
     hardness = torch.nan_to_num(hardness, neginf=float(hardness[torch.isfinite(hardness)].min())
                                 if torch.isfinite(hardness).any() else 0.0)

@@ -26,7 +26,8 @@ class SelectionConfig:
     ivf_lists: int = opt(0, "ivf: inverted lists (spherical k-means centroids) the rows are grouped into; "
                             "0 = one per 100 rows")
     ivf_nprobe: int = opt(4, "ivf: lists each sample probes; all their rows are scored exactly (recall vs speed)")
-    ivf_iters: int = opt(3, "ivf: k-means rounds of the first build (a refresh warm-starts and runs one)")
+    ivf_iters: int = opt(3, "ivf: k-means rounds of a full build (a rebuild of up to 1024 lists warm-starts "
+                            "from the last centroids and runs one)")
     ivf_rebuild_every: int = opt(10, "ivf: every this many refreshes assigns every row afresh; the others "
                                      "re-assign only the changed rows, among their list's nearest lists")
     adaptive: bool = opt(False, "refresh on weight drift and give hard samples a larger share of sample_num")

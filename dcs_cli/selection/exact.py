@@ -1,5 +1,6 @@
 """The quality oracle (`selection.mode=exact`): each sample's true top-k classes by a chunked matmul over
-all current weights.
+all current weights, ranked as the softmax logits rank them (x·w + b for dot, the bias included where the
+store has one; the cosine for angular).
 
     >>> import torch
     >>> weights = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0], [0.6, 0.8], [0.8, 0.6]])
@@ -26,15 +27,17 @@ import torch.nn.functional as F
 from dcs_cli.errors import DcsError
 from dcs_cli.selection.base import Selection, Selector, check_sample_num
 from dcs_cli.selection.compose import check_batch, compose
-from dcs_cli.selection.store import ClassStore
+from dcs_cli.selection.store import ClassStore, all_biases
 
 CHUNK_ROWS = 65536
 
 
 def exact_topk(
-    features: torch.Tensor, weights: torch.Tensor, k: int, metric: str = "dot", chunk: int = CHUNK_ROWS
+    features: torch.Tensor, weights: torch.Tensor, k: int, metric: str = "dot", chunk: int = CHUNK_ROWS,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores and ids (B×k, best first) of the k highest-scoring rows; memory B×chunk, never B×N."""
+    """Scores and ids (B×k, best first) of the k highest-scoring rows; memory B×chunk, never B×N. The dot
+    metric adds `bias` (N, or None) to the scores; angular heads have none."""
     feats = features.detach().to("cpu", torch.float32)
     if metric == "angular":
         feats = F.normalize(feats, dim=1)
@@ -46,10 +49,19 @@ def exact_topk(
         if metric == "angular":
             rows = F.normalize(rows, dim=1)
         scores = feats @ rows.T
+        if bias is not None and metric != "angular":  # rank as the softmax logits do
+            scores += bias[start:start + chunk].detach().to("cpu", torch.float32)
         s, i = scores.topk(min(k, rows.shape[0]), dim=1)
         best_s, pick = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
         best_i = torch.cat([best_i, i + start], 1).gather(1, pick)
     return best_s, best_i
+
+
+def store_topk(features: torch.Tensor, store: ClassStore, k: int, metric: str) -> torch.Tensor:
+    """B×k ids of each sample's k best classes over all of `store`'s rows, by the score the head's logits
+    rank by (`metric` "auto" = "dot": x·w + b)."""
+    metric = "dot" if metric == "auto" else metric
+    return exact_topk(features, store.weights(), k, metric, bias=all_biases(store) if metric == "dot" else None)[1]
 
 
 class ExactSelector(Selector):
@@ -61,7 +73,7 @@ class ExactSelector(Selector):
         check_sample_num(sample_num, num_classes)
         self.num_classes, self.sample_num = num_classes, sample_num
         self.k = sample_num // batch_size + 1  # per-sample neighbours, as in the original code
-        self.metric = "dot" if metric == "auto" else metric
+        self.metric = metric  # "auto" until the head decides (set_metric); an explicit metric stays
         self.generator = torch.Generator().manual_seed(seed)
         self.store: ClassStore | None = None
 
@@ -69,7 +81,8 @@ class ExactSelector(Selector):
         self.store = store
 
     def set_metric(self, metric: str) -> None:
-        self.metric = metric
+        if self.metric == "auto":
+            self.metric = metric
 
     def refresh(self, store: ClassStore, step: int) -> None:
         self.store = store
@@ -77,7 +90,7 @@ class ExactSelector(Selector):
     def neighbours(self, features: torch.Tensor, k: int) -> torch.Tensor:
         if self.store is None:
             raise DcsError("exact selection needs the class store: call attach(store) before select")
-        return exact_topk(features, self.store.weights(), k, self.metric)[1]
+        return store_topk(features, self.store, k, self.metric)
 
     def select(self, features: torch.Tensor, labels: torch.Tensor) -> Selection:
         check_batch(features, labels, self.num_classes)

@@ -12,7 +12,7 @@ import torch
 
 from dcs_cli.selection.base import Selection, Selector
 from dcs_cli.selection.compose import check_batch
-from dcs_cli.selection.exact import exact_topk
+from dcs_cli.selection.exact import store_topk
 from dcs_cli.selection.store import ClassStore
 
 
@@ -21,16 +21,17 @@ class FullSelector(Selector):
 
     name = "full"
 
-    def __init__(self, num_classes: int, metric: str = "dot"):
+    def __init__(self, num_classes: int, metric: str = "auto"):
         self.num_classes = num_classes
-        self.metric = "dot" if metric == "auto" else metric
+        self.metric = metric  # "auto" until the head decides (set_metric); an explicit metric stays
         self.store: ClassStore | None = None
 
     def attach(self, store: ClassStore) -> None:
         self.store = store
 
     def set_metric(self, metric: str) -> None:
-        self.metric = metric
+        if self.metric == "auto":
+            self.metric = metric
 
     def select(self, features: torch.Tensor, labels: torch.Tensor) -> Selection:
         check_batch(features, labels, self.num_classes)
@@ -41,4 +42,4 @@ class FullSelector(Selector):
     def neighbours(self, features: torch.Tensor, k: int) -> torch.Tensor:
         if self.store is None:
             raise TypeError("FullSelector.neighbours needs attach(store) first")
-        return exact_topk(features, self.store.weights(), k, self.metric)[1]
+        return store_topk(features, self.store, k, self.metric)

@@ -37,8 +37,10 @@ thread, is recorded. `background=False` refreshes in place instead (deterministi
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
+import weakref
 from abc import abstractmethod
 
 import numpy as np
@@ -52,6 +54,17 @@ from dcs_cli.selection.drift import sum_squares, weight_drift
 from dcs_cli.selection.projection import Projection
 from dcs_cli.selection.rerank import exact_rerank
 from dcs_cli.selection.store import ClassStore
+
+# Selectors that started a background refresh; weak, so a selector still goes when its last user drops it
+_REFRESHING: weakref.WeakSet[IndexSelector] = weakref.WeakSet()
+
+
+@atexit.register
+def _join_refreshes() -> None:
+    """Interpreter exit waits for in-flight refreshes (a run that never called `close`): a refresh thread
+    frozen at exit inside hnswlib's or Annoy's native build threads aborts the process."""
+    for selector in list(_REFRESHING):
+        selector.close()
 
 
 class IndexSelector(Selector):
@@ -240,6 +253,7 @@ class IndexSelector(Selector):
         if self.background:
             self._thread = threading.Thread(target=run, name=f"dcs-{self.name}-refresh", daemon=True)
             self._thread.start()
+            _REFRESHING.add(self)
         else:
             run()
             self._swap()

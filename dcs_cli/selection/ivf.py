@@ -91,9 +91,10 @@ def unit_sample(rows: torch.Tensor, count: int, gen: torch.Generator) -> torch.T
 
 
 def spherical_kmeans(sample: torch.Tensor, lists: int, iters: int, init: torch.Tensor | None = None) -> torch.Tensor:
-    """Unit centroids (lists×d) of unit rows `sample`; warm-started from `init` when given."""
+    """Unit centroids (lists×d) of unit rows `sample` after `iters` rounds; warm-started from `init` (the
+    previous centroids) when given, which needs at most one round: it keeps the centroids following the rows."""
     if init is not None and init.shape == (lists, sample.shape[1]):
-        cents = init.clone()
+        cents, iters = init.clone(), min(iters, 1)
     else:  # the first sample rows (repeated when there are fewer rows than lists)
         cents = sample[torch.arange(lists) % sample.shape[0]].clone()
     for _ in range(iters):
@@ -152,7 +153,8 @@ def build_lists(rows: torch.Tensor, lists: int, iters: int, seed: int,
                 init: torch.Tensor | None = None) -> InvertedLists:
     """Spherical k-means lists over `rows` (N×d), every row assigned: the index one full build produces.
 
-    Up to FLAT_LISTS lists: k-means on a sample, then every row against every centroid. Above, the
+    Up to FLAT_LISTS lists: k-means on a sample (warm-started from `init`, the previous build's centroids,
+    when given: one round), then every row against every centroid. Above (`init` unused: `iters` rounds), the
     N×lists×d assignment would cost minutes at 1M rows, so two levels: ~sqrt(lists) coarse groups, each
     split into its own fine lists; every row then takes the best fine list of its BEAM best groups
     (N×(1 + BEAM)·sqrt(lists)×d), and the centroids become their members' means."""
@@ -224,9 +226,7 @@ class IvfSelector(IndexSelector):
     def _build(self, snapshot: np.ndarray, seed: int) -> InvertedLists:
         start = time.perf_counter()
         previous = self.index.centroids if isinstance(self.index, InvertedLists) else None
-        # a warm start needs fewer rounds: one keeps the centroids following the rows
-        iters = self.iters if previous is None else min(self.iters, 1)
-        lists = build_lists(torch.from_numpy(snapshot), self.lists, iters, seed, previous)
+        lists = build_lists(torch.from_numpy(snapshot), self.lists, self.iters, seed, previous)
         self.rebuild_seconds.append(time.perf_counter() - start)
         return lists
 

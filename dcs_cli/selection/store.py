@@ -87,3 +87,15 @@ def on_cpu(table: torch.Tensor | None) -> torch.Tensor | None:
     if table is None or table.device.type == "cpu":
         return table
     return table.cpu()
+
+
+def all_biases(store: ClassStore, chunk: int = 8192) -> torch.Tensor | None:
+    """All N biases on the CPU, None without one (`head.bias`): the store's own `biases()` where it has one
+    (local and sharded stores), else read through `rows` in chunks."""
+    if not store.has_bias:
+        return None
+    biases = getattr(store, "biases", None)
+    if biases is not None:
+        return biases()
+    return torch.cat([store.rows(torch.arange(start, min(start + chunk, store.num_classes)))[1].to("cpu")
+                      for start in range(0, store.num_classes, chunk)])

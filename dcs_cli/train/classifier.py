@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcs_cli.selection.row_init import init_rows
-from dcs_cli.selection.store import ClassStore, OptimParams
+from dcs_cli.selection.store import ClassStore, OptimParams, all_biases
 from dcs_cli.train.evaluate import evaluate_top1
 
 
@@ -35,18 +35,31 @@ class FullClassifier(nn.Module):
         return F.cross_entropy(logits, labels), logits.detach()
 
 
-class FullModel(nn.Module):
-    """Backbone + full classifier in one module, so DDP all-reduces the classifier like any parameter."""
+class Autocast(nn.Module):
+    """`Autocast(module, dtype)(x)`: `module` under CUDA autocast to `dtype` (None: off). The autocast is
+    entered inside this forward, so wrapped in DataParallel it holds in every replica's thread too (autocast
+    state is per thread: entered outside, DataParallel's replicas would run in its default fp16)."""
 
-    def __init__(self, backbone: nn.Module, classifier: FullClassifier, autocast_dtype: torch.dtype | None):
+    def __init__(self, module: nn.Module, dtype: torch.dtype | None):
+        super().__init__()
+        self.module, self.dtype = module, dtype
+
+    def forward(self, *args):
+        with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype is not None):
+            return self.module(*args)
+
+
+class FullModel(nn.Module):
+    """Backbone + full classifier in one module, so DDP all-reduces the classifier like any parameter; the
+    backbone (an `Autocast`, maybe in DataParallel) brings its own mixed precision, the classifier runs in
+    float32."""
+
+    def __init__(self, backbone: nn.Module, classifier: FullClassifier):
         super().__init__()
         self.backbone, self.classifier = backbone, classifier
-        self.autocast_dtype = autocast_dtype
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor):
-        with torch.autocast("cuda", dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            features = self.backbone(x)
-        return self.classifier(features, labels)
+        return self.classifier(self.backbone(x), labels)
 
 
 class _RecordingHead(nn.Module):
@@ -149,12 +162,12 @@ class SampledClassifier:
         return evaluate_top1(backbone, weight, bias, loader, device, self.angular)
 
     def class_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every row and bias as of this step: an in-process store's own tables where they live (on a GPU,
+        no N×d copy to the host and back), else the store's CPU copies."""
         self.store.settle()  # rows that sat out steps catch up first, so every row is as of this step
-        weight = self.store.weights()
-        bias = getattr(self.store, "biases", lambda: None)()
-        if bias is None and self.store.has_bias:
-            bias = self.store.state_dict().get("bias")
-        return weight, bias
+        if isinstance(getattr(self.store, "weight", None), torch.Tensor):
+            return self.store.weight, getattr(self.store, "bias", None)
+        return self.store.weights(), all_biases(self.store)
 
     def close(self) -> None:
         self.selector.close()

@@ -60,7 +60,7 @@ class DistConfig:
     master_port: int = opt(29500, "port on node 0 for the rendezvous; 0 = pick a free one")
     backend: Literal["auto", "gloo", "nccl"] = opt("auto", "auto = nccl with CUDA, gloo otherwise")
     threads: int = opt(0, "CPU threads per worker for torch ops (torch.set_num_threads); 0 = torch's default "
-                          "(one per core; launched workers get cores / nproc)")
+                          "(one per core; launched workers get cores / nproc, on GPUs too)")
     rdzv_timeout: int = opt(300, "seconds to wait for every node to join the rendezvous before failing")
     class_store: Literal["auto", "sharded", "paramserver"] = opt(
         "auto", "where the classifier rows live: sharded = model parallel, rank r of W owns 1/W of the classes "

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from dcs_cli.console import info, warn
 from dcs_cli.errors import ConfigError, DataError
+from dcs_cli.seeds import stream_seed
 from dcs_cli.selection.base import check_sample_num
 
 
@@ -141,11 +142,13 @@ def train_loader(ds: Dataset, batch_size: int, workers: int, epoch: int, seed: i
                  world: int) -> DataLoader:
     """Shuffled loader whose order depends only on (seed, epoch): a resumed run sees the same batches.
 
+    Its worker processes' random streams (augmentation) come from (seed, epoch, rank), so ranks do not draw
+    the same flips (with `workers` 0 the process's own stream, seeded alike by the loop, draws them).
     Drops the last partial batch so batch-norm never sees a batch of one and every rank steps together.
     """
     sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     sampler.set_epoch(epoch)
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    gen = torch.Generator().manual_seed(stream_seed(seed, "loader", epoch, rank))
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
                       generator=gen, persistent_workers=False, pin_memory=torch.cuda.is_available())
 

@@ -51,7 +51,7 @@ def train_worker(job: TrainJob, data: TrainData | None = None, resume: dict | No
     cfg = config_from_dict(job.config)
     ctx = init_distributed(cfg.dist.backend)
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(_threads(cfg, ctx))
+    torch.set_num_threads(_threads(cfg))
     run_dir = Path(job.run_dir)
     if data is None:  # a worker re-opens what the parent checked (and reported on)
         data = build_data(cfg, report=False)
@@ -127,11 +127,14 @@ def _check_finite(row: dict, cfg) -> None:
                         f"{row['loss']}; lower optim.lr (now {cfg.optim.lr}) or check the input data")
 
 
-def _threads(cfg, ctx) -> int:
+def _threads(cfg) -> int:
+    """`dist.threads`, else the cores / the workers on this node: on a GPU too, where the index queries,
+    re-ranking and the class store's CPU work of each step still run on them (the launcher's
+    OMP_NUM_THREADS=1, which keeps import-time thread pools small, is not the workers' share)."""
     if cfg.dist.threads:
         return cfg.dist.threads
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, (os.cpu_count() or 1) // local_world) if ctx.device.type == "cpu" else torch.get_num_threads()
+    return max(1, (os.cpu_count() or 1) // local_world)
 
 
 def _validate(parts, data, cfg, ctx) -> float | None:

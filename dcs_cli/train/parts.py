@@ -27,7 +27,7 @@ from dcs_cli.selection.sharded_store import ShardedStore
 from dcs_cli.torchfile import save_torch_file
 from dcs_cli.train.checkpoint import checkpoint_path, store_folder_path, store_snapshot_path
 from dcs_cli.train.class_store import build_class_store, class_store_kind, release_class_store
-from dcs_cli.train.classifier import FullClassifier, FullModel, SampledClassifier
+from dcs_cli.train.classifier import Autocast, FullClassifier, FullModel, SampledClassifier
 from dcs_cli.train.dist import DistContext, barrier
 from dcs_cli.train.evaluate import evaluate_top1
 from dcs_cli.train.resume import fit_optimizer_state, restore_full_classifier, strip_module_prefix
@@ -57,16 +57,13 @@ class Parts:
     num_classes: int
     full: FullClassifier | None = None
     sampled: SampledClassifier | ShardedClassifier | None = None
-    amp: torch.dtype | None = None
     server: object | None = None  # paramserver this worker started (rank 0, auto-start)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int, dict]:
         if self.full is not None:
             loss, logits = self.model(x, y)
             return loss, int((logits.argmax(1) == y).sum()), {"active": self.full.weight.shape[0]}
-        with torch.autocast("cuda", dtype=self.amp, enabled=self.amp is not None):
-            features = self.model(x)
-        return self.sampled.loss(features.float(), y)
+        return self.sampled.loss(self.model(x).float(), y)
 
     def after_step(self) -> None:
         if self.sampled is not None:
@@ -167,13 +164,13 @@ def build_parts(cfg, num_classes: int, input_shape: tuple, ctx: DistContext, res
             momenta = restore_full_classifier(full, resume)
         # DataParallel over the visible GPUs only in a single process; workers own one device each.
         local = DistContext(device=ctx.device)
-        inner = FullModel(_wrap(backbone, local, data_parallel=not ctx.distributed), full, amp)
+        inner = FullModel(_wrap(Autocast(backbone, amp), local, data_parallel=not ctx.distributed), full)
         model = _wrap(inner, ctx, data_parallel=False)
         params = list(backbone.parameters()) + list(full.parameters())
         sampled, server = None, None
     else:
         full = None
-        model = _wrap(backbone, ctx, data_parallel=False)
+        model = _wrap(Autocast(backbone, amp), ctx, data_parallel=False)
         params = list(backbone.parameters())
         store, server = build_class_store(cfg, num_classes, ctx, resume, lr)
         sampled = None
@@ -192,7 +189,7 @@ def build_parts(cfg, num_classes: int, input_shape: tuple, ctx: DistContext, res
             release_class_store(store, server)
         raise
     return Parts(cfg=cfg, ctx=ctx, model=model, backbone=backbone, optimizer=optimizer, num_classes=num_classes,
-                 full=full, sampled=sampled, amp=amp, server=server)
+                 full=full, sampled=sampled, server=server)
 
 
 def _sampled_classifier(cfg, num_classes: int, ctx: DistContext, store, head, step: int, resume: dict | None):

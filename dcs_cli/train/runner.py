@@ -22,7 +22,7 @@ from dcs_cli.config import save_resolved, to_dict
 from dcs_cli.errors import ConfigError, DataError, Interrupted, OutputExistsError, ServerError
 from dcs_cli.fsutil import guard_output_folder, write_json_atomic
 from dcs_cli.models.backbones import check_backbone_input
-from dcs_cli.selection import SELECTORS
+from dcs_cli.selection import check_adaptive
 from dcs_cli.train.checkpoint import checkpoint_epoch, list_checkpoints, load_checkpoint
 from dcs_cli.train.class_store import class_store_kind
 from dcs_cli.train.data import build_data, steps_per_epoch
@@ -67,8 +67,9 @@ def check_run(cfg, world: int, report: bool = True):
     if cfg.data.batch_size < 2:
         raise ConfigError(f"data.batch_size = {cfg.data.batch_size}: training needs at least 2 samples per "
                           "batch (batch norm); raise it")
+    check_adaptive(cfg.selection)
     kind = class_store_kind(cfg, world)  # also refuses a store choice that cannot work
-    if kind == "sharded" and cfg.selection.adaptive and SELECTORS[cfg.selection.mode].adaptive:
+    if kind == "sharded" and cfg.selection.adaptive:
         raise ConfigError(ADAPTIVE_UNSUPPORTED)
     if kind == "sharded" and data.num_classes < world:
         raise ConfigError(f"{data.num_classes} classes cannot be sharded over {world} processes; use fewer "

@@ -165,16 +165,19 @@ def test_a_checkpoint_outside_its_run_folder_needs_out(runner, tmp_path):
     assert result.exit_code == 1 and "not a dcs train checkpoint (it holds a Tensor, not a dict)" in result.output
 
 
-def test_adaptive_is_refused_under_the_sharded_store_only_for_the_modes_that_use_it():
+def test_adaptive_is_refused_up_front_under_the_sharded_store_and_for_modes_without_it():
     from dcs_cli.config import load_config
     from dcs_cli.errors import ConfigError
     from dcs_cli.train.runner import check_run
 
     sets = ["data.synthetic.num_classes=100", "data.synthetic.train_per_class=4", "selection.sample_num=40",
             "selection.adaptive=true"]
-    check_run(load_config(CONFIG, [*sets, "selection.mode=random"]), 2)  # random ignores adaptive: it runs
+    for world in (1, 2):  # before any worker starts: random has no use for it
+        with pytest.raises(ConfigError, match="selection.adaptive works with modes hf, hnsw, ivf, not random"):
+            check_run(load_config(CONFIG, [*sets, "selection.mode=random"]), world)
     with pytest.raises(ConfigError, match="selection.adaptive is not supported with the sharded class store"):
         check_run(load_config(CONFIG, [*sets, "selection.mode=ivf"]), 2)
+    check_run(load_config(CONFIG, [*sets, "selection.mode=ivf"]), 1)
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="NCCL runs on this machine")

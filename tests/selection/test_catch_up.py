@@ -147,3 +147,17 @@ def test_rows_are_read_as_dense_sgd_holds_them(kind):
         dense.step()
     store.settle()
     torch.testing.assert_close(store.weight, weight.detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_a_whole_table_catch_up_off_the_cpu_keeps_bounded_scratch():
+    # (a GPU's table, simulated on the meta device: shapes only) settle() catches every row up at once; the
+    # scratch buffers stay at GPU_BLOCK_BYTES each instead of four copies of a 2 GB table
+    from dcs_cli.selection import row_update
+
+    weight = torch.empty(1_000_000, 512, device="meta")
+    ids = torch.arange(1_000_000, device="meta")
+    row_update.catch_up_rows_(weight, torch.empty_like(weight), ids, torch.empty(1_000_000, 4, device="meta"),
+                              OptimParams(lr=0.1, momentum=0.9, weight_decay=1e-4))
+    sizes = [buf.numel() * buf.element_size() for key, bufs in row_update._SCRATCH.buffers.items()
+             if key[0].type == "meta" for buf in bufs]
+    assert len(sizes) == 4 and max(sizes) <= row_update.GPU_BLOCK_BYTES

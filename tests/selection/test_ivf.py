@@ -164,3 +164,21 @@ def test_small_store_gets_fewer_lists_and_bad_settings_fail():
             build_selector(dataclasses.replace(SelectionConfig(), mode="ivf", **{key: 0}), N, B)
     with pytest.raises(ConfigError, match="ivf_iters"):
         build_selector(dataclasses.replace(SelectionConfig(), mode="ivf", ivf_iters=-1), N, B)
+
+
+def test_a_cold_two_level_rebuild_runs_every_kmeans_round(monkeypatch):
+    """Above FLAT_LISTS lists a rebuild cannot warm-start from the previous centroids, so it runs all
+    `ivf_iters` rounds: it builds what a first build from the same rows and seed builds."""
+    import dcs_cli.selection.ivf as ivf
+
+    monkeypatch.setattr(ivf, "FLAT_LISTS", 16)
+    store = grouped_store()
+    sel = make(store, ivf_lists=100, ivf_iters=3)
+    rebuilt = sel._build(store.weight.numpy(), seed=7)
+    cold = ivf.build_lists(store.weight, 100, iters=3, seed=7)
+    assert torch.equal(rebuilt.centroids, cold.centroids)
+    # the flat path does warm-start: one round from the previous centroids
+    flat = make(store, ivf_lists=16, ivf_iters=3)
+    warm = flat._build(store.weight.numpy(), seed=7)
+    one = ivf.build_lists(store.weight, 16, iters=1, seed=7, init=flat.index.centroids)
+    assert torch.equal(warm.centroids, one.centroids)

@@ -168,3 +168,58 @@ def test_index_selector_returns_the_next_nearest_classes_as_near(adaptive):
     _, nearest = exact_topk(feats, store.weight, sel.k + 12)
     missed = nearest[~torch.isin(nearest, s.ids)]
     assert torch.isin(missed, s.near).float().mean() >= 0.9
+
+
+def bias_store():
+    """Six classes whose bias outranks the dot product: for x = (1, 0), x·w alone ranks 0, 1, 2 first,
+    the softmax logits x·w + b rank 3, 4, 5 first; the cosine ranks 0, 1, 2 first."""
+    store = LocalStore(6, 2, bias=True)
+    store.weight = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.8, 0.2], [0.0, 1.0], [0.1, 0.9], [0.2, 0.8]])
+    store.bias = torch.tensor([0.0, 0.0, 0.0, 5.0, 4.0, 3.0])
+    return store
+
+
+@pytest.mark.parametrize("mode", ["exact", "full"])
+@pytest.mark.parametrize(("metric", "best"), [("dot", [3, 4]), ("angular", [0, 1])])
+def test_exact_neighbours_rank_as_the_logits_with_the_bias(mode, metric, best):
+    """The oracle's top-k is the logits' (x·w + b) under the dot metric, the cosine's under angular."""
+    sel = build_selector(dataclasses.replace(SelectionConfig(), mode=mode, sample_num=4), 6, 2)
+    sel.set_metric(metric)
+    sel.attach(bias_store())
+    feats = torch.tensor([[1.0, 0.0], [2.0, 0.0]])
+    assert sel.neighbours(feats, 2).tolist() == [best, best]
+
+
+def test_adaptive_share_scores_hardness_with_the_bias():
+    """Hardness is scored by the logits: sample 1's positive (class 3) wins by its bias, so it is easy and
+    sample 0 (whose negatives 3 and 4 outscore its positive by theirs) is the hard one."""
+    from dcs_cli.selection.adaptive_share import share_by_hardness
+
+    feats, labels = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([0, 3])
+    cand = torch.tensor([[1, 2, 3, 4], [0, 1, 2, 4]])
+    kept, share = share_by_hardness(cand, feats, labels, bias_store(), "dot", 2, 4)
+    assert share[0] > share[1]
+    assert kept[0, :2].tolist() == [3, 4] and kept[1, 0] == 4
+
+
+@pytest.mark.parametrize("mode", ["exact", "full", "hf"])
+def test_an_explicit_metric_outlives_the_heads_and_auto_follows_it(mode):
+    from dcs_cli.models.config import HeadConfig
+    from dcs_cli.models.heads import build_head
+    from dcs_cli.selection.sampled import SampledSoftmax
+
+    cfg = dataclasses.replace(SelectionConfig(), mode=mode, sample_num=64, background=False, build_jobs=1)
+    explicit = build_selector(dataclasses.replace(cfg, metric="angular"), N, B)
+    SampledSoftmax(explicit, clustered_store(), build_head(HeadConfig(type="softmax")))
+    assert explicit.metric == "angular"
+    auto = build_selector(dataclasses.replace(cfg, metric="auto"), N, B)
+    SampledSoftmax(auto, clustered_store(), build_head(HeadConfig(type="cosface")))
+    assert auto.metric == "angular"
+
+
+@pytest.mark.parametrize("mode", ["full", "random", "exact"])
+def test_adaptive_with_a_mode_that_ignores_it_is_refused(mode):
+    cfg = dataclasses.replace(SelectionConfig(), mode=mode, sample_num=64, adaptive=True)
+    with pytest.raises(ConfigError, match=f"selection.adaptive works with modes hf, hnsw, ivf, not {mode}; "
+                                          "set selection.adaptive=false"):
+        build_selector(cfg, N, B)

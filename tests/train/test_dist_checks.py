@@ -77,3 +77,16 @@ def test_more_workers_than_gpus_under_nccl_is_refused(one_fake_gpu, backend):
 def test_one_worker_per_gpu_or_gloo_passes_the_check():
     dist_mod.check_gpu_per_worker("gloo", 8)
     dist_mod.check_gpu_per_worker("nccl", 1)
+
+
+def test_each_worker_gets_its_share_of_the_cores_whatever_its_device(monkeypatch):
+    # (a GPU worker kept the launcher's OMP_NUM_THREADS=1: one core for its index queries and re-ranking)
+    import os
+
+    from dcs_cli.config import load_config
+    from dcs_cli.train.loop import _threads
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert _threads(load_config(None, [])) == 8
+    assert _threads(load_config(None, ["dist.threads=3"])) == 3
