@@ -59,9 +59,12 @@ class DemoSpec:
         if not self.batch_size <= self.sample_num <= self.identities:
             raise UsageError(f"--sample-num must lie between the batch size ({self.batch_size}) and the number "
                              f"of identities ({self.identities})")
-        if self.large_classes and not LARGE_BATCH <= self.large_sample_num <= self.large_classes:
+        if self.large_classes and self.large_classes < max(LARGE_BATCH, self.large_sample_num):
             raise UsageError(f"--large-classes {self.large_classes} must be 0 (skip) or at least "
                              f"{max(LARGE_BATCH, self.large_sample_num)}")
+        if self.large_classes and self.large_sample_num < LARGE_BATCH:
+            raise UsageError(f"--large-sample-num {self.large_sample_num} must be at least the large-class "
+                             f"stage's batch ({LARGE_BATCH})")
 
 
 def _train_config(spec: DemoSpec, converted: Path, run_dir: Path, mode: str):

@@ -38,9 +38,12 @@ def image_ext(payload: bytes) -> str:
 
 
 def decode_rgb(payload: bytes, image_size: int | None = None) -> np.ndarray:
-    """Decode JPEG/PNG bytes to an (H, W, 3) uint8 array, resized (bilinear) to a square `image_size`."""
+    """Decode JPEG/PNG bytes to an (H, W, 3) uint8 array, resized (bilinear) to a square `image_size`; a
+    16-bit greyscale PNG keeps its high byte (as OpenCV's colour read does)."""
     try:
         with Image.open(io.BytesIO(payload)) as img:
+            if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grey: convert() would clip it at 255
+                img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8))
             img = img.convert("RGB")
             if image_size and img.size != (image_size, image_size):
                 img = img.resize((image_size, image_size), Image.BILINEAR)

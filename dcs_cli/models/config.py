@@ -12,7 +12,7 @@ from dcs_cli.config_fields import opt, require
 class ModelConfig:
     """Backbone that turns an input into a `feature_dim` embedding."""
 
-    backbone: str = opt("iresnet50", "registered backbone: iresnet18/34/50, mobilefacenet, mlp")
+    backbone: str = opt("iresnet50", "registered backbone: iresnet18/34/50/100/200, mobilefacenet, mlp")
     feature_dim: int = opt(256, "embedding size")
     dropout: float = opt(0.0, "dropout before the embedding layer")
     mlp_hidden: int = opt(256, "hidden width of the mlp backbone")

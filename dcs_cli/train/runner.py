@@ -251,11 +251,24 @@ def _summary(run_dir: Path, result: dict, mode: str, world: int, seconds: float)
     rows = read_metrics(run_dir / "metrics.jsonl")
     train = [r for r in rows if r.get("kind") == "train"]
     val = [r for r in rows if r.get("kind") == "val"]
-    speeds = [r["samples_per_s"] for r in train if "samples_per_s" in r]
     return {
         "mode": mode, "workers": world, "epochs": result.get("epoch"), "steps": result.get("step"),
         "final_loss": train[-1]["loss"] if train else None,
         "val_top1": val[-1]["acc"] if val else None,
-        "samples_per_s": sum(speeds) / len(speeds) if speeds else None,
+        "samples_per_s": run_samples_per_s(train),
         "wall_seconds": seconds, "run_dir": str(run_dir), "stopped": bool(result.get("stopped")),
     }
+
+
+def run_samples_per_s(train_rows: list[dict]) -> float | None:
+    """The run's training throughput from its log windows: all samples over all the windows' seconds. The
+    windows differ in length (`print_freq` steps, or to the epoch's end), so a plain mean of their rates
+    would count a 10-step window's start-up as much as a 50-step window."""
+    counted, seconds, last = 0, 0.0, 0
+    for row in train_rows:
+        steps, rate = row["step"] - last, row.get("samples_per_s")
+        last = row["step"]
+        if steps > 0 and rate:
+            counted += steps
+            seconds += steps / rate  # (× the batch on both sides: it cancels)
+    return counted / seconds if seconds else None

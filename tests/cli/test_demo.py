@@ -49,3 +49,9 @@ def test_demo_refuses_a_large_stage_smaller_than_its_batch(runner, tmp_path):
     result = runner.invoke(app, ["demo", "-o", str(tmp_path / "d"), "--large-classes", "100"])
     assert result.exit_code == 2
     assert "--large-classes" in result.output
+
+
+def test_demo_names_the_large_sample_num_when_it_is_the_one_too_small(runner, tmp_path):
+    result = runner.invoke(app, ["demo", "-o", str(tmp_path / "d"), "--large-sample-num", "100"])
+    assert result.exit_code == 2 and "--large-sample-num 100 must be at least the large-class stage's batch" \
+        in " ".join(result.output.split())

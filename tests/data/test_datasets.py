@@ -96,3 +96,19 @@ def test_lists_from_dcs_convert_train_without_a_root(tmp_path):
     data = train_data.build_data(cfg)
     assert data.train.root == data.val.root == tmp_path / "out" / "images"
     assert data.num_classes == 3 and len(data.train) + len(data.val) == 12
+
+
+def test_a_16_bit_grey_png_keeps_its_tones():
+    # Pillow's convert("RGB") clips 16-bit values at 255: a ramp came out 98 % white
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from dcs_cli.data.images import decode_rgb
+
+    ramp = np.linspace(0, 65535, 64).astype(np.uint16).reshape(8, 8)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="PNG")
+    rgb = decode_rgb(buf.getvalue())
+    assert rgb.shape == (8, 8, 3) and (rgb == (ramp >> 8)[..., None]).all()

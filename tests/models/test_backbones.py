@@ -7,7 +7,8 @@ from dcs_cli.models.backbones import available_backbones, backbone_input_kind, b
 
 
 def test_registry_lists_every_backbone():
-    assert {"iresnet18", "iresnet34", "iresnet50", "mobilefacenet", "mlp"} <= set(available_backbones())
+    assert {"iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200", "mobilefacenet",
+            "mlp"} <= set(available_backbones())
     assert backbone_input_kind("mlp") == "vector"
     assert backbone_input_kind("iresnet50") == "image"
 
@@ -32,7 +33,8 @@ def test_iresnet_at_insightface_size_has_the_original_shape():
     assert not net.features.weight.requires_grad  # unit-scale embedding BN as in InsightFace
 
 
-@pytest.mark.parametrize("name,blocks", [("iresnet18", 8), ("iresnet34", 16), ("iresnet50", 24)])
+@pytest.mark.parametrize("name,blocks", [("iresnet18", 8), ("iresnet34", 16), ("iresnet50", 24),
+                                         ("iresnet100", 49), ("iresnet200", 98)])
 def test_iresnet_depths(name, blocks):
     from dcs_cli.models.backbones.iresnet import IBasicBlock
 

@@ -40,3 +40,12 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="not a readable checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_the_runs_throughput_weighs_each_log_window_by_its_steps():
+    from dcs_cli.train.runner import run_samples_per_s
+
+    # a 50-step window at 320 samples/s, then an epoch's last 10 steps at 80 (batch 64: 3,840 samples, 18 s)
+    rows = [{"step": 50, "samples_per_s": 320.0}, {"step": 60, "samples_per_s": 80.0}]
+    assert run_samples_per_s(rows) == pytest.approx(3840 / 18)  # not the windows' plain mean, 200
+    assert run_samples_per_s([]) is None

@@ -3,7 +3,7 @@
     >>> import torch
     >>> from dcs_cli.models.config import ModelConfig
     >>> available_backbones()
-    ['iresnet18', 'iresnet34', 'iresnet50', 'mlp', 'mobilefacenet']
+    ['iresnet100', 'iresnet18', 'iresnet200', 'iresnet34', 'iresnet50', 'mlp', 'mobilefacenet']
     >>> net = build_backbone(ModelConfig(backbone="iresnet18", feature_dim=32, width=8), input_shape=(3, 32, 32))
     >>> tuple(net.eval()(torch.zeros(2, 3, 32, 32)).shape)     # (B, feature_dim)
     (2, 32)

@@ -24,7 +24,8 @@ from dcs_cli.models.backbones import register_backbone
 if TYPE_CHECKING:  # the config package imports model sections at load time
     from dcs_cli.models.config import ModelConfig
 
-_LAYERS = {"iresnet18": (2, 2, 2, 2), "iresnet34": (3, 4, 6, 3), "iresnet50": (3, 4, 14, 3)}
+_LAYERS = {"iresnet18": (2, 2, 2, 2), "iresnet34": (3, 4, 6, 3), "iresnet50": (3, 4, 14, 3),
+           "iresnet100": (3, 13, 30, 3), "iresnet200": (6, 26, 60, 6)}
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
