@@ -15,7 +15,7 @@
     >>> tmp.cleanup()
 
 An interrupted run therefore never leaves a half-written file under its final name (a killed one's hidden
-`.NAME.tmp-PID` is removed by the next write of NAME), and a finished
+`.NAME.tmp-HOST-PID` is removed by the next write of NAME on that host), and a finished
 output folder (one holding its marker) is replaced only with `--overwrite`, and only if dcs made it
 (`OWNER`) and none of the command's inputs lies inside it: a user's folder is never cleared. A target that cannot be
 written (a folder in its place, a file where one of its folders would go) is an `OutputError`; commands
@@ -29,7 +29,9 @@ import glob
 import json
 import math
 import os
+import re
 import shutil
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -98,11 +100,16 @@ def _process_gone(pid: int) -> bool:
     return False
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
+
+
 def temp_path(target: Path) -> Path:
-    """The temporary name `target` is written under (`.NAME.tmp-PID` beside it). Leftovers of the same
-    target from a killed run (its process gone, the file untouched for a minute) are removed first, so a
-    killed convert or checkpoint does not keep gigabytes in a hidden file."""
-    prefix = f".{target.name}.tmp-"
+    """The temporary name `target` is written under (`.NAME.tmp-HOST-PID` beside it). Leftovers of the same
+    target from a killed run on this host (its process gone, the file untouched for a minute) are removed
+    first, so a killed convert or checkpoint does not keep gigabytes in a hidden file; on a shared file
+    system another host's writers are not this host's to judge."""
+    prefix = f".{target.name}.tmp-{_host()}-"
     now = time.time()
     with contextlib.suppress(OSError):
         for old in target.parent.glob(glob.escape(prefix) + "*"):

@@ -26,11 +26,12 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
+import shutil
 from pathlib import Path
 
 import torch
 
-from dcs_cli.errors import DataError
+from dcs_cli.errors import DataError, OutputError
 from dcs_cli.fsutil import atomic_path
 
 CHECKSUM_KEY = "_sha256"
@@ -66,7 +67,12 @@ def _feed(digest, obj) -> None:
 def save_torch_file(state: dict, target: str | Path) -> Path:
     """`torch.save` of `state` plus its checksum, under a temporary name renamed when complete."""
     with atomic_path(target) as tmp:
-        torch.save({**state, CHECKSUM_KEY: content_digest(state)}, tmp)
+        try:
+            torch.save({**state, CHECKSUM_KEY: content_digest(state)}, tmp)
+        except RuntimeError as exc:  # torch's writer reports a failed write (a full disk) this way, not as OSError
+            free = shutil.disk_usage(tmp.parent).free
+            raise OutputError(f"{target}: cannot write it ({str(exc).splitlines()[0][:120]}; {free / 2**30:.1f} "
+                              "GiB free there); free space or choose another output folder") from None
     return Path(target)
 
 

@@ -160,28 +160,28 @@ def _dead_pid() -> int:
 
 def test_a_killed_runs_temporary_files_are_removed_by_the_next_write(tmp_path):
     from dcs_cli.data.recordio import RecordWriter
+    from dcs_cli.fsutil import _host
 
     old = os.path.getmtime(tmp_path) - 3600
-    dead = _dead_pid()
-    stale = [tmp_path / f".train.rec.tmp-{dead}", tmp_path / f".train.idx.tmp-{dead}"]
+    dead, host = _dead_pid(), _host()
+    stale = [tmp_path / f".train.rec.tmp-{host}-{dead}", tmp_path / f".train.idx.tmp-{host}-{dead}"]
     kept = [
-        tmp_path / f".train.rec.tmp-{os.getppid()}",  # a process still running (even if untouched)
-        tmp_path / f".val.rec.tmp-{dead}",  # another target's: not this write's to judge
-        tmp_path / ".train.rec.tmp-notapid",
+        tmp_path / f".train.rec.tmp-{host}-{os.getppid()}",  # a process still running (even if untouched)
+        tmp_path / f".train.rec.tmp-another-host-{dead}",  # a shared file system's other writers: not ours
+        tmp_path / f".val.rec.tmp-{host}-{dead}",  # another target's: not this write's to judge
+        tmp_path / f".train.rec.tmp-{host}-notapid",
     ]
     for path in stale + kept:
         path.write_bytes(b"x" * 10)
         os.utime(path, (old, old))
-    fresh = tmp_path / f".train.rec.tmp-{dead + 1}"  # touched just now: perhaps a writer on another host
+    fresh = tmp_path / f".train.rec.tmp-{host}-{dead + 1}"  # touched just now
     fresh.write_bytes(b"x")
     with RecordWriter(tmp_path / "train.rec") as writer:
         writer.write(0, b"payload")
     assert not any(path.exists() for path in stale)
     assert all(path.exists() for path in kept + [fresh])
     assert (tmp_path / "train.rec").exists() and (tmp_path / "train.idx").exists()
-    write_json_atomic(tmp_path / "meta.json", {"a": 1})  # every atomic output goes the same way
-    os.utime(fresh, (old, old))
-    dead_json = tmp_path / f".meta.json.tmp-{dead}"
+    dead_json = tmp_path / f".meta.json.tmp-{host}-{dead}"  # every atomic output goes the same way
     dead_json.write_text("{")
     os.utime(dead_json, (old, old))
     write_json_atomic(tmp_path / "meta.json", {"a": 2})

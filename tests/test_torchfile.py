@@ -93,3 +93,17 @@ def test_train_checkpoint_is_checksummed_and_resumes(runner, tmp_path):
     ckpt.write_bytes(bytes(raw))
     resumed = runner.invoke(app, ["train", "--resume", str(ckpt), "--set", "optim.epochs=2"])
     assert resumed.exit_code != 0 and "checksum mismatch" in resumed.output and "epoch_001.pt" in resumed.output
+
+
+def test_a_checkpoint_that_cannot_be_written_is_an_output_error(tmp_path, monkeypatch):
+    # torch's writer reports a full disk as a RuntimeError ("PytorchStreamWriter failed writing file")
+    from dcs_cli import torchfile
+    from dcs_cli.errors import OutputError
+
+    def full_disk(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(torchfile.torch, "save", full_disk)
+    with pytest.raises(OutputError, match=r"ckpt\.pt: cannot write it \(.*PytorchStreamWriter.* GiB free there\)"):
+        torchfile.save_torch_file({"a": 1}, tmp_path / "ckpt.pt")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written, under any name

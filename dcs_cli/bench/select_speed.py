@@ -175,6 +175,7 @@ def default_params(**overrides) -> dict:
 def sweep_settings(only=None) -> list[tuple[str, dict]]:
     """The `--sweep` rows: full (the speed-ups' reference), then SWEEP's index settings of the kinds in `only`
     (all when empty); a `UsageError` when `only` names none of them."""
+    _check_contenders(tuple(only or ()))
     rows = [(mode, over) for mode, over in SWEEP if not only or mode == "full" or mode in only]
     if all(mode == "full" for mode, _ in rows):
         kinds = ", ".join(dict.fromkeys(mode for mode, _ in SWEEP if mode != "full"))
@@ -236,6 +237,10 @@ def _check(p: dict, contenders: tuple) -> None:
         raise UsageError(f"--refresh must be one of {', '.join(REFRESH_MODES)}, got {p['refresh']!r}")
     if p["sample_num"] > p["classes"]:
         raise UsageError(f"--sample-num {p['sample_num']} exceeds --classes {p['classes']}")
+    _check_contenders(contenders)
+
+
+def _check_contenders(contenders: tuple) -> None:
     bad = [c for c in contenders if c not in CONTENDERS]
     if bad:
         raise UsageError(f"--only: unknown contender(s) {', '.join(bad)}; choose from {', '.join(CONTENDERS)}")

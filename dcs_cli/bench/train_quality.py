@@ -43,7 +43,7 @@ from pathlib import Path
 
 from dcs_cli.bench.common import report
 from dcs_cli.console import info, print_table
-from dcs_cli.errors import UsageError
+from dcs_cli.errors import ConfigError, UsageError
 from dcs_cli.fsutil import write_json_atomic
 
 MODES = ("full", "hf", "ivf", "hnsw", "random", "exact")
@@ -113,18 +113,42 @@ class TrainQualitySpec:
         for head in self.heads:
             if head not in ("softmax", "cosface", "arcface"):
                 raise UsageError(f"--head {head!r} is not one of softmax, cosface, arcface")
-        for override in self.overrides:
-            key = override.split("=", 1)[0].strip()
-            if key in CONTENDER_KEYS or key.split(".", 1)[0] in ("data", "output"):
-                raise UsageError(f"--set {override}: {key} is the bench's to set (each row's mode and head, the "
-                                 "shared data and run folders); use --mode, --head and the bench's own options")
-            if key in SEED_KEYS and self.runs > 1:
-                raise UsageError(f"--set {override} with --runs {self.runs}: run r trains with seed --seed + r; "
-                                 f"give --seed instead, or one run with --set {key}=S")
 
 
-CONTENDER_KEYS = ("selection.mode", "head.type")  # --set may tune a contender's settings, not say which it is
+# What --set may not change, whatever key or section it goes through: which contender a row is, the shared data
+# and run folders (data.workers aside), and under --runs the seeds that tell the runs apart
+BENCH_KEYS = ("selection.mode", "head.type", "data", "output")
 SEED_KEYS = ("optim.seed", "selection.seed")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def check_overrides(spec: TrainQualitySpec, cfg, plain, row: str) -> None:
+    """UsageError when --set changed a setting in BENCH_KEYS (or, with several runs, SEED_KEYS) of `row`'s
+    config `cfg` against the bench's own `plain` one, or turned on a setting `row`'s mode cannot use."""
+    from dcs_cli.config import to_dict
+    from dcs_cli.selection import check_adaptive
+
+    given, bench = _flat(to_dict(cfg)), _flat(to_dict(plain))
+    fixed = BENCH_KEYS + (SEED_KEYS if spec.runs > 1 else ())
+    changed = [key for key in given if given[key] != bench[key] and key != "data.workers"
+               and any(key == f or key.startswith(f + ".") for f in fixed)]
+    if changed:
+        key = changed[0]
+        if key in SEED_KEYS:
+            raise UsageError(f"--set {key} with --runs {spec.runs}: run r trains with seed --seed + r; give "
+                             f"--seed instead, or one run with --set {key}=S")
+        raise UsageError(f"--set: {key} is the bench's to set (each row's mode and head, the shared data and "
+                         "run folders); use --mode, --head and the bench's own options")
+    try:
+        check_adaptive(cfg.selection)
+    except ConfigError as exc:
+        raise UsageError(f"--set: row {row}: {exc} (--mode picks the rows)") from None
 
 
 HEAD_SETTINGS = {  # InsightFace's margins; s = 32 suits a 64-d embedding (s = 64 is for 512-d)
@@ -152,7 +176,9 @@ def train_config(spec: TrainQualitySpec, converted: Path, run_dir: Path, mode: s
         "dist": {"threads": 1},  # every contender alike; two threads thrash on a shared 2-core machine
         "output": {"dir": str(run_dir), "print_freq": 10_000, "keep_checkpoints": 1},
     }
-    return load_config(None, list(spec.overrides), base=base)
+    cfg = load_config(None, list(spec.overrides), base=base)
+    check_overrides(spec, cfg, load_config(None, [], base=base), f"{mode}/{head}")
+    return cfg
 
 
 def run_train_quality(spec: TrainQualitySpec, json_path: str | None = None) -> dict:
@@ -166,7 +192,9 @@ def run_train_quality(spec: TrainQualitySpec, json_path: str | None = None) -> d
     from dcs_cli.train.runner import run_train
 
     spec.validate()
-    train_config(spec, Path("converted"), Path("run"), spec.modes[0], spec.heads[0])  # a bad --set fails here
+    for head in spec.heads:  # a bad --set fails here, before any work
+        for mode in spec.modes:
+            train_config(spec, Path("converted"), Path("run"), mode, head)
     rows, per_run = [], {}
     with tempfile.TemporaryDirectory(prefix="dcs-train-quality-") as tmp:
         tmp = Path(tmp)

@@ -80,8 +80,10 @@ class DcsGroup(TyperGroup):
                 raise
             if is_verbose():
                 console.print(traceback.format_exc(), markup=False)
-            where = f"{exc.filename}: " if exc.filename else ""
-            error_line(f"{where}{exc.strerror}; free space (or quota) there, or choose another output path")
+            where = f"{exc.filename}: " if exc.filename else "writing an output: "
+            todo = ("choose an output path on a writable file system" if exc.errno == errno.EROFS else
+                    "free space (or quota) on the output's file system, or choose another output path")
+            error_line(f"{where}{exc.strerror}; {todo}")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             error_line("interrupted")

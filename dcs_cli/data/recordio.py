@@ -19,6 +19,7 @@ does, so a scanner that resynchronises on the magic word never mistakes payload 
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -119,9 +120,10 @@ class RecordWriter:
         os.replace(self._tmp_idx, self.idx_path)
 
     def abort(self) -> None:
-        """Drop the temporary files (after an error)."""
+        """Drop the temporary files (after an error; closing may fail again on a full disk: they go anyway)."""
         for fh in (self._rec, self._idx):
-            fh.close()
+            with contextlib.suppress(OSError):
+                fh.close()
         for tmp in (self._tmp_rec, self._tmp_idx):
             tmp.unlink(missing_ok=True)
 

@@ -22,6 +22,7 @@ import torch
 
 from dcs_cli import console
 from dcs_cli.config import config_from_dict
+from dcs_cli.cpus import available_cpus
 from dcs_cli.errors import DataError
 from dcs_cli.seeds import stream_seed
 from dcs_cli.train.checkpoint import load_checkpoint, save_checkpoint
@@ -128,13 +129,13 @@ def _check_finite(row: dict, cfg) -> None:
 
 
 def _threads(cfg) -> int:
-    """`dist.threads`, else the cores / the workers on this node: on a GPU too, where the index queries,
-    re-ranking and the class store's CPU work of each step still run on them (the launcher's
-    OMP_NUM_THREADS=1, which keeps import-time thread pools small, is not the workers' share)."""
+    """`dist.threads`, else the cores this process may use / the workers on this node: on a GPU too, where
+    the index queries, re-ranking and the class store's CPU work of each step still run on them (the
+    launcher's OMP_NUM_THREADS=1, which keeps import-time thread pools small, is not the workers' share)."""
     if cfg.dist.threads:
         return cfg.dist.threads
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, (os.cpu_count() or 1) // local_world)
+    return max(1, len(available_cpus()) // local_world)  # the cores this process may use (taskset, Slurm)
 
 
 def _validate(parts, data, cfg, ctx) -> float | None:

@@ -141,3 +141,5 @@ def test_select_speed_sweep_keeps_full_and_refuses_a_sweep_of_nothing():
     assert {mode for mode, _ in sweep_settings(["ivf"])} == {"full", "ivf"}
     with pytest.raises(UsageError, match="--only random: no setting to sweep; the sweep covers the index kinds"):
         sweep_settings(["random"])
+    with pytest.raises(UsageError, match="--only: unknown contender"):  # a typo is named as one
+        sweep_settings(["ivff"])

@@ -97,7 +97,9 @@ def test_sampled_softmax_keeps_full_accuracy_on_images():
     (["--set", "head.type=softmax"], "head.type is the bench's to set"),
     (["--set", "output.dir=/tmp/x"], "output.dir is the bench's to set"),
     (["--set", "data.batch_size=8"], "data.batch_size is the bench's to set"),
-    (["--runs", "2", "--set", "optim.seed=7"], "--set optim.seed=7 with --runs 2: run r trains with seed"),
+    (["--runs", "2", "--set", "optim.seed=7"], "--set optim.seed with --runs 2: run r trains with seed"),
+    (["--set", "head={type: arcface}"], "head.type is the bench's to set"),  # a whole section too
+    (["--set", "selection.adaptive=true"], "row full/softmax: selection.adaptive works with modes hf, hnsw, ivf"),
     (["--identities", "10"], "--identities must be >= the batch size (32), got 10"),
 ])
 def test_settings_that_would_mislabel_or_merge_the_rows_are_refused(runner, args, message):
@@ -106,7 +108,9 @@ def test_settings_that_would_mislabel_or_merge_the_rows_are_refused(runner, args
 
 
 def test_one_run_may_take_its_seed_and_a_contender_may_be_tuned(tmp_path):
-    spec = TrainQualitySpec.from_options(quick=True, overrides=["optim.seed=7", "head.margin=0.2"])
+    spec = TrainQualitySpec.from_options(quick=True, overrides=["optim.seed=7", "head.margin=0.2",
+                                                                "data.workers=1", "selection.adaptive=true"])
     spec.validate()
-    cfg = train_config(spec, tmp_path, tmp_path / "run", "hf", "cosface")
+    cfg = train_config(spec, tmp_path, tmp_path / "run", "hf", "cosface")  # hf uses adaptive
     assert (cfg.optim.seed, cfg.head.margin, cfg.head.type, cfg.selection.mode) == (7, 0.2, "cosface", "hf")
+    assert cfg.data.workers == 1 and cfg.selection.adaptive

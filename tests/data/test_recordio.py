@@ -1,4 +1,5 @@
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -169,3 +170,16 @@ def test_duplicate_key_refused(tmp_path):
         with RecordWriter(tmp_path / "t.rec") as writer:
             writer.write(0, b"a")
             writer.write(0, b"b")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_an_aborted_write_on_a_full_disk_leaves_no_temporary_files(tmp_path):
+    # closing flushes the buffered tail, which fails again on a full disk: the files must go anyway, and the
+    # error that stopped the write is the one reported
+    with pytest.raises(ValueError, match="the reason the write stopped"):
+        with RecordWriter(tmp_path / "train.rec") as writer:
+            writer._rec.close()
+            writer._rec = open("/dev/full", "wb", buffering=1 << 20)  # noqa: SIM115 - the writer closes it
+            writer.write(0, b"x" * 1000)
+            raise ValueError("the reason the write stopped")
+    assert list(tmp_path.iterdir()) == []

@@ -84,9 +84,11 @@ def test_each_worker_gets_its_share_of_the_cores_whatever_its_device(monkeypatch
     import os
 
     from dcs_cli.config import load_config
+    from dcs_cli.train import loop
     from dcs_cli.train.loop import _threads
 
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
-    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(loop, "available_cpus", lambda: set(range(64)))  # of a 128-core node (taskset, Slurm)
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)
     assert _threads(load_config(None, [])) == 8
     assert _threads(load_config(None, ["dist.threads=3"])) == 3
