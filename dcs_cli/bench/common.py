@@ -21,10 +21,11 @@ from dcs_cli.console import print_table
 from dcs_cli.fsutil import write_json_atomic
 
 
-def machine() -> dict:
+def machine(cpu_only: bool = False) -> dict:
+    """Where the figures were measured; `device` is the GPU only for scenarios that run on one."""
     import torch  # imported here: `dcs --help` must not pay for torch
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and not cpu_only else "cpu"
     return {
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
@@ -73,10 +74,10 @@ def collect(results, workers: list, count: int, timeout_s: float | None = None, 
 
 
 def report(scenario: str, params: dict, rows: list[dict], json_path: str | Path | None = None,
-           show: bool = True) -> dict:
+           show: bool = True, cpu_only: bool = False) -> dict:
     """Print the rows as a table (unless `show` is false) and, with `json_path`, write the BENCHMARKS.md
-    JSON object."""
-    result = {"scenario": scenario, "params": params, "machine": machine(), "rows": rows}
+    JSON object; `cpu_only` scenarios (CPU stores and indexes whatever the machine) report device "cpu"."""
+    result = {"scenario": scenario, "params": params, "machine": machine(cpu_only), "rows": rows}
     if show:
         print_table(f"dcs bench {scenario}  " + "  ".join(f"{k}={v}" for k, v in params.items()), rows)
     if json_path:

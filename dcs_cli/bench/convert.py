@@ -154,5 +154,5 @@ def run_convert_bench(images: int, workers: int, baseline_images: int, json_path
     params = {"images": images, "image_size": 112, "identities": identities, "workers": workers,
               "baseline_images": n_base, "rounds": rounds, "filesystem": filesystem,
               "rec_mb": round(rec_bytes / 2**20, 1), "peak_rss_mb": round(peak_rss_mb())}
-    return report("convert", params, rows, json_path)
+    return report("convert", params, rows, json_path, cpu_only=True)
 

@@ -214,5 +214,5 @@ def run_paramserver_bench(
         "cpus": format_cpu_list(available_cpus()),
         "peak_rss_mb": round(peak_rss_mb()),
     }
-    return report("paramserver", params, results, json_path)
+    return report("paramserver", params, results, json_path, cpu_only=True)
 

@@ -168,7 +168,7 @@ def run_select_quality(p: dict, contenders=CONTENDERS, json_path: Path | None = 
         for name in contenders:
             rows.append(train_one(name, p, data))
             advance(1)
-    return report("select-quality", p, rows, json_path)
+    return report("select-quality", p, rows, json_path, cpu_only=True)
 
 
 def params_from_options(*, classes: int, dim: int, budget: float, batch: int, steps: int, interval: int,

@@ -218,7 +218,7 @@ def run_select_speed(params: dict, contenders=CONTENDERS, json_path: Path | None
         params = {**params, "sweep": [sweep_name(mode, over) for mode, over in sweep]}
     for r in rows:
         r["speedup"] = full["amortized_s"] / r["amortized_s"] if full else float("nan")
-    return report("select-speed", params, rows, json_path, show=not quiet_table)
+    return report("select-speed", params, rows, json_path, show=not quiet_table, cpu_only=True)
 
 
 

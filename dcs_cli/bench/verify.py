@@ -163,7 +163,7 @@ def run_bench(pairs: int = 6000, folds: int = 10, dim: int = 256, seed: int = 0,
             "val_at_far_1e-3": float(np.mean(figures["val"])), "identical_to_loop": same,
         })
     params = {"pairs": pairs, "folds": folds, "dim": dim, "seed": seed, "repeat": repeat}
-    return report("verify", params, rows, json_path)
+    return report("verify", params, rows, json_path, cpu_only=True)
 
 
 def _best_of(repeat: int, fn):

@@ -143,3 +143,12 @@ def test_select_speed_sweep_keeps_full_and_refuses_a_sweep_of_nothing():
         sweep_settings(["random"])
     with pytest.raises(UsageError, match="--only: unknown contender"):  # a typo is named as one
         sweep_settings(["ivff"])
+
+
+def test_cpu_only_scenarios_report_the_cpu_even_beside_a_gpu(monkeypatch):
+    from dcs_cli.bench.common import report
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "A GPU")
+    assert report("s", {}, [], show=False, cpu_only=True)["machine"]["device"] == "cpu"
+    assert report("s", {}, [], show=False)["machine"]["device"] == "A GPU"
