@@ -18,7 +18,9 @@ Layouts: InsightFace (record 0 has flag > 0 and label [A, B]; images are keys 1.
 A..B-1 carry [start, end) of their image keys) and plain im2rec (every record is an image). Image labels
 may be scalar or a vector whose first element is the identity. Headers are read vectorised straight from
 the mmap, so a table of millions of records builds in seconds; everything inconsistent is a DataError
-naming the file, the record key and the problem.
+naming the file, the record key and the problem, except identity records that are absent or disagree with
+the images' labels: they only repeat those labels, which InsightFace's own loader reads alone, so that is a
+warning and the images' labels stand.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dcs_cli.console import warn
 from dcs_cli.data.recordio import MAX_EXACT_KEY, RecordReader, unpack_image_record
 from dcs_cli.errors import DataError
 
@@ -181,44 +184,54 @@ def _insightface(reader: RecordReader, head: _Headers, source: dict) -> ImageTab
     a, b = int(a_f), int(b_f)
     if a == 1:
         raise DataError(f"{rec}: record key 0: header label [{a}, {b}] leaves no image records")
-    if b == a:
-        raise DataError(f"{rec}: record key 0: header label [{a}, {b}] lists no identity records")
     image_keys = np.arange(1, a, dtype=np.int64)
+    missing = image_keys[~np.isin(image_keys, reader.keys)]
+    if len(missing):
+        raise DataError(f"{rec}: record key 0 says image records are keys 1..{a - 1}, but key {missing[0]} is "
+                        f"not in {reader.idx_path.name}")
+    imgs = _headers(reader, image_keys, _offsets(reader, image_keys))
+    ranges, problem = _identity_ranges(reader, a, b, imgs.labels)
+    if problem:  # redundant with the images' own labels, which InsightFace's loader reads alone
+        warn(f"{rec}: {problem}; training uses each image record's own label, as InsightFace's loader does")
+    return ImageTable(reader, "insightface", image_keys, imgs.labels, imgs.data_start, imgs.data_end,
+                      ranges, source)
+
+
+def _identity_ranges(reader: RecordReader, a: int, b: int, labels: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """`(ranges, "")`: the identity records A..B-1's [start, end) image-key ranges, checked against the image
+    records 1..A-1 and their `labels`; `(None, what is wrong)` when they are absent or disagree."""
+    if b == a:
+        return None, f"record key 0: header label [{a}, {b}] lists no identity records"
     ident_keys = np.arange(a, b, dtype=np.int64)
-    for what, wanted in (("image", image_keys), ("identity", ident_keys)):
-        missing = wanted[~np.isin(wanted, reader.keys)]
-        if len(missing):
-            raise DataError(f"{rec}: record key 0 says {what} records are keys {wanted[0]}..{wanted[-1]}, "
-                            f"but key {missing[0]} is not in {reader.idx_path.name}")
+    missing = ident_keys[~np.isin(ident_keys, reader.keys)]
+    if len(missing):
+        return None, (f"record key 0 says identity records are keys {a}..{b - 1}, but key {missing[0]} is not "
+                      f"in {reader.idx_path.name}")
     ident = _headers(reader, ident_keys, _offsets(reader, ident_keys), check_labels=False)
     ranges = ident.values.astype(np.float64)
     nonint = np.nonzero((ident.flag < 2) | (ranges != np.floor(ranges)).any(axis=1))[0]
     if len(nonint):
         i = int(nonint[0])
-        raise DataError(f"{rec}: record key {ident_keys[i]}: identity record needs an integer [start, end) "
-                        f"label, found flag {ident.flag[i]} label {ranges[i].tolist()}")
+        return None, (f"record key {ident_keys[i]}: identity record needs an integer [start, end) label, found "
+                      f"flag {ident.flag[i]} label {ranges[i].tolist()}")
     ranges = ranges.astype(np.int64)
     expected_start = np.concatenate([[1], ranges[:-1, 1]])
     bad = np.nonzero((ranges[:, 0] != expected_start) | (ranges[:, 1] <= ranges[:, 0]) | (ranges[:, 1] > a))[0]
     if len(bad):
         i = int(bad[0])
-        raise DataError(f"{rec}: record key {ident_keys[i]}: identity range [{ranges[i, 0]}, {ranges[i, 1]}) "
-                        f"is inconsistent with the records (expected to start at {expected_start[i]}, be "
-                        f"non-empty and end by {a})")
+        return None, (f"record key {ident_keys[i]}: identity range [{ranges[i, 0]}, {ranges[i, 1]}) is "
+                      f"inconsistent with the records (expected to start at {expected_start[i]}, be non-empty "
+                      f"and end by {a})")
     if ranges[-1, 1] != a:
-        raise DataError(f"{rec}: record key {ident_keys[-1]}: identity ranges cover image keys up to "
-                        f"{ranges[-1, 1] - 1} but the header says they run to {a - 1}; keys {ranges[-1, 1]}..{a - 1} "
-                        "have no identity")
-    imgs = _headers(reader, image_keys, _offsets(reader, image_keys))
+        return None, (f"record key {ident_keys[-1]}: identity ranges cover image keys up to {ranges[-1, 1] - 1} "
+                      f"but the header says they run to {a - 1}; keys {ranges[-1, 1]}..{a - 1} have no identity")
     owner = np.repeat(np.arange(len(ranges), dtype=np.int64), ranges[:, 1] - ranges[:, 0])
-    wrong = np.nonzero(imgs.labels != owner)[0]
+    wrong = np.nonzero(labels != owner)[0]
     if len(wrong):
         i = int(wrong[0])
-        raise DataError(f"{rec}: record key {image_keys[i]}: label {imgs.labels[i]} disagrees with identity "
-                        f"record {a + owner[i]}, whose range [{ranges[owner[i], 0]}, {ranges[owner[i], 1]}) "
-                        f"makes it identity {owner[i]}")
-    return ImageTable(reader, "insightface", image_keys, imgs.labels, imgs.data_start, imgs.data_end,
-                      ranges, source)
+        return None, (f"record key {i + 1}: label {labels[i]} disagrees with identity record {a + owner[i]}, "
+                      f"whose range [{ranges[owner[i], 0]}, {ranges[owner[i], 1]}) makes it identity {owner[i]}")
+    return ranges, ""
 
 
 def _offsets(reader: RecordReader, keys: np.ndarray) -> np.ndarray:

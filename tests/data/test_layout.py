@@ -1,5 +1,6 @@
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -91,17 +92,33 @@ def test_multipart_image_record(tmp_path):
     [
         ({"header": [20, 22]}, r"record key 0 says image records are keys 1\.\.19, but key 7 is not"),
         ({"header": [4, 3]}, r"record key 0: header label \[4\.0, 3\.0\] is not a valid"),
+    ],
+)
+def test_a_header_that_misplaces_the_images_is_an_error(tmp_path, kwargs, match):
+    write_insightface(tmp_path, [0, 0, 1, 1], **kwargs)
+    with pytest.raises(DataError, match=match):
+        read_table(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
         ({"ranges": [[1, 3], [2, 4]]}, r"record key 6: identity range \[2, 4\) is inconsistent"),
         ({"ranges": [[1, 3], [3, 3]]}, r"record key 6: identity range \[3, 3\)"),
         ({"ranges": [[1, 2], [2, 5]]}, r"record key 2: label 0 disagrees with identity record 6"),
         ({"ranges": [[1, 3], [3, 4]]},
          r"record key 6: identity ranges cover image keys up to 3 but the header says they run to 4"),
+        ({"header": [5, 5]}, r"record key 0: header label \[5, 5\] lists no identity records"),
+        ({"header": [5, 8]}, r"record key 0 says identity records are keys 5\.\.7, but key 7 is not"),
     ],
 )
-def test_inconsistent_insightface_ranges(tmp_path, kwargs, match):
+def test_identity_records_that_disagree_leave_the_images_labels(tmp_path, capsys, kwargs, match):
+    # they only repeat the images' labels, which InsightFace's own loader reads alone: a warning, not a refusal
     write_insightface(tmp_path, [0, 0, 1, 1], **kwargs)
-    with pytest.raises(DataError, match=match):
-        read_table(tmp_path)
+    table = read_table(tmp_path)
+    assert table.labels.tolist() == [0, 0, 1, 1] and table.ranges is None
+    warned = " ".join(capsys.readouterr().err.split())
+    assert re.search(match, warned) and "training uses each image record's own label" in warned
 
 
 @pytest.mark.parametrize(("label", "what"), [(1.5, "1.5"), (-2, "-2.0"), (float("nan"), "nan"),
