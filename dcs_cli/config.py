@@ -208,28 +208,28 @@ def _merge(base: dict, update: dict) -> dict:
     return merged
 
 
-class _DuplicateKey(yaml.constructor.ConstructorError):
-    pass
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (PyYAML would keep the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` keys may be overridden
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.setdefault(key, key_node.start_mark)
-                except TypeError:  # an unhashable key: the SafeLoader refuses it itself
-                    continue
-                if first is not key_node.start_mark:
-                    raise _DuplicateKey(None, None, f"key {key!r} appears twice in one mapping (first on line "
-                                        f"{first.line + 1}); keep one", key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
+def _duplicate_key(node, seen_nodes: set | None = None) -> str | None:
+    """Where a mapping of the composed YAML `node` (no object is constructed) gives a key twice, or None
+    (PyYAML's loaders would keep the last value silently); `<<: *base` merge keys may be overridden."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:  # an alias of a node already walked
+        return None
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                mark = first.setdefault((key_node.tag, key_node.value), key_node.start_mark)
+                if mark is not key_node.start_mark:
+                    return (f"line {key_node.start_mark.line + 1}: key {key_node.value!r} appears twice in one "
+                            f"mapping (first on line {mark.line + 1}); keep one")
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+        for child in children:
+            found = _duplicate_key(child, seen_nodes)
+            if found:
+                return found
+    return None
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -237,12 +237,14 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} {missing(path)}; pass a YAML file to --config (see configs/)")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=UniqueKeyLoader)
+        text = path.read_text(encoding="utf-8-sig")
+        duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+        if duplicate:
+            raise ConfigError(f"{path} {duplicate}")
+        data = yaml.safe_load(text)  # plain data only: a config file never runs code
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a YAML text file (not UTF-8); pass a config from configs/ or "
                           "a run's config.yaml") from None
-    except _DuplicateKey as exc:
-        raise ConfigError(f"{path} line {exc.problem_mark.line + 1}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

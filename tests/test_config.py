@@ -135,8 +135,18 @@ def test_a_key_given_twice_in_a_yaml_file_is_refused(tmp_path, text, line, key):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
-def test_a_yaml_merge_key_may_be_overridden():
-    from dcs_cli.config import UniqueKeyLoader
+def test_a_yaml_merge_key_may_be_overridden(tmp_path):
+    from dcs_cli.config import read_yaml
 
-    data = yaml.load("a: &a {x: 1, y: 2}\nb:\n  <<: *a\n  x: 3\n", Loader=UniqueKeyLoader)
-    assert data["b"] == {"x": 3, "y": 2}
+    path = tmp_path / "c.yaml"
+    path.write_text("a: &a {x: 1, y: 2}\nb:\n  <<: *a\n  x: 3\n")
+    assert read_yaml(path)["b"] == {"x": 3, "y": 2}
+
+
+def test_a_config_file_never_runs_code(tmp_path):
+    from dcs_cli.config import read_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("optim: !!python/object/apply:os.system ['echo ran']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        read_yaml(path)
