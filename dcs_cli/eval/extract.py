@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from dcs_cli.config import Config, load_config, to_dict
 from dcs_cli.console import info, progress_bar, warn
 from dcs_cli.errors import ConfigError, DataError, OutputExistsError, UsageError
+from dcs_cli.eval.targets import recorded_files
 from dcs_cli.eval.weights import load_backbone_weights, read_checkpoint
 from dcs_cli.fsutil import atomic_path, check_output_file, missing, write_json_atomic
 from dcs_cli.models.backbones import backbone_input_kind, build_backbone
@@ -140,20 +141,6 @@ def _outputs(name: str, root: Path | None) -> list[str]:
     return [f"{name}.npy"] if root is None else [f"{name}.npy", f"{name}.labels.npy"]
 
 
-def _recorded_files(out_dir: Path, targets: dict) -> list[Path]:
-    """The files of `out_dir` that an extract.json's `targets` says dcs wrote there: <name>.npy and a list's
-    <name>.labels.npy; a name that is not a plain file name is skipped."""
-    files = []
-    for name, entry in targets.items():
-        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
-            continue
-        names = [f"{name}.npy"]
-        if isinstance(entry, dict) and entry.get("labels") == f"{name}.labels.npy":
-            names.append(entry["labels"])
-        files += [out_dir / f for f in names if (out_dir / f).is_file()]
-    return files
-
-
 def _earlier_targets(record: Path, header: dict, overwrite: bool) -> tuple[dict, list[Path]]:
     """The targets an earlier extraction with the same checkpoint and settings recorded in `record`, kept
     beside the new ones; a record of another checkpoint's, or a file dcs did not write, needs --overwrite.
@@ -168,7 +155,7 @@ def _earlier_targets(record: Path, header: dict, overwrite: bool) -> tuple[dict,
     if ours and all(earlier.get(key) == header[key] for key in ("checkpoint", "flip", "strict", "image_size")):
         return earlier["targets"], []
     if overwrite:
-        return {}, _recorded_files(record.parent, earlier["targets"]) if ours else []
+        return {}, recorded_files(record.parent, earlier["targets"]) if ours else []
     if not ours:
         raise OutputExistsError(f"{record} exists and is not one dcs extract wrote; pass --overwrite to replace it")
     raise OutputExistsError(f"{record} records features of another checkpoint or settings; pass --overwrite "

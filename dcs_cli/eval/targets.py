@@ -90,15 +90,29 @@ def match_targets(features_dir: str | Path, bin_dir: str | Path) -> list[tuple[s
     return found
 
 
+def recorded_files(folder: Path, targets: dict) -> list[Path]:
+    """The files of `folder` that an extract.json's `targets` says dcs wrote there: <name>.npy and a list's
+    <name>.labels.npy; a name that is not a plain file name is skipped."""
+    files = []
+    for name, entry in targets.items():
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+            continue
+        names = [f"{name}.npy"]
+        if isinstance(entry, dict) and entry.get("labels") == f"{name}.labels.npy":
+            names.append(entry["labels"])
+        files += [folder / f for f in names if (folder / f).is_file()]
+    return files
+
+
 def _recorded_names(features_dir: Path) -> set[str]:
-    """The `<name>.npy` files the folder's extract.json records; every .npy there when it has none."""
+    """The names of the files the folder's extract.json records; every .npy there when it has none."""
     try:
         record = json.loads((features_dir / "extract.json").read_text())
     except (OSError, ValueError):
         record = None
     if not (isinstance(record, dict) and isinstance(record.get("targets"), dict)):
         return {npy.name for npy in features_dir.glob("*.npy")}
-    return {f"{name}.npy" for name in record["targets"]}
+    return {path.name for path in recorded_files(features_dir, record["targets"])}
 
 
 def result_column(result) -> dict[str, str]:
