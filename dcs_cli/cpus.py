@@ -34,6 +34,12 @@ def available_cpus() -> set[int]:
     return set(range(os.cpu_count() or 1))
 
 
+def share_of_cores(workers: int) -> int:
+    """CPU threads for one of `workers` processes sharing this node: the cores this process may use
+    (taskset, Slurm) split evenly, at least one."""
+    return max(1, len(available_cpus()) // max(1, workers))
+
+
 def format_cpu_list(cores) -> str:
     """[0, 1, 2, 5] → "0-2,5" (the notation of taskset and /sys)."""
     cores = sorted(set(cores))

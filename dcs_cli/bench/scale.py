@@ -29,6 +29,7 @@ from pathlib import Path
 
 from dcs_cli.bench.common import WorkerDied, collect, peak_rss_mb, report
 from dcs_cli.console import info
+from dcs_cli.cpus import share_of_cores
 from dcs_cli.errors import UsageError
 from dcs_cli.memory import mem_available
 
@@ -61,7 +62,7 @@ def _worker(rank: int, world: int, port: int, mode: str, classes: int, p: dict, 
 
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                           LOCAL_RANK=str(rank))
-        torch.set_num_threads(p["threads"] or max(1, (os.cpu_count() or 1) // world))
+        torch.set_num_threads(p["threads"] or share_of_cores(world))
         from dcs_cli.train.dist import init_distributed
 
         ctx = init_distributed("auto")

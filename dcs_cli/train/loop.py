@@ -22,7 +22,7 @@ import torch
 
 from dcs_cli import console
 from dcs_cli.config import config_from_dict
-from dcs_cli.cpus import available_cpus
+from dcs_cli.cpus import share_of_cores
 from dcs_cli.errors import DataError
 from dcs_cli.seeds import stream_seed
 from dcs_cli.train.checkpoint import load_checkpoint, save_checkpoint
@@ -134,8 +134,7 @@ def _threads(cfg) -> int:
     launcher's OMP_NUM_THREADS=1, which keeps import-time thread pools small, is not the workers' share)."""
     if cfg.dist.threads:
         return cfg.dist.threads
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, len(available_cpus()) // local_world)  # the cores this process may use (taskset, Slurm)
+    return share_of_cores(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def _validate(parts, data, cfg, ctx) -> float | None:

@@ -83,12 +83,12 @@ def test_each_worker_gets_its_share_of_the_cores_whatever_its_device(monkeypatch
     # (a GPU worker kept the launcher's OMP_NUM_THREADS=1: one core for its index queries and re-ranking)
     import os
 
+    from dcs_cli import cpus
     from dcs_cli.config import load_config
-    from dcs_cli.train import loop
     from dcs_cli.train.loop import _threads
 
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
-    monkeypatch.setattr(loop, "available_cpus", lambda: set(range(64)))  # of a 128-core node (taskset, Slurm)
+    monkeypatch.setattr(cpus, "available_cpus", lambda: set(range(64)))  # of a 128-core node (taskset, Slurm)
     monkeypatch.setattr(os, "cpu_count", lambda: 128)
     assert _threads(load_config(None, [])) == 8
     assert _threads(load_config(None, ["dist.threads=3"])) == 3
