@@ -56,8 +56,8 @@ class SelectionConfig:
     random_share: float = opt(0.0, "share of the active slots past the positives that the index modes (hf, "
                                     "hnsw, ivf, exact, adaptive) leave to a uniform random fill; the backbone's "
                                     "loss then runs over the positives and the fill, the retrieved hard "
-                                    "negatives training the class rows only; 0 = off (every head trains better "
-                                    "without it: README, train-quality)")
+                                    "negatives training the class rows only; 0 = off (it lifts no head: README, "
+                                    "ablations; with a margin head --mode random trains better)")
     hard_factor: float = opt(2.0, "adaptive: the hardest samples get up to this many times the even share "
                                   "of neighbours (the easiest get half of it)")
 

@@ -69,6 +69,18 @@ def test_each_run_trains_with_its_own_seed(tmp_path):
     assert seeds == [(5, 5), (6, 6), (7, 7)]
 
 
+def test_margin_heads_warm_up_longer_and_set_overrides_every_head(tmp_path):
+    spec = TrainQualitySpec.from_options(epochs=8)
+    warm = {head: train_config(spec, tmp_path, tmp_path / "run", "hf", head).optim.warmup_epochs
+            for head in ("softmax", "cosface", "arcface")}
+    assert warm == {"softmax": 0.5, "cosface": 2.0, "arcface": 2.0}
+    quick = TrainQualitySpec.from_options(quick=True)  # 3 epochs: at most half the run
+    assert train_config(quick, tmp_path, tmp_path / "run", "full", "cosface").optim.warmup_epochs == 1.5
+    spec = TrainQualitySpec.from_options(overrides=["optim.warmup_epochs=1"])
+    assert {train_config(spec, tmp_path, tmp_path / "run", "hf", head).optim.warmup_epochs
+            for head in ("softmax", "arcface")} == {1.0}
+
+
 def test_bad_options_are_one_line_errors(runner):
     result = runner.invoke(app, ["bench", "train-quality", "--mode", "nope"])
     assert result.exit_code == 2 and "--mode 'nope'" in result.output

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from dcs_cli.config import load_config
 from dcs_cli.models.config import HeadConfig
@@ -17,6 +19,7 @@ from dcs_cli.selection.local_store import LocalStore
 from dcs_cli.selection.sampled import SampledSoftmax
 from dcs_cli.train.runner import run_train
 
+REPO = Path(__file__).resolve().parents[2]
 SAMPLED_MODES = ["hf", "ivf", "hnsw", "random", "exact"]
 INDEX_MODES = ["hf", "ivf", "hnsw", "exact"]
 
@@ -29,6 +32,16 @@ def test_margin_head_learns_in_every_sampled_mode(tmp_path, synthetic_config, ti
     # 200 classes (chance 0.5 %), 2 short epochs at 20 % of the classes with the head's default s and m:
     # full softmax reaches 0.22 (CosFace) and 0.24 (ArcFace), the sampled modes 0.20-0.30. An end-to-end
     # check that each mode trains the head; the accuracy against full softmax is the train-quality bench's.
+    assert summary["val_top1"] > 0.15, summary
+
+
+def test_the_margin_head_recipe_trains(tmp_path, synthetic_config, tiny):
+    """configs/face_cosface.yaml's head (s=64, m=0.35) and selection (its mode, tail auto), on the tiny data."""
+    recipe = yaml.safe_load((REPO / "configs" / "face_cosface.yaml").read_text())
+    sets = [f"head.{key}={value}" for key, value in recipe["head"].items()]
+    sets += [f"selection.{key}={value}" for key, value in recipe["selection"].items()
+             if key not in ("mode", "sample_num", "interval")]  # 5,000 of 85,742 classes: the tiny data keep 40
+    summary = run_train(load_config(synthetic_config, tiny(tmp_path, recipe["selection"]["mode"]) + sets))
     assert summary["val_top1"] > 0.15, summary
 
 
