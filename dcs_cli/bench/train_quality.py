@@ -6,8 +6,8 @@ Seeded image-level synthetic identities in look-alike families (family-mates sha
 the hard negatives a random subset of classes rarely holds) are written as an InsightFace .rec, converted
 with `dcs convert` (90/10 train/val split) and trained by `run_train` — backbone, head, class store and
 selector exactly as `dcs train` builds them — once per mode and head, same seed, same data order, same
-schedule (each head its own warm-up: `warmup_epochs`). The held-out identities (whole families never
-trained on) give the verification pairs, half of the different-identity pairs being family-mates. Figures per row:
+schedule per head (`warmup_epochs`). The held-out identities (whole families never trained on) give the
+verification pairs, half of the different-identity pairs being family-mates. Figures per row:
   val_top1         top-1 over all classes on the validation images (argmax over the whole classifier)
   verify_acc       10-fold verification accuracy on the held-out pairs (features extracted with flip)
   tar_at_far_1e-3  true-accept rate at a false-accept rate of 1e-3 on the same pairs (ROC over all pairs; with

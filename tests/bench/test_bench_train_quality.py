@@ -74,6 +74,8 @@ def test_margin_heads_warm_up_longer_and_set_overrides_every_head(tmp_path):
     warm = {head: train_config(spec, tmp_path, tmp_path / "run", "hf", head).optim.warmup_epochs
             for head in ("softmax", "cosface", "arcface")}
     assert warm == {"softmax": 0.5, "cosface": 2.0, "arcface": 2.0}
+    default = TrainQualitySpec.from_options()  # 4 epochs
+    assert train_config(default, tmp_path, tmp_path / "run", "random", "arcface").optim.warmup_epochs == 2.0
     quick = TrainQualitySpec.from_options(quick=True)  # 3 epochs: at most half the run
     assert train_config(quick, tmp_path, tmp_path / "run", "full", "cosface").optim.warmup_epochs == 1.5
     spec = TrainQualitySpec.from_options(overrides=["optim.warmup_epochs=1"])
