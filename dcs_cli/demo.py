@@ -75,7 +75,7 @@ def _train_config(spec: DemoSpec, converted: Path, run_dir: Path, mode: str):
                  "train_root": str(converted / "images"), "val_list": str(converted / "val_list.txt"),
                  "image_size": spec.image_size, "batch_size": spec.batch_size, "workers": 0},
         "model": {"backbone": "iresnet18", "feature_dim": 64, "width": 16},
-        # The softmax head: sampled margin heads are level with full softmax only within the seeds' noise (README).
+        # The softmax head: where hard-negative selection beats full softmax here; margin heads do not (README).
         "head": {"type": "softmax"},
         "selection": {"mode": mode, "sample_num": spec.sample_num, "interval": 20, "ntrees": 8,
                       "seed": spec.seed},

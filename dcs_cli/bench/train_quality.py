@@ -159,7 +159,7 @@ HEAD_SETTINGS = {  # InsightFace's margins; s = 32 suits a 64-d embedding (s = 6
 
 
 def warmup_epochs(head: str, epochs: int) -> float:
-    """The LR warm-up of `head`'s rows: half an epoch for softmax; two epochs (at most half the run) for the
+    """The LR warm-up of a run with `head`: half an epoch for softmax; two epochs (at most half the run) for the
     margin heads, which from scratch stall in a narrow cone when the LR peaks early (full/cosface at the
     default size: 27.0 val top-1 on ten seeds after half an epoch, 49.1 after two; README)."""
     return 0.5 if head == "softmax" else min(2.0, epochs / 2)
