@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +18,6 @@ from dcs_cli.selection.local_store import LocalStore
 from dcs_cli.selection.sampled import SampledSoftmax
 from dcs_cli.train.runner import run_train
 
-REPO = Path(__file__).resolve().parents[2]
 SAMPLED_MODES = ["hf", "ivf", "hnsw", "random", "exact"]
 INDEX_MODES = ["hf", "ivf", "hnsw", "exact"]
 
@@ -37,7 +35,7 @@ def test_margin_head_learns_in_every_sampled_mode(tmp_path, synthetic_config, ti
 
 def test_the_margin_head_recipe_trains(tmp_path, synthetic_config, tiny):
     """configs/face_cosface.yaml's head (s=64, m=0.35) and selection (its mode, tail auto), on the tiny data."""
-    recipe = yaml.safe_load((REPO / "configs" / "face_cosface.yaml").read_text())
+    recipe = yaml.safe_load((synthetic_config.parent / "face_cosface.yaml").read_text())
     sets = [f"head.{key}={value}" for key, value in recipe["head"].items()]
     sets += [f"selection.{key}={value}" for key, value in recipe["selection"].items()
              if key not in ("mode", "sample_num", "interval")]  # 5,000 of 85,742 classes: the tiny data keep 40
